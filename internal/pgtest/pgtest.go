@@ -1,0 +1,231 @@
+// Package pgtest gives each test its own migrated Postgres database, cloned
+// from a template so it takes milliseconds. It makes sure a server is up
+// first: OUTBOX_TEST_DATABASE_URL if set, else the local server at
+// 127.0.0.1:5432 (started with pg_ctlcluster when it is down), else a
+// throwaway cluster made with initdb and pg_ctl for this test process.
+package pgtest
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"io/fs"
+	"log"
+	"net/url"
+	"os"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/outbox-relay/outbox-relay/internal/pgcluster"
+	"github.com/outbox-relay/outbox-relay/migrations"
+)
+
+// EnvURL names the variable that points tests at a server of your choice.
+const EnvURL = "OUTBOX_TEST_DATABASE_URL"
+
+type server struct {
+	once     sync.Once
+	adminURL string
+	template string
+	cluster  *pgcluster.Cluster
+	err      error
+}
+
+// The test binary's one server; set up on first use, removed by Main.
+var srv server
+
+// Main runs the package's tests and then removes a throwaway cluster if one
+// was started. Call it from TestMain.
+func Main(m *testing.M) {
+	code := m.Run()
+	if srv.cluster != nil {
+		if err := srv.cluster.Remove(); err != nil {
+			log.Printf("pgtest: remove cluster: %v", err)
+		}
+	}
+	os.Exit(code)
+}
+
+func (s *server) setup() {
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	s.adminURL = os.Getenv(EnvURL)
+	if s.adminURL == "" {
+		s.adminURL = pgcluster.DefaultURL
+		if err := pgcluster.Ping(ctx, s.adminURL, 3*time.Second); err != nil {
+			if err := pgcluster.StartLocalService(ctx, s.adminURL); err != nil {
+				c, err := pgcluster.Start(ctx)
+				if err != nil {
+					s.err = fmt.Errorf("no Postgres at %s and could not start one: %w", s.adminURL, err)
+					return
+				}
+				s.cluster = c
+				s.adminURL = c.URL("postgres")
+			}
+		}
+	}
+	s.template, s.err = ensureTemplate(ctx, s.adminURL)
+}
+
+// ensureTemplate creates (once per migration set, across test processes) a
+// migrated database to clone.
+func ensureTemplate(ctx context.Context, adminURL string) (string, error) {
+	h := sha256.New()
+	err := fs.WalkDir(migrations.FS(), ".", func(path string, d fs.DirEntry, err error) error {
+		if err != nil || d.IsDir() {
+			return err
+		}
+		b, err := fs.ReadFile(migrations.FS(), path)
+		h.Write([]byte(path))
+		h.Write(b)
+		return err
+	})
+	if err != nil {
+		return "", err
+	}
+	name := "outbox_relay_tmpl_" + hex.EncodeToString(h.Sum(nil))[:12]
+
+	conn, err := pgx.Connect(ctx, adminURL)
+	if err != nil {
+		return "", fmt.Errorf("connect to %s: %w", redact(adminURL), err)
+	}
+	defer conn.Close(context.Background())
+	// Test processes of several packages start together: one builds.
+	if _, err := conn.Exec(ctx, `SELECT pg_advisory_lock(7467737401)`); err != nil {
+		return "", err
+	}
+	defer conn.Exec(context.Background(), `SELECT pg_advisory_unlock(7467737401)`) //nolint:errcheck
+	var exists bool
+	if err := conn.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)`, name).Scan(&exists); err != nil {
+		return "", err
+	}
+	if exists {
+		return name, nil
+	}
+	// Build under another name and rename, so a half-built template (a
+	// crash mid-migration) is never cloned.
+	build := name + "_build"
+	if _, err := conn.Exec(ctx, `DROP DATABASE IF EXISTS `+pgx.Identifier{build}.Sanitize()+` WITH (FORCE)`); err != nil {
+		return "", err
+	}
+	if _, err := conn.Exec(ctx, `CREATE DATABASE `+pgx.Identifier{build}.Sanitize()); err != nil {
+		return "", err
+	}
+	if _, err := migrations.Up(ctx, withDatabase(adminURL, build), nil); err != nil {
+		return "", fmt.Errorf("migrate template: %w", err)
+	}
+	if _, err := conn.Exec(ctx, `ALTER DATABASE `+pgx.Identifier{build}.Sanitize()+` RENAME TO `+pgx.Identifier{name}.Sanitize()); err != nil {
+		return "", err
+	}
+	return name, nil
+}
+
+// AdminURL returns the URL of the server's postgres database, starting a
+// server if needed. It fails the test when no server can be had.
+func AdminURL(tb testing.TB) string {
+	tb.Helper()
+	srv.once.Do(srv.setup)
+	if srv.err != nil {
+		tb.Fatalf("pgtest: %v", srv.err)
+	}
+	return srv.adminURL
+}
+
+// NewDatabase creates a fresh, migrated database for tb, dropped when tb ends,
+// and returns its URL.
+func NewDatabase(tb testing.TB) string {
+	tb.Helper()
+	admin := AdminURL(tb)
+	var b [6]byte
+	_, _ = rand.Read(b[:])
+	name := "outbox_relay_test_" + hex.EncodeToString(b[:])
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	conn, err := pgx.Connect(ctx, admin)
+	if err != nil {
+		tb.Fatalf("pgtest: connect: %v", err)
+	}
+	defer conn.Close(context.Background())
+	if _, err := conn.Exec(ctx, `CREATE DATABASE `+pgx.Identifier{name}.Sanitize()+` TEMPLATE `+pgx.Identifier{srv.template}.Sanitize()); err != nil {
+		tb.Fatalf("pgtest: create database: %v", err)
+	}
+	tb.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		conn, err := pgx.Connect(ctx, admin)
+		if err != nil {
+			tb.Errorf("pgtest: drop database: %v", err)
+			return
+		}
+		defer conn.Close(context.Background())
+		if _, err := conn.Exec(ctx, `DROP DATABASE IF EXISTS `+pgx.Identifier{name}.Sanitize()+` WITH (FORCE)`); err != nil {
+			tb.Errorf("pgtest: drop database: %v", err)
+		}
+	})
+	return withDatabase(admin, name)
+}
+
+// NewEmptyDatabase creates an empty (unmigrated) database for tb.
+func NewEmptyDatabase(tb testing.TB) string {
+	tb.Helper()
+	admin := AdminURL(tb)
+	var b [6]byte
+	_, _ = rand.Read(b[:])
+	name := "outbox_relay_test_" + hex.EncodeToString(b[:])
+	ctx := context.Background()
+	conn, err := pgx.Connect(ctx, admin)
+	if err != nil {
+		tb.Fatalf("pgtest: connect: %v", err)
+	}
+	defer conn.Close(ctx)
+	if _, err := conn.Exec(ctx, `CREATE DATABASE `+pgx.Identifier{name}.Sanitize()); err != nil {
+		tb.Fatalf("pgtest: create database: %v", err)
+	}
+	tb.Cleanup(func() {
+		conn, err := pgx.Connect(ctx, admin)
+		if err != nil {
+			tb.Errorf("pgtest: drop database: %v", err)
+			return
+		}
+		defer conn.Close(ctx)
+		if _, err := conn.Exec(ctx, `DROP DATABASE IF EXISTS `+pgx.Identifier{name}.Sanitize()+` WITH (FORCE)`); err != nil {
+			tb.Errorf("pgtest: drop database: %v", err)
+		}
+	})
+	return withDatabase(admin, name)
+}
+
+// NewPool returns a pool on a fresh migrated database, closed when tb ends.
+func NewPool(tb testing.TB) (*pgxpool.Pool, string) {
+	tb.Helper()
+	dbURL := NewDatabase(tb)
+	pool, err := pgxpool.New(context.Background(), dbURL)
+	if err != nil {
+		tb.Fatalf("pgtest: pool: %v", err)
+	}
+	tb.Cleanup(pool.Close)
+	return pool, dbURL
+}
+
+func withDatabase(u, db string) string {
+	parsed, err := url.Parse(u)
+	if err != nil {
+		return u
+	}
+	parsed.Path = "/" + db
+	return parsed.String()
+}
+
+func redact(u string) string {
+	parsed, err := url.Parse(u)
+	if err != nil {
+		return "(unparsable url)"
+	}
+	return parsed.Redacted()
+}
