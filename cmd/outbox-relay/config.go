@@ -1,0 +1,193 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"reflect"
+	"strings"
+	"time"
+
+	"github.com/sethvargo/go-envconfig"
+
+	"github.com/outbox-relay/outbox-relay/provider/talkjs"
+	"github.com/outbox-relay/outbox-relay/relay"
+)
+
+// dbConfig is all that migrate, status and retry need.
+type dbConfig struct {
+	DatabaseURL string `env:"DATABASE_URL, required"`
+}
+
+// runConfig is the daemon's configuration. Every variable is documented in
+// README.md; keep the two in step.
+type runConfig struct {
+	DatabaseURL string `env:"DATABASE_URL, required"`
+
+	TalkJSAppID      string        `env:"TALKJS_APP_ID, required"`
+	TalkJSSecretKey  secret        `env:"TALKJS_SECRET_KEY, required"`
+	TalkJSBaseURL    string        `env:"TALKJS_BASE_URL, default=https://api.talkjs.com"`
+	TalkJSLegacyAuth bool          `env:"TALKJS_LEGACY_AUTH, default=false"`
+	TalkJSTimeout    time.Duration `env:"TALKJS_TIMEOUT, default=10s"`
+
+	Concurrency      int           `env:"OUTBOX_CONCURRENCY, default=100"`
+	BatchSize        int           `env:"OUTBOX_BATCH_SIZE, default=100"`
+	PollInterval     time.Duration `env:"OUTBOX_POLL_INTERVAL, default=1s"`
+	Lease            time.Duration `env:"OUTBOX_LEASE, default=10s"`
+	MaxAttempts      int           `env:"OUTBOX_MAX_ATTEMPTS, default=25"`
+	MaxAge           time.Duration `env:"OUTBOX_MAX_AGE, default=24h"`
+	RetryBase        time.Duration `env:"OUTBOX_RETRY_BASE, default=1s"`
+	RetryMax         time.Duration `env:"OUTBOX_RETRY_MAX, default=10m"`
+	UserSyncTTL      time.Duration `env:"OUTBOX_USER_SYNC_TTL, default=1h"`
+	RateLimit        float64       `env:"OUTBOX_RATE_LIMIT, default=100"`
+	RateBurst        int           `env:"OUTBOX_RATE_BURST, default=0"`
+	BreakerThreshold int           `env:"OUTBOX_BREAKER_THRESHOLD, default=10"`
+	ShutdownTimeout  time.Duration `env:"OUTBOX_SHUTDOWN_TIMEOUT, default=10s"`
+	RelayName        string        `env:"OUTBOX_RELAY_NAME"`
+	Migrate          bool          `env:"OUTBOX_MIGRATE, default=true"`
+	HTTPAddr         string        `env:"OUTBOX_HTTP_ADDR, default=:9090"`
+	LogLevel         string        `env:"OUTBOX_LOG_LEVEL, default=info"`
+	LogFormat        string        `env:"OUTBOX_LOG_FORMAT, default=text"`
+}
+
+// secret is a string that never prints: fmt, %v, %+v, slog and errors all
+// see a placeholder.
+type secret string
+
+func (secret) String() string                 { return "[redacted]" }
+func (secret) GoString() string               { return "[redacted]" }
+func (secret) LogValue() slog.Value           { return slog.StringValue("[redacted]") }
+func (s secret) MarshalText() ([]byte, error) { return []byte("[redacted]"), nil }
+
+// UnmarshalText lets envconfig fill it without ever echoing the value.
+func (s *secret) UnmarshalText(b []byte) error {
+	*s = secret(b)
+	return nil
+}
+
+func loadConfig(ctx context.Context, lookup envconfig.Lookuper, cfg any) error {
+	if err := envconfig.ProcessWith(ctx, &envconfig.Config{Target: cfg, Lookuper: lookup}); err != nil {
+		return fmt.Errorf("configuration: %w", nameVariable(cfg, err))
+	}
+	return nil
+}
+
+// nameVariable rewrites envconfig's "Field: problem" into "VARIABLE:
+// problem", since operators know the variables, not our field names.
+func nameVariable(cfg any, err error) error {
+	msg := err.Error()
+	t := reflect.TypeOf(cfg).Elem()
+	for i := range t.NumField() {
+		f := t.Field(i)
+		variable, _, _ := strings.Cut(f.Tag.Get("env"), ",")
+		if rest, ok := strings.CutPrefix(msg, f.Name+": "); ok && variable != "" {
+			return fmt.Errorf("%s: %s", variable, rest)
+		}
+	}
+	return err
+}
+
+// validate checks what envconfig cannot, naming the variable at fault.
+func (c *runConfig) validate() error {
+	var errs []error
+	bad := func(name, format string, args ...any) {
+		errs = append(errs, fmt.Errorf("%s: "+format, append([]any{name}, args...)...))
+	}
+	if strings.TrimSpace(c.TalkJSAppID) == "" {
+		bad("TALKJS_APP_ID", "must not be empty")
+	}
+	if strings.TrimSpace(string(c.TalkJSSecretKey)) == "" {
+		bad("TALKJS_SECRET_KEY", "must not be empty")
+	}
+	if !strings.HasPrefix(c.TalkJSBaseURL, "http://") && !strings.HasPrefix(c.TalkJSBaseURL, "https://") {
+		bad("TALKJS_BASE_URL", "must start with http:// or https://, got %q", c.TalkJSBaseURL)
+	}
+	if c.TalkJSTimeout <= 0 {
+		bad("TALKJS_TIMEOUT", "must be positive, got %s", c.TalkJSTimeout)
+	}
+	positive := map[string]int{"OUTBOX_CONCURRENCY": c.Concurrency, "OUTBOX_BATCH_SIZE": c.BatchSize,
+		"OUTBOX_MAX_ATTEMPTS": c.MaxAttempts, "OUTBOX_BREAKER_THRESHOLD": c.BreakerThreshold}
+	for _, name := range []string{"OUTBOX_CONCURRENCY", "OUTBOX_BATCH_SIZE", "OUTBOX_MAX_ATTEMPTS", "OUTBOX_BREAKER_THRESHOLD"} {
+		if positive[name] <= 0 {
+			bad(name, "must be positive, got %d", positive[name])
+		}
+	}
+	durations := map[string]time.Duration{"OUTBOX_POLL_INTERVAL": c.PollInterval, "OUTBOX_LEASE": c.Lease,
+		"OUTBOX_MAX_AGE": c.MaxAge, "OUTBOX_RETRY_BASE": c.RetryBase, "OUTBOX_RETRY_MAX": c.RetryMax,
+		"OUTBOX_SHUTDOWN_TIMEOUT": c.ShutdownTimeout}
+	for _, name := range []string{"OUTBOX_POLL_INTERVAL", "OUTBOX_LEASE", "OUTBOX_MAX_AGE", "OUTBOX_RETRY_BASE", "OUTBOX_RETRY_MAX", "OUTBOX_SHUTDOWN_TIMEOUT"} {
+		if durations[name] <= 0 {
+			bad(name, "must be positive, got %s", durations[name])
+		}
+	}
+	if c.Lease > 0 && c.Lease < time.Second {
+		bad("OUTBOX_LEASE", "must be at least 1s, got %s", c.Lease)
+	}
+	if c.RetryMax < c.RetryBase {
+		bad("OUTBOX_RETRY_MAX", "(%s) must be at least OUTBOX_RETRY_BASE (%s)", c.RetryMax, c.RetryBase)
+	}
+	if c.RateLimit < 0 {
+		bad("OUTBOX_RATE_LIMIT", "must not be negative, got %g", c.RateLimit)
+	}
+	if c.RateBurst < 0 {
+		bad("OUTBOX_RATE_BURST", "must not be negative, got %d", c.RateBurst)
+	}
+	if _, err := parseLevel(c.LogLevel); err != nil {
+		bad("OUTBOX_LOG_LEVEL", "%v", err)
+	}
+	if c.LogFormat != "text" && c.LogFormat != "json" {
+		bad("OUTBOX_LOG_FORMAT", "must be text or json, got %q", c.LogFormat)
+	}
+	if len(errs) > 0 {
+		return fmt.Errorf("configuration: %w", errors.Join(errs...))
+	}
+	return nil
+}
+
+func (c *runConfig) talkjsConfig() talkjs.Config {
+	return talkjs.Config{
+		AppID:      c.TalkJSAppID,
+		SecretKey:  string(c.TalkJSSecretKey),
+		BaseURL:    c.TalkJSBaseURL,
+		LegacyAuth: c.TalkJSLegacyAuth,
+		Timeout:    c.TalkJSTimeout,
+		MaxConns:   c.Concurrency * 2,
+	}
+}
+
+func (c *runConfig) relayConfig(logger *slog.Logger) relay.Config {
+	return relay.Config{
+		Name:             c.RelayName,
+		Version:          version,
+		Concurrency:      c.Concurrency,
+		BatchSize:        c.BatchSize,
+		PollInterval:     c.PollInterval,
+		Lease:            c.Lease,
+		MaxAttempts:      c.MaxAttempts,
+		MaxAge:           c.MaxAge,
+		Retry:            relay.RetryPolicy{Base: c.RetryBase, Max: c.RetryMax},
+		UserSyncTTL:      userSyncTTL(c.UserSyncTTL),
+		RateLimit:        c.RateLimit,
+		RateBurst:        c.RateBurst,
+		BreakerThreshold: c.BreakerThreshold,
+		ShutdownTimeout:  c.ShutdownTimeout,
+		Logger:           logger,
+	}
+}
+
+// userSyncTTL maps the variable's 0 ("never skip") to the relay's negative.
+func userSyncTTL(d time.Duration) time.Duration {
+	if d == 0 {
+		return -1
+	}
+	return d
+}
+
+func parseLevel(s string) (slog.Level, error) {
+	var l slog.Level
+	if err := l.UnmarshalText([]byte(s)); err != nil {
+		return 0, fmt.Errorf("must be debug, info, warn or error, got %q", s)
+	}
+	return l, nil
+}

@@ -1,0 +1,455 @@
+// Command outbox-relay delivers conversation-start intents from a Postgres
+// outbox table to TalkJS. See README.md.
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"strconv"
+	"strings"
+	"syscall"
+	"text/tabwriter"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/sethvargo/go-envconfig"
+
+	"github.com/outbox-relay/outbox-relay/internal/demo"
+	"github.com/outbox-relay/outbox-relay/migrations"
+	"github.com/outbox-relay/outbox-relay/provider/talkjs"
+	"github.com/outbox-relay/outbox-relay/relay"
+)
+
+// version is set at build time with -ldflags "-X main.version=...".
+var version = "dev"
+
+const usage = `outbox-relay delivers conversation-start intents from Postgres to TalkJS.
+
+Usage:
+  outbox-relay <command> [flags]
+
+Commands:
+  migrate   apply the embedded schema migrations (idempotent)
+  run       run the relay daemon until SIGINT/SIGTERM
+  status    print counts by state, oldest pending age, dead letters, live relays
+  retry     put dead intents back to pending: retry ID... | retry --all-dead
+  demo      run an end-to-end demo against a local Postgres and a fake TalkJS
+  version   print the version
+
+Configuration is read from the environment; see README.md.
+Run "outbox-relay <command> --help" for a command's details.
+`
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	code := run(ctx, os.Args[1:], envconfig.OsLookuper(), os.Stdout, os.Stderr)
+	stop()
+	os.Exit(code)
+}
+
+// run executes one command and returns the process exit code.
+func run(ctx context.Context, args []string, env envconfig.Lookuper, stdout, stderr io.Writer) int {
+	if len(args) == 0 {
+		fmt.Fprint(stderr, usage)
+		return 2
+	}
+	cmd, rest := args[0], args[1:]
+	var err error
+	switch cmd {
+	case "migrate":
+		err = cmdMigrate(ctx, rest, env, stdout, stderr)
+	case "run":
+		err = cmdRun(ctx, rest, env, stdout, stderr)
+	case "status":
+		err = cmdStatus(ctx, rest, env, stdout, stderr)
+	case "retry":
+		err = cmdRetry(ctx, rest, env, stdout, stderr)
+	case "demo":
+		err = cmdDemo(ctx, rest, env, stdout, stderr)
+	case "version", "--version":
+		fmt.Fprintln(stdout, version)
+		return 0
+	case "help", "-h", "--help":
+		fmt.Fprint(stdout, usage)
+		return 0
+	default:
+		fmt.Fprintf(stderr, "outbox-relay: unknown command %q\n\n%s", cmd, usage)
+		return 2
+	}
+	switch {
+	case err == nil:
+		return 0
+	case errors.Is(err, flag.ErrHelp):
+		return 0
+	case errors.Is(err, errUsage):
+		return 2
+	default:
+		fmt.Fprintf(stderr, "outbox-relay %s: %v\n", cmd, err)
+		return 1
+	}
+}
+
+// errUsage marks a command-line mistake already reported to stderr.
+var errUsage = errors.New("usage")
+
+func newFlags(name, help string, stderr io.Writer) *flag.FlagSet {
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.Usage = func() {
+		fmt.Fprint(stderr, help)
+		var hasFlags bool
+		fs.VisitAll(func(*flag.Flag) { hasFlags = true })
+		if hasFlags {
+			fmt.Fprintln(stderr, "\nFlags:")
+			fs.PrintDefaults()
+		}
+	}
+	return fs
+}
+
+func parseFlags(fs *flag.FlagSet, args []string) error {
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return err
+		}
+		return errUsage
+	}
+	return nil
+}
+
+const migrateHelp = `Usage: outbox-relay migrate
+
+Applies the embedded migrations to DATABASE_URL. Idempotent, and safe to run
+from several processes at once (an advisory lock serialises them).
+
+Environment:
+  DATABASE_URL   Postgres connection string (required)
+`
+
+func cmdMigrate(ctx context.Context, args []string, env envconfig.Lookuper, stdout, stderr io.Writer) error {
+	fs := newFlags("migrate", migrateHelp, stderr)
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	var cfg dbConfig
+	if err := loadConfig(ctx, env, &cfg); err != nil {
+		return err
+	}
+	res, err := migrations.Up(ctx, cfg.DatabaseURL, nil)
+	if err != nil {
+		return err
+	}
+	if len(res.Applied) == 0 {
+		fmt.Fprintf(stdout, "schema up to date (version %d)\n", res.Version)
+	} else {
+		fmt.Fprintf(stdout, "applied migrations %v; schema at version %d\n", res.Applied, res.Version)
+	}
+	return nil
+}
+
+const runHelp = `Usage: outbox-relay run
+
+Runs the relay until SIGINT or SIGTERM, then stops claiming, lets in-flight
+deliveries finish (up to OUTBOX_SHUTDOWN_TIMEOUT) and exits. Applies the
+migrations first unless OUTBOX_MIGRATE=false. Serves /metrics, /healthz and
+/readyz on OUTBOX_HTTP_ADDR.
+
+Environment (see README.md for all of them):
+  DATABASE_URL         Postgres connection string (required)
+  TALKJS_APP_ID        TalkJS app id (required)
+  TALKJS_SECRET_KEY    TalkJS secret key (required; never logged)
+  TALKJS_BASE_URL      API base (default https://api.talkjs.com)
+  OUTBOX_CONCURRENCY   intents delivered at once (default 100)
+  OUTBOX_RATE_LIMIT    requests/s for the whole app, shared by all relays (default 100)
+  OUTBOX_LEASE         claim lease; crash takeover time (default 10s)
+  OUTBOX_MAX_ATTEMPTS  retry budget in attempts (default 25)
+  OUTBOX_MAX_AGE       retry budget in age (default 24h)
+  OUTBOX_HTTP_ADDR     metrics and health address (default :9090; "" disables)
+  OUTBOX_LOG_LEVEL     debug, info, warn, error (default info)
+`
+
+func cmdRun(ctx context.Context, args []string, env envconfig.Lookuper, _, stderr io.Writer) error {
+	fs := newFlags("run", runHelp, stderr)
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	var cfg runConfig
+	if err := loadConfig(ctx, env, &cfg); err != nil {
+		return err
+	}
+	if err := cfg.validate(); err != nil {
+		return err
+	}
+	logger := newLogger(stderr, cfg.LogLevel, cfg.LogFormat)
+
+	if cfg.Migrate {
+		res, err := migrations.Up(ctx, cfg.DatabaseURL, logger)
+		if err != nil {
+			return err
+		}
+		logger.Info("schema ready", "version", res.Version, "applied", len(res.Applied))
+	}
+
+	pool, err := newPool(ctx, cfg.DatabaseURL)
+	if err != nil {
+		return err
+	}
+	defer pool.Close()
+
+	client, err := talkjs.New(cfg.talkjsConfig())
+	if err != nil {
+		return fmt.Errorf("configuration: %w", err)
+	}
+	defer client.Close()
+
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	rcfg := cfg.relayConfig(logger)
+	rcfg.Registerer = reg
+	r, err := relay.New(pool, client, rcfg)
+	if err != nil {
+		return err
+	}
+
+	if cfg.HTTPAddr != "" {
+		srv, err := serveHTTP(cfg.HTTPAddr, reg, r, logger)
+		if err != nil {
+			return err
+		}
+		defer func() {
+			shutdownCtx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			_ = srv.Shutdown(shutdownCtx)
+		}()
+	}
+	return r.Run(ctx)
+}
+
+// serveHTTP serves metrics and health endpoints in the background.
+func serveHTTP(addr string, reg *prometheus.Registry, r *relay.Relay, logger *slog.Logger) (*http.Server, error) {
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
+		w.WriteHeader(http.StatusOK)
+		_, _ = io.WriteString(w, "ok\n")
+	})
+	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
+		h := r.Health()
+		w.Header().Set("Content-Type", "application/json")
+		if !h.Ready {
+			w.WriteHeader(http.StatusServiceUnavailable)
+		}
+		_ = json.NewEncoder(w).Encode(h)
+	})
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("OUTBOX_HTTP_ADDR: listen on %s: %w", addr, err)
+	}
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	go func() {
+		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			logger.Error("http server", "error", err)
+		}
+	}()
+	logger.Info("serving metrics and health", "addr", ln.Addr().String())
+	return srv, nil
+}
+
+const statusHelp = `Usage: outbox-relay status [--dead N]
+
+Prints intent counts by state, the age of the oldest pending intent, the most
+recent dead intents with their errors, and the live relays.
+
+Environment:
+  DATABASE_URL   Postgres connection string (required)
+`
+
+func cmdStatus(ctx context.Context, args []string, env envconfig.Lookuper, stdout, stderr io.Writer) error {
+	fs := newFlags("status", statusHelp, stderr)
+	deadLimit := fs.Int("dead", 10, "how many dead intents to list")
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	if *deadLimit < 0 {
+		fmt.Fprintln(stderr, "--dead must not be negative")
+		return errUsage
+	}
+	var cfg dbConfig
+	if err := loadConfig(ctx, env, &cfg); err != nil {
+		return err
+	}
+	pool, err := newPool(ctx, cfg.DatabaseURL)
+	if err != nil {
+		return err
+	}
+	defer pool.Close()
+	st, err := relay.ReadStatus(ctx, pool, *deadLimit)
+	if err != nil {
+		return err
+	}
+	printStatus(stdout, st)
+	return nil
+}
+
+func printStatus(w io.Writer, st relay.Status) {
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "STATE\tCOUNT")
+	for _, s := range []string{"pending", "delivering", "done", "dead"} {
+		fmt.Fprintf(tw, "%s\t%d\n", s, st.Counts[s])
+	}
+	_ = tw.Flush()
+	fmt.Fprintf(w, "\noldest pending: %s\n", st.OldestPending.Round(time.Millisecond))
+	fmt.Fprintf(w, "live relays: %d\n", len(st.Relays))
+	for _, r := range st.Relays {
+		fmt.Fprintf(w, "  %s (version %s, up %s)\n", r.ID, r.Version, r.HeartbeatAt.Sub(r.StartedAt).Round(time.Second))
+	}
+	if len(st.Dead) > 0 {
+		fmt.Fprintln(w, "\nrecent dead intents:")
+		tw = tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+		fmt.Fprintln(tw, "ID\tKEY\tCONVERSATION\tATTEMPTS\tLAST ERROR")
+		for _, d := range st.Dead {
+			fmt.Fprintf(tw, "%d\t%s\t%s\t%d\t%s\n", d.ID, deref(d.Key), d.ConversationID, d.Attempts, oneLine(deref(d.LastError), 120))
+		}
+		_ = tw.Flush()
+	}
+}
+
+const retryHelp = `Usage: outbox-relay retry ID... | outbox-relay retry --all-dead
+
+Puts dead intents back to pending with a fresh retry budget and wakes the
+relays. Intents that are not dead are left alone and reported.
+
+Environment:
+  DATABASE_URL   Postgres connection string (required)
+`
+
+func cmdRetry(ctx context.Context, args []string, env envconfig.Lookuper, stdout, stderr io.Writer) error {
+	fs := newFlags("retry", retryHelp, stderr)
+	allDead := fs.Bool("all-dead", false, "retry every dead intent")
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	ids := make([]int64, 0, fs.NArg())
+	for _, a := range fs.Args() {
+		id, err := strconv.ParseInt(a, 10, 64)
+		if err != nil || id <= 0 {
+			fmt.Fprintf(stderr, "retry: %q is not an intent id (a positive integer)\n", a)
+			return errUsage
+		}
+		ids = append(ids, id)
+	}
+	if len(ids) == 0 && !*allDead {
+		fmt.Fprint(stderr, "retry: give intent ids or --all-dead\n\n", retryHelp)
+		return errUsage
+	}
+	if len(ids) > 0 && *allDead {
+		fmt.Fprintln(stderr, "retry: give either intent ids or --all-dead, not both")
+		return errUsage
+	}
+	var cfg dbConfig
+	if err := loadConfig(ctx, env, &cfg); err != nil {
+		return err
+	}
+	pool, err := newPool(ctx, cfg.DatabaseURL)
+	if err != nil {
+		return err
+	}
+	defer pool.Close()
+	res, err := relay.Retry(ctx, pool, ids, *allDead)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "retried %d intent(s)%s\n", len(res.Retried), idList(res.Retried))
+	for _, id := range ids {
+		if state, ok := res.NotDead[id]; ok {
+			fmt.Fprintf(stdout, "intent %d is %s, not dead: left alone\n", id, state)
+		}
+	}
+	for _, id := range res.NotFound {
+		fmt.Fprintf(stdout, "intent %d not found\n", id)
+	}
+	if len(res.NotFound) > 0 {
+		return fmt.Errorf("%d intent id(s) not found", len(res.NotFound))
+	}
+	return nil
+}
+
+const demoHelp = `Usage: outbox-relay demo
+
+Runs the relay end to end on this machine: uses DATABASE_URL if set, else the
+server at 127.0.0.1:5432, else a throwaway cluster started with initdb/pg_ctl
+(removed afterwards). Creates a scratch database, starts a fake TalkJS in the
+process, enqueues a few order intents, delivers them, and prints the status
+table and what the fake received.
+`
+
+func cmdDemo(ctx context.Context, args []string, env envconfig.Lookuper, stdout, stderr io.Writer) error {
+	fs := newFlags("demo", demoHelp, stderr)
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	dbURL, _ := env.Lookup("DATABASE_URL")
+	return demo.Run(ctx, demo.Options{DatabaseURL: dbURL, Out: stdout, Log: stderr})
+}
+
+func newPool(ctx context.Context, url string) (*pgxpool.Pool, error) {
+	cfg, err := pgxpool.ParseConfig(url)
+	if err != nil {
+		return nil, fmt.Errorf("DATABASE_URL: %w", err)
+	}
+	if !strings.Contains(url, "pool_max_conns") {
+		cfg.MaxConns = 10
+	}
+	pool, err := pgxpool.NewWithConfig(ctx, cfg)
+	if err != nil {
+		return nil, fmt.Errorf("connect to database: %w", err)
+	}
+	return pool, nil
+}
+
+func newLogger(w io.Writer, level, format string) *slog.Logger {
+	l, _ := parseLevel(level)
+	opts := &slog.HandlerOptions{Level: l}
+	if format == "json" {
+		return slog.New(slog.NewJSONHandler(w, opts))
+	}
+	return slog.New(slog.NewTextHandler(w, opts))
+}
+
+func deref(s *string) string {
+	if s == nil {
+		return ""
+	}
+	return *s
+}
+
+func oneLine(s string, n int) string {
+	s = strings.Join(strings.Fields(s), " ")
+	if len(s) > n {
+		return s[:n] + "…"
+	}
+	return s
+}
+
+func idList(ids []int64) string {
+	if len(ids) == 0 {
+		return ""
+	}
+	parts := make([]string, len(ids))
+	for i, id := range ids {
+		parts[i] = strconv.FormatInt(id, 10)
+	}
+	return ": " + strings.Join(parts, ", ")
+}

@@ -1,0 +1,198 @@
+// Package relaytest holds what the relay's tests share: typical intents,
+// condition waits, SQL inserts, and the check that the fake TalkJS holds
+// exactly what a set of intents describes.
+package relaytest
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/outbox-relay/outbox-relay/outbox"
+	"github.com/outbox-relay/outbox-relay/provider/faketalkjs"
+)
+
+// OrderIntent is a typical intent: a buyer of its own and a shared seller,
+// a conversation, a system message and a message from the buyer. n makes
+// the texts unique.
+func OrderIntent(conv string, n int) outbox.Intent {
+	buyer := "buyer-" + conv
+	return outbox.Intent{
+		Users: []outbox.User{
+			{ID: buyer, Name: "Buyer " + conv, Email: []string{buyer + "@example.com"}, Custom: map[string]string{"tier": "gold"}},
+			{ID: "seller", Name: "Seller", Email: []string{"seller@example.com"}, Role: "seller"},
+		},
+		Conversation: outbox.Conversation{ID: conv, Subject: "Order " + conv, Custom: map[string]string{"n": fmt.Sprint(n)}},
+		Messages: []outbox.Message{
+			{Type: outbox.SystemMessage, Text: fmt.Sprintf("intent %d placed", n)},
+			{Sender: buyer, Text: fmt.Sprintf("hello %d", n)},
+		},
+	}
+}
+
+// InsertSQL inserts intents with plain SQL, as an application in any
+// language would, in slice order in one transaction, and returns their ids.
+func InsertSQL(tb testing.TB, pool *pgxpool.Pool, intents []outbox.Intent) []int64 {
+	tb.Helper()
+	ctx := context.Background()
+	ids := make([]int64, 0, len(intents))
+	err := pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
+		for _, in := range intents {
+			payload, err := json.Marshal(in)
+			if err != nil {
+				return err
+			}
+			var id int64
+			if err := tx.QueryRow(ctx, `INSERT INTO outbox.intents (payload) VALUES ($1::jsonb) RETURNING id`, payload).Scan(&id); err != nil {
+				return err
+			}
+			ids = append(ids, id)
+		}
+		return nil
+	})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return ids
+}
+
+// Counts returns the number of intents by state.
+func Counts(tb testing.TB, pool *pgxpool.Pool) map[string]int {
+	tb.Helper()
+	rows, err := pool.Query(context.Background(), `SELECT state, count(*) FROM outbox.intents GROUP BY state`)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	out := map[string]int{}
+	for rows.Next() {
+		var s string
+		var n int
+		if err := rows.Scan(&s, &n); err != nil {
+			tb.Fatal(err)
+		}
+		out[s] = n
+	}
+	if err := rows.Err(); err != nil {
+		tb.Fatal(err)
+	}
+	return out
+}
+
+// WaitFor polls cond every 10ms until it returns true, failing tb if the
+// deadline passes first.
+func WaitFor(tb testing.TB, timeout time.Duration, what string, cond func() bool) {
+	tb.Helper()
+	deadline := time.Now().Add(timeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			tb.Fatalf("timed out after %s waiting for %s", timeout, what)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// WaitSettled waits until no intent is pending or delivering and returns
+// the counts by state.
+func WaitSettled(tb testing.TB, pool *pgxpool.Pool, timeout time.Duration) map[string]int {
+	tb.Helper()
+	var c map[string]int
+	WaitFor(tb, timeout, "all intents done or dead", func() bool {
+		c = Counts(tb, pool)
+		return c["pending"] == 0 && c["delivering"] == 0
+	})
+	return c
+}
+
+// CheckDelivered asserts the fake holds exactly what the intents describe:
+// every user, every conversation with its participants and subject, and
+// every message exactly once, in intent order within its conversation,
+// never stored before its conversation and sender existed.
+func CheckDelivered(tb testing.TB, fake *faketalkjs.Server, intents []outbox.Intent) {
+	tb.Helper()
+	wantMsgs := map[string][]string{} // conversation -> texts in order
+	users := map[string]outbox.User{}
+	for _, in := range intents {
+		for _, u := range in.Users {
+			users[u.ID] = u
+		}
+		c, ok := fake.Conversation(in.Conversation.ID)
+		if !ok {
+			tb.Fatalf("conversation %q missing", in.Conversation.ID)
+		}
+		if got, want := fmt.Sprint(c.Participants), fmt.Sprint(in.ResolvedParticipants()); got != want {
+			tb.Errorf("conversation %q participants = %s, want %s", c.ID, got, want)
+		}
+		if c.Subject != in.Conversation.Subject {
+			tb.Errorf("conversation %q subject = %q, want %q", c.ID, c.Subject, in.Conversation.Subject)
+		}
+		for _, m := range in.Messages {
+			wantMsgs[in.Conversation.ID] = append(wantMsgs[in.Conversation.ID], m.Text)
+		}
+	}
+	for id, u := range users {
+		got, ok := fake.User(id)
+		if !ok {
+			tb.Fatalf("user %q missing", id)
+		}
+		if got.Name != u.Name || fmt.Sprint(got.Email) != fmt.Sprint(u.Email) {
+			tb.Errorf("user %q = %+v, want name %q email %v", id, got, u.Name, u.Email)
+		}
+	}
+	if got := fake.UserCount(); got != len(users) {
+		tb.Errorf("fake holds %d users, want %d", got, len(users))
+	}
+	if got := fake.ConversationCount(); got != len(wantMsgs) {
+		tb.Errorf("fake holds %d conversations, want %d", got, len(wantMsgs))
+	}
+	total := 0
+	for conv, want := range wantMsgs {
+		c, _ := fake.Conversation(conv)
+		var got []string
+		for _, m := range fake.Messages(conv) {
+			got = append(got, m.Text)
+			if m.StoredAt.Before(c.CreatedAt) {
+				tb.Errorf("message %q stored before its conversation", m.Text)
+			}
+			if m.Sender != "" {
+				u, ok := fake.User(m.Sender)
+				if !ok || m.StoredAt.Before(u.CreatedAt) {
+					tb.Errorf("message %q stored before its sender existed", m.Text)
+				}
+			}
+		}
+		if fmt.Sprint(got) != fmt.Sprint(want) {
+			tb.Errorf("conversation %q messages =\n%q\nwant (each once, in intent order)\n%q", conv, got, want)
+		}
+		total += len(want)
+	}
+	if got := fake.MessageCount(); got != total {
+		tb.Errorf("fake holds %d messages, want exactly %d", got, total)
+	}
+}
+
+// SyncBuffer is a goroutine-safe log sink.
+type SyncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+// Write appends p.
+func (s *SyncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.buf.Write(p)
+}
+
+// String returns everything written so far.
+func (s *SyncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.buf.String()
+}

@@ -1,0 +1,438 @@
+// Package talkjs is the TalkJS implementation of provider.Provider: an
+// HTTP client for the three REST calls of a conversation start, with
+// app-scoped JWT authentication, a client-side rate limit, a bounded
+// connection pool and classification of every failure into a
+// *provider.Error.
+//
+// A Client is safe for concurrent use by the relay's workers; create one
+// per process and share it.
+package talkjs
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math"
+	"net/http"
+	"net/url"
+	"strings"
+	"time"
+
+	"golang.org/x/time/rate"
+
+	"github.com/outbox-relay/outbox-relay/provider"
+)
+
+// Defaults of Config.
+const (
+	DefaultBaseURL   = "https://api.talkjs.com"
+	DefaultTimeout   = 10 * time.Second
+	DefaultMaxConns  = 100
+	DefaultUserAgent = "outbox-relay (+https://github.com/outbox-relay/outbox-relay)"
+)
+
+// Config configures a Client. AppID and SecretKey are required; every other
+// field has a default.
+type Config struct {
+	// AppID is the TalkJS app id. Required.
+	AppID string
+	// SecretKey is the app's secret key. Required. It never appears in an
+	// error, a log or the String form of a Config or Client.
+	SecretKey string
+	// BaseURL is the API's scheme, host and optional path prefix. Default
+	// DefaultBaseURL.
+	BaseURL string
+	// LegacyAuth sends the secret key itself as the bearer token instead of
+	// a short-lived app-scoped JWT signed with it. Off by default: a JWT
+	// that leaks expires within 30 seconds, the key does not.
+	LegacyAuth bool
+	// Timeout bounds each HTTP request, from sending to reading the
+	// response; waiting for the rate limiter is not included. Default
+	// DefaultTimeout.
+	Timeout time.Duration
+	// MaxConns is the size of the connection pool: the most connections,
+	// idle or busy, the client keeps to the API host. Size it to the relay's
+	// concurrency so workers neither queue for connections nor reconnect.
+	// Default DefaultMaxConns. Ignored when HTTPClient is set.
+	MaxConns int
+	// RateLimit is the most requests per second this client sends, shared by
+	// all its callers; 0 means unlimited. TalkJS limits per app, so divide
+	// the app's allowance between relay processes. Change it at run time
+	// with SetRateLimit.
+	RateLimit float64
+	// Burst is how many requests may go at once above RateLimit after a
+	// quiet period. Default max(1, ceil(RateLimit)).
+	Burst int
+	// UserAgent is sent with every request. Default DefaultUserAgent.
+	UserAgent string
+	// HTTPClient replaces the client's own HTTP client (tests, proxies,
+	// custom TLS). Its Timeout, if any, applies on top of Timeout; redirects
+	// follow its CheckRedirect. By default the client builds one that does
+	// not follow redirects, as TalkJS never sends them for API calls.
+	HTTPClient *http.Client
+	// Now is the clock used for token expiry and Retry-After dates; default
+	// time.Now. Tests stub it.
+	Now func() time.Time
+}
+
+// String describes c without its secret key.
+func (c Config) String() string {
+	return fmt.Sprintf("talkjs.Config{AppID:%q BaseURL:%q SecretKey:%s LegacyAuth:%t Timeout:%s MaxConns:%d RateLimit:%g Burst:%d}",
+		c.AppID, c.BaseURL, redactedIfSet(c.SecretKey), c.LegacyAuth, c.Timeout, c.MaxConns, c.RateLimit, c.Burst)
+}
+
+// GoString is String, so %#v does not print the secret key either.
+func (c Config) GoString() string { return c.String() }
+
+// LogValue logs c without its secret key.
+func (c Config) LogValue() slog.Value {
+	return slog.GroupValue(
+		slog.String("app_id", c.AppID),
+		slog.String("base_url", c.BaseURL),
+		slog.String("secret_key", redactedIfSet(c.SecretKey)),
+		slog.Bool("legacy_auth", c.LegacyAuth),
+		slog.Duration("timeout", c.Timeout),
+		slog.Int("max_conns", c.MaxConns),
+		slog.Float64("rate_limit", c.RateLimit),
+		slog.Int("burst", c.Burst),
+	)
+}
+
+func redactedIfSet(s string) string {
+	if s == "" {
+		return "<empty>"
+	}
+	return "<redacted>"
+}
+
+// withDefaults returns c with every unset field given its default.
+func (c Config) withDefaults() Config {
+	if c.BaseURL == "" {
+		c.BaseURL = DefaultBaseURL
+	}
+	if c.Timeout == 0 {
+		c.Timeout = DefaultTimeout
+	}
+	if c.MaxConns == 0 {
+		c.MaxConns = DefaultMaxConns
+	}
+	if c.Burst == 0 {
+		c.Burst = defaultBurst(c.RateLimit)
+	}
+	if c.UserAgent == "" {
+		c.UserAgent = DefaultUserAgent
+	}
+	if c.Now == nil {
+		c.Now = time.Now
+	}
+	return c
+}
+
+func defaultBurst(limit float64) int {
+	if limit <= 0 || math.IsInf(limit, 0) || math.IsNaN(limit) {
+		return 1
+	}
+	return int(max(1, math.Ceil(limit)))
+}
+
+// validate reports the first invalid field. Errors name the field and never
+// quote the secret key.
+func (c Config) validate() (*url.URL, error) {
+	switch {
+	case c.AppID == "":
+		return nil, errors.New("talkjs: AppID is required")
+	case c.SecretKey == "":
+		return nil, errors.New("talkjs: SecretKey is required")
+	case c.Timeout < 0:
+		return nil, fmt.Errorf("talkjs: Timeout must not be negative, got %s", c.Timeout)
+	case c.MaxConns < 0:
+		return nil, fmt.Errorf("talkjs: MaxConns must not be negative, got %d", c.MaxConns)
+	case math.IsNaN(c.RateLimit) || math.IsInf(c.RateLimit, 0) || c.RateLimit < 0:
+		return nil, fmt.Errorf("talkjs: RateLimit must be a finite number >= 0, got %g", c.RateLimit)
+	case c.Burst < 0:
+		return nil, fmt.Errorf("talkjs: Burst must not be negative, got %d", c.Burst)
+	}
+	// url.Parse errors quote the input, which could hold credentials.
+	base, err := url.Parse(c.BaseURL)
+	if err != nil {
+		return nil, errors.New("talkjs: BaseURL is not a valid URL")
+	}
+	switch {
+	case base.Scheme != "http" && base.Scheme != "https":
+		return nil, errors.New("talkjs: BaseURL must start with http:// or https://")
+	case base.Host == "":
+		return nil, errors.New("talkjs: BaseURL must have a host")
+	case base.User != nil:
+		return nil, errors.New("talkjs: BaseURL must not contain credentials")
+	case base.RawQuery != "" || base.Fragment != "" || base.ForceQuery:
+		return nil, errors.New("talkjs: BaseURL must not have a query or fragment")
+	}
+	return base, nil
+}
+
+// Client calls the TalkJS REST API. It implements provider.Provider.
+type Client struct {
+	appID     string
+	origin    string // scheme://host of BaseURL
+	prefix    string // escaped path prefix of BaseURL, no trailing slash
+	timeout   time.Duration
+	userAgent string
+	now       func() time.Time
+	creds     credentials
+	secretKey string // kept only to scrub it from response bodies quoted in errors
+	limiter   *rate.Limiter
+	hc        *http.Client
+	ownsHC    bool
+}
+
+var _ provider.Provider = (*Client)(nil)
+
+// New validates cfg and returns a Client.
+func New(cfg Config) (*Client, error) {
+	cfg = cfg.withDefaults()
+	base, err := cfg.validate()
+	if err != nil {
+		return nil, err
+	}
+	c := &Client{
+		appID:     cfg.AppID,
+		origin:    base.Scheme + "://" + base.Host,
+		prefix:    strings.TrimRight(base.EscapedPath(), "/"),
+		timeout:   cfg.Timeout,
+		userAgent: cfg.UserAgent,
+		now:       cfg.Now,
+		secretKey: cfg.SecretKey,
+		limiter:   rate.NewLimiter(rate.Inf, cfg.Burst),
+		hc:        cfg.HTTPClient,
+	}
+	if cfg.LegacyAuth {
+		c.creds = legacyCredentials{secretKey: cfg.SecretKey}
+	} else {
+		c.creds = newAppTokenSource(cfg.AppID, cfg.SecretKey, cfg.Now)
+	}
+	c.SetRateLimit(cfg.RateLimit, cfg.Burst)
+	if c.hc == nil {
+		c.hc = &http.Client{
+			Transport: newTransport(cfg.MaxConns),
+			// A redirect is never a TalkJS answer, and following one would
+			// turn a POST into a GET that "succeeds": hand it back as a
+			// failed call instead.
+			CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
+		}
+		c.ownsHC = true
+	}
+	return c, nil
+}
+
+// newTransport returns a transport whose pool holds maxConns connections
+// to the API host, all of which may stay idle between bursts so that a
+// busy relay does not reconnect (and redo TLS) per request.
+func newTransport(maxConns int) *http.Transport {
+	var t *http.Transport
+	if dt, ok := http.DefaultTransport.(*http.Transport); ok {
+		t = dt.Clone()
+	} else {
+		t = &http.Transport{Proxy: http.ProxyFromEnvironment, ForceAttemptHTTP2: true}
+	}
+	t.MaxConnsPerHost = maxConns
+	t.MaxIdleConnsPerHost = maxConns
+	t.MaxIdleConns = maxConns
+	t.IdleConnTimeout = 90 * time.Second
+	return t
+}
+
+// String describes the client without its secret key.
+func (c *Client) String() string {
+	return fmt.Sprintf("talkjs.Client{AppID:%q BaseURL:%q}", c.appID, c.origin+c.prefix)
+}
+
+// GoString is String, so %#v does not print the secret key either.
+func (c *Client) GoString() string { return c.String() }
+
+// SetRateLimit changes the client-side rate limit at run time: limit
+// requests per second (<= 0 or +Inf for unlimited) with bursts of burst
+// (<= 0 for max(1, ceil(limit))). Requests already waiting keep their
+// reserved slot.
+func (c *Client) SetRateLimit(limit float64, burst int) {
+	if burst <= 0 {
+		burst = defaultBurst(limit)
+	}
+	// Burst first: SetLimit refills the bucket up to the burst when leaving
+	// rate.Inf.
+	c.limiter.SetBurst(burst)
+	if limit <= 0 || math.IsNaN(limit) || math.IsInf(limit, 0) {
+		c.limiter.SetLimit(rate.Inf)
+		return
+	}
+	c.limiter.SetLimit(rate.Limit(limit))
+}
+
+// Close closes the client's idle connections. The client stays usable; a
+// later request opens a new connection. A caller-supplied HTTPClient is
+// left alone.
+func (c *Client) Close() error {
+	if c.ownsHC {
+		c.hc.CloseIdleConnections()
+	}
+	return nil
+}
+
+// PutUser creates or updates a user: PUT /v1/{appId}/users/{userId}.
+func (c *Client) PutUser(ctx context.Context, u provider.User) error {
+	path, err := c.resourcePath("users", "user", u.ID)
+	if err != nil {
+		return err
+	}
+	return c.do(ctx, http.MethodPut, path, u)
+}
+
+// PutConversation creates or updates a conversation:
+// PUT /v1/{appId}/conversations/{conversationId}.
+func (c *Client) PutConversation(ctx context.Context, conv provider.Conversation) error {
+	path, err := c.resourcePath("conversations", "conversation", conv.ID)
+	if err != nil {
+		return err
+	}
+	return c.do(ctx, http.MethodPut, path, conv)
+}
+
+// PostMessages sends 1..provider.MaxMessagesPerPost messages in one
+// request: POST /v1/{appId}/conversations/{conversationId}/messages. Every
+// message must carry an IdempotencyKey, so that a retry after a lost
+// response cannot duplicate it; a message with an empty Type is sent as a
+// provider.UserMessage. Breaking these rules is a Permanent error and
+// nothing is sent.
+func (c *Client) PostMessages(ctx context.Context, conversationID string, msgs []provider.Message) error {
+	if n := len(msgs); n == 0 || n > provider.MaxMessagesPerPost {
+		return permanentf("talkjs: post messages: got %d messages, want 1 to %d", n, provider.MaxMessagesPerPost)
+	}
+	body := make([]provider.Message, len(msgs))
+	for i, m := range msgs {
+		if m.IdempotencyKey == "" {
+			return permanentf("talkjs: post messages: message %d has no IdempotencyKey", i)
+		}
+		if m.Type == "" {
+			m.Type = provider.UserMessage
+		}
+		body[i] = m
+	}
+	path, err := c.resourcePath("conversations", "conversation", conversationID)
+	if err != nil {
+		return err
+	}
+	return c.do(ctx, http.MethodPost, path+"/messages", body)
+}
+
+// resourcePath returns the escaped path of /v1/{appId}/{collection}/{id}.
+// Each id is escaped as one path segment, so ids holding "/", "?", "#",
+// "%", spaces or any other byte reach TalkJS intact. "." and ".." are
+// refused: servers and proxies resolve them as path navigation.
+func (c *Client) resourcePath(collection, what, id string) (string, error) {
+	switch id {
+	case "":
+		return "", permanentf("talkjs: %s id is required", what)
+	case ".", "..":
+		return "", permanentf("talkjs: %s id %q cannot be used in a URL path", what, id)
+	}
+	return c.prefix + "/v1/" + url.PathEscape(c.appID) + "/" + collection + "/" + url.PathEscape(id), nil
+}
+
+func permanentf(format string, args ...any) *provider.Error {
+	return &provider.Error{Kind: provider.Permanent, Err: fmt.Errorf(format, args...)}
+}
+
+// do sends one JSON request and turns every failure into a *provider.Error,
+// or into an error wrapping ctx.Err() when ctx ended first. path is already
+// escaped; errors quote it as sent, which names the ids but never a secret.
+func (c *Client) do(ctx context.Context, method, path string, body any) error {
+	payload, err := json.Marshal(body)
+	if err != nil {
+		return permanentf("%s %s: encode body: %w", method, path, err)
+	}
+	if err := c.waitForSlot(ctx, method, path); err != nil {
+		return err
+	}
+	token, err := c.creds.bearer()
+	if err != nil {
+		return &provider.Error{Kind: provider.Auth, Err: fmt.Errorf("%s %s: %w", method, path, err)}
+	}
+
+	reqCtx, cancel := context.WithTimeout(ctx, c.timeout)
+	defer cancel()
+	// origin+path parses back with RawPath set, so the escaping chosen by
+	// resourcePath is what goes on the wire.
+	req, err := http.NewRequestWithContext(reqCtx, method, c.origin+path, bytes.NewReader(payload))
+	if err != nil {
+		return permanentf("%s %s: build request: %w", method, path, err)
+	}
+	req.Header.Set("Authorization", "Bearer "+token)
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("Accept", "application/json")
+	req.Header.Set("User-Agent", c.userAgent)
+
+	resp, err := c.hc.Do(req)
+	if err != nil {
+		return c.transportError(ctx, reqCtx, method, path, err)
+	}
+	defer drainAndClose(resp.Body)
+	if resp.StatusCode >= 200 && resp.StatusCode < 300 {
+		return nil // judged by status only: the body is not read
+	}
+	return c.statusError(method, path, resp, token)
+}
+
+// waitForSlot waits for the rate limiter. When ctx would end before the
+// slot comes, it gives the slot back at once and returns a RateLimited
+// error with the wait in RetryAfter, instead of sleeping until the
+// deadline for nothing.
+func (c *Client) waitForSlot(ctx context.Context, method, path string) error {
+	now := time.Now()
+	r := c.limiter.ReserveN(now, 1)
+	if !r.OK() {
+		return &provider.Error{Kind: provider.RateLimited,
+			Err: fmt.Errorf("%s %s: client-side rate limit: burst too small", method, path)}
+	}
+	delay := r.DelayFrom(now)
+	if delay == 0 {
+		return nil
+	}
+	if dl, ok := ctx.Deadline(); ok && now.Add(delay).After(dl) {
+		r.CancelAt(now)
+		return &provider.Error{Kind: provider.RateLimited, RetryAfter: delay,
+			Err: fmt.Errorf("%s %s: client-side rate limit: next slot in %s, after the context deadline", method, path, delay)}
+	}
+	t := time.NewTimer(delay)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return nil
+	case <-ctx.Done():
+		r.Cancel()
+		return fmt.Errorf("talkjs: %s %s: waiting for rate limit: %w", method, path, ctx.Err())
+	}
+}
+
+// transportError classifies a request that got no response.
+func (c *Client) transportError(ctx, reqCtx context.Context, method, path string, err error) error {
+	if ctx.Err() != nil {
+		// The caller gave up; that is not the API's failure.
+		return fmt.Errorf("talkjs: %s %s: %w", method, path, ctx.Err())
+	}
+	if errors.Is(reqCtx.Err(), context.DeadlineExceeded) {
+		// Deliberately not wrapping the context error: the caller's context
+		// is fine, and errors.Is(err, context.DeadlineExceeded) must keep
+		// meaning "the caller's deadline passed".
+		return &provider.Error{Kind: provider.Retryable,
+			Err: fmt.Errorf("%s %s: no response within %s", method, path, c.timeout)}
+	}
+	// url.Error repeats the method and URL; keep its cause for errors.Is
+	// (syscall.ECONNREFUSED, io.EOF, ...).
+	var ue *url.Error
+	if errors.As(err, &ue) {
+		err = ue.Err
+	}
+	return &provider.Error{Kind: provider.Retryable, Err: fmt.Errorf("%s %s: %w", method, path, err)}
+}

@@ -1,0 +1,113 @@
+package relay_test
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/outbox-relay/outbox-relay/internal/relaytest"
+	"github.com/outbox-relay/outbox-relay/outbox"
+	"github.com/outbox-relay/outbox-relay/provider/faketalkjs"
+)
+
+// BenchmarkProducers measures what the relay costs applications: 16
+// producers committing (order row + intent) transactions, with no relay and
+// with a relay running against a fake limited to 100 requests/s (so the
+// relay's own CPU use is small and only the wake-up cost shows). Compare
+// the two inserts/s figures.
+//
+//	go test ./relay -run '^$' -bench Producers -benchtime 5000x
+func BenchmarkProducers(b *testing.B) {
+	for _, running := range []bool{false, true} {
+		name := "relay=stopped"
+		if running {
+			name = "relay=running"
+		}
+		b.Run(name, func(b *testing.B) {
+			bd := setup(b, faketalkjs.Faults{RateLimit: 100})
+			ctx := context.Background()
+			if _, err := bd.pool.Exec(ctx, `CREATE TABLE bench_orders (id bigserial PRIMARY KEY, customer text NOT NULL, placed_at timestamptz NOT NULL DEFAULT now())`); err != nil {
+				b.Fatal(err)
+			}
+			if running {
+				cfg := testConfig("bench")
+				cfg.RateLimit = 100
+				bd.startRelay(b, cfg, testSecret)
+			}
+			var seq atomic.Int64
+			b.SetParallelism(8) // 8 x GOMAXPROCS(2) = 16 producers
+			b.ResetTimer()
+			start := time.Now()
+			b.RunParallel(func(pb *testing.PB) {
+				for pb.Next() {
+					n := seq.Add(1)
+					err := pgx.BeginFunc(ctx, bd.pool, func(tx pgx.Tx) error {
+						if _, err := tx.Exec(ctx, `INSERT INTO bench_orders (customer) VALUES ($1)`, fmt.Sprint("c", n)); err != nil {
+							return err
+						}
+						_, err := outbox.Enqueue(ctx, tx, relaytest.OrderIntent(fmt.Sprint("bench-", n), int(n)))
+						return err
+					})
+					if err != nil {
+						b.Error(err)
+						return
+					}
+				}
+			})
+			b.ReportMetric(float64(b.N)/time.Since(start).Seconds(), "commits/s")
+		})
+	}
+}
+
+// BenchmarkWakeup measures an idle relay's wake-up: each op commits one
+// intent while the relay waits, and ends when the fake has stored its
+// messages. Reports the p50/p99 of commit -> messages stored.
+//
+//	go test ./relay -run '^$' -bench Wakeup -benchtime 200x
+func BenchmarkWakeup(b *testing.B) {
+	bd := setup(b, faketalkjs.Faults{})
+	cfg := testConfig("bench")
+	cfg.PollInterval = time.Hour // only a NOTIFY can wake it
+	r := bd.startRelay(b, cfg, testSecret)
+	ctx := context.Background()
+	relaytest.WaitFor(b, 10*time.Second, "listening", func() bool { return r.Health().Listening })
+	latencies := make([]time.Duration, 0, b.N)
+	b.ResetTimer()
+	for i := range b.N {
+		b.StopTimer()
+		relaytest.WaitFor(b, 10*time.Second, "the relay to wait", func() bool {
+			var waiting bool
+			err := bd.pool.QueryRow(ctx, `SELECT waiting FROM outbox.wakeup`).Scan(&waiting)
+			return err == nil && waiting
+		})
+		b.StartTimer()
+		conv := fmt.Sprint("wake-", i)
+		committed := time.Now()
+		if _, err := outbox.Enqueue(ctx, bd.pool, relaytest.OrderIntent(conv, i)); err != nil {
+			b.Fatal(err)
+		}
+		var stored time.Time
+		relaytest.WaitFor(b, 10*time.Second, "delivery", func() bool {
+			msgs := bd.fake.Messages(conv)
+			if len(msgs) < 2 {
+				return false
+			}
+			stored = msgs[1].StoredAt
+			return true
+		})
+		latencies = append(latencies, stored.Sub(committed))
+	}
+	b.StopTimer()
+	slices.Sort(latencies)
+	pct := func(p float64) float64 {
+		return float64(latencies[int(p*float64(len(latencies)-1))].Microseconds()) / 1000
+	}
+	b.ReportMetric(pct(0.50), "p50-ms")
+	b.ReportMetric(pct(0.95), "p95-ms")
+	b.ReportMetric(pct(0.99), "p99-ms")
+}

@@ -1,0 +1,178 @@
+package relay
+
+import (
+	"context"
+	"encoding/hex"
+	"encoding/json"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// job is one claimed intent.
+type job struct {
+	id       int64
+	token    int64 // lease token: fences the completion
+	attempt  int   // this attempt's number (1 for the first)
+	payload  []byte
+	synced   map[string][]byte // user id -> content hash synchronised within the TTL
+	probe    bool              // let through by a paused gate to test the API
+	claimed  time.Time
+	deadline atomic.Int64 // local monotonic lease deadline, ns since relay.epoch
+	cancel   context.CancelFunc
+}
+
+const (
+	dbRetryMin = 100 * time.Millisecond
+	dbRetryMax = 5 * time.Second
+)
+
+// claimLoop claims intents while there are free slots and starts a worker
+// for each. It sleeps only when a claim found nothing (or the gate says
+// wait), until a notification, a freed slot, a gate change or the poll
+// interval.
+func (r *Relay) claimLoop(ctx, workCtx context.Context, workers *sync.WaitGroup) {
+	timer := time.NewTimer(0)
+	defer timer.Stop()
+	dbRetry := dbRetryMin
+	for ctx.Err() == nil {
+		wait := r.cfg.PollInterval
+		if free := cap(r.slots) - len(r.slots); free > 0 {
+			limit := min(free, r.cfg.BatchSize)
+			n, gateWait := r.gate.admit()
+			switch {
+			case n == 0:
+				wait = min(wait, gateWait)
+			default:
+				probe := n == 1
+				if probe {
+					limit = 1
+				}
+				jobs, err := r.claim(ctx, limit)
+				if err != nil {
+					if probe {
+						r.gate.probeDone()
+					}
+					if ctx.Err() != nil {
+						return
+					}
+					r.setDB(false, "claim", err)
+					wait, dbRetry = dbRetry, min(2*dbRetry, dbRetryMax)
+					break
+				}
+				r.setDB(true, "", nil)
+				dbRetry = dbRetryMin
+				if probe {
+					if len(jobs) == 0 {
+						r.gate.probeDone()
+					} else {
+						jobs[0].probe = true
+					}
+				}
+				r.dispatch(workCtx, jobs, workers)
+				if len(jobs) == limit && !probe {
+					continue // there may be more
+				}
+				if len(jobs) == 0 && r.gate.paused() == "" && r.listening.Load() {
+					// Nothing to do: ask producers for a NOTIFY, then look
+					// once more, since an intent committed between the
+					// claim and the flag would not notify.
+					if _, err := r.pool.Exec(ctx, setWaiting); err != nil {
+						r.setDB(false, "set_waiting", err)
+						break
+					}
+					jobs, err := r.claim(ctx, limit)
+					if err != nil {
+						r.setDB(false, "claim", err)
+						break
+					}
+					r.dispatch(workCtx, jobs, workers)
+					if len(jobs) > 0 {
+						continue
+					}
+				}
+			}
+		}
+		timer.Reset(wait)
+		select {
+		case <-ctx.Done():
+			return
+		case <-r.wake:
+		case <-r.gate.changes():
+		case <-timer.C:
+		}
+		if !timer.Stop() {
+			select {
+			case <-timer.C:
+			default:
+			}
+		}
+	}
+}
+
+// claim leases up to limit intents.
+func (r *Relay) claim(ctx context.Context, limit int) ([]*job, error) {
+	start := time.Now()
+	rows, err := r.pool.Query(ctx, claimBatch, limit, r.cfg.Name, r.cfg.Lease, r.syncTTL())
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var jobs []*job
+	for rows.Next() {
+		j := &job{claimed: start}
+		var synced []byte
+		if err := rows.Scan(&j.id, &j.token, &j.attempt, &j.payload, &synced); err != nil {
+			return nil, err
+		}
+		if len(synced) > 0 {
+			var hexes map[string]string
+			if err := json.Unmarshal(synced, &hexes); err == nil {
+				j.synced = make(map[string][]byte, len(hexes))
+				for id, h := range hexes {
+					if b, err := hex.DecodeString(h); err == nil {
+						j.synced[id] = b
+					}
+				}
+			}
+		}
+		j.deadline.Store(r.monotonic(start) + int64(r.cfg.Lease))
+		jobs = append(jobs, j)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	r.metrics.claimed.Add(float64(len(jobs)))
+	r.metrics.claimDuration.Observe(time.Since(start).Seconds())
+	return jobs, nil
+}
+
+// dispatch starts a worker per job. The caller has checked there are free
+// slots for all of them.
+func (r *Relay) dispatch(workCtx context.Context, jobs []*job, workers *sync.WaitGroup) {
+	for _, j := range jobs {
+		r.slots <- struct{}{}
+		r.metrics.inFlight.Inc()
+		var jctx context.Context
+		jctx, j.cancel = context.WithCancel(workCtx)
+		r.held.add(j)
+		workers.Add(1)
+		go func() {
+			defer workers.Done()
+			res := r.deliver(jctx, j)
+			j.cancel()
+			r.results <- res
+			<-r.slots
+			r.metrics.inFlight.Dec()
+			r.signal()
+		}()
+	}
+}
+
+// syncTTL is the user-skip window passed to the claim (0 disables skipping).
+func (r *Relay) syncTTL() time.Duration {
+	if r.cfg.UserSyncTTL < 0 {
+		return 0
+	}
+	return r.cfg.UserSyncTTL
+}

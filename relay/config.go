@@ -1,0 +1,192 @@
+package relay
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Config tunes a Relay. The zero value of every field means its default.
+type Config struct {
+	// Name identifies this relay process in leases, attempts and the
+	// relays table. Default: hostname-pid-random, unique per start.
+	Name string
+
+	// Version is recorded in the relays table. Default "dev".
+	Version string
+
+	// Concurrency is the most intents delivered at once. Default 100.
+	Concurrency int
+
+	// BatchSize is the most intents claimed by one statement. Default 100.
+	BatchSize int
+
+	// PollInterval bounds how long an idle relay waits before looking for
+	// work when no notification arrives (a lost NOTIFY, a backoff that
+	// elapsed, a lease that expired). Default 1s.
+	PollInterval time.Duration
+
+	// Lease is how long a claimed intent stays reserved without a heartbeat.
+	// A crashed relay's intents are taken over after at most Lease plus one
+	// sweep (Lease/10, at most 1s). Heartbeats renew every Lease/3.
+	// Default 10s.
+	Lease time.Duration
+
+	// MaxAttempts is the retry budget in delivery attempts; an intent that
+	// fails this many times goes dead. Rate-limited attempts and attempts
+	// stopped by a shutdown or an auth failure do not count. Default 25.
+	MaxAttempts int
+
+	// MaxAge is the retry budget in time since the intent was created; a
+	// failing intent older than this goes dead. Default 24h.
+	MaxAge time.Duration
+
+	// Retry is the backoff between failed attempts.
+	Retry RetryPolicy
+
+	// UserSyncTTL: a user PUT whose content equals what was synchronised
+	// less than this long ago is skipped (and recorded as skipped). Zero
+	// uses the default of 1h; a negative value disables skipping.
+	UserSyncTTL time.Duration
+
+	// RateLimit is the request rate (per second) the whole TalkJS app may
+	// spend, shared by all live relays (each takes RateLimit / live relays).
+	// Zero disables client-side limiting. RateBurst is the matching burst;
+	// default max(1, RateLimit).
+	RateLimit float64
+	RateBurst int
+
+	// BreakerThreshold is how many consecutive retryable failures (with no
+	// success between) open the circuit breaker, after which only one probe
+	// intent is attempted per probe interval until a call succeeds.
+	// Default 10.
+	BreakerThreshold int
+
+	// ShutdownTimeout bounds how long Stop waits for in-flight deliveries
+	// before cancelling them (they go back to pending). Default 10s.
+	ShutdownTimeout time.Duration
+
+	// Logger receives the relay's logs. Default: discard.
+	Logger *slog.Logger
+
+	// Registerer receives the relay's Prometheus metrics. Default: none.
+	Registerer prometheus.Registerer
+
+	// Clock returns the current time; tests may replace it. Default time.Now.
+	Clock func() time.Time
+}
+
+// RetryPolicy is exponential backoff with jitter: the n-th retry waits a
+// random duration in [d/2, d] where d = min(Max, Base * 2^(n-1)).
+type RetryPolicy struct {
+	// Base is the first retry's upper bound. Default 1s.
+	Base time.Duration
+	// Max caps the backoff. Default 10m.
+	Max time.Duration
+}
+
+// Defaults.
+const (
+	DefaultConcurrency      = 100
+	DefaultBatchSize        = 100
+	DefaultPollInterval     = time.Second
+	DefaultLease            = 10 * time.Second
+	DefaultMaxAttempts      = 25
+	DefaultMaxAge           = 24 * time.Hour
+	DefaultRetryBase        = time.Second
+	DefaultRetryMax         = 10 * time.Minute
+	DefaultUserSyncTTL      = time.Hour
+	DefaultBreakerThreshold = 10
+	DefaultShutdownTimeout  = 10 * time.Second
+)
+
+// withDefaults returns c with every zero field set to its default.
+func (c Config) withDefaults() Config {
+	if c.Name == "" {
+		host, _ := os.Hostname()
+		c.Name = fmt.Sprintf("%s-%d-%s", host, os.Getpid(), randomSuffix())
+	}
+	if c.Version == "" {
+		c.Version = "dev"
+	}
+	if c.Concurrency == 0 {
+		c.Concurrency = DefaultConcurrency
+	}
+	if c.BatchSize == 0 {
+		c.BatchSize = DefaultBatchSize
+	}
+	if c.PollInterval == 0 {
+		c.PollInterval = DefaultPollInterval
+	}
+	if c.Lease == 0 {
+		c.Lease = DefaultLease
+	}
+	if c.MaxAttempts == 0 {
+		c.MaxAttempts = DefaultMaxAttempts
+	}
+	if c.MaxAge == 0 {
+		c.MaxAge = DefaultMaxAge
+	}
+	if c.Retry.Base == 0 {
+		c.Retry.Base = DefaultRetryBase
+	}
+	if c.Retry.Max == 0 {
+		c.Retry.Max = DefaultRetryMax
+	}
+	if c.UserSyncTTL == 0 {
+		c.UserSyncTTL = DefaultUserSyncTTL
+	}
+	if c.RateBurst == 0 && c.RateLimit > 0 {
+		c.RateBurst = max(1, int(c.RateLimit))
+	}
+	if c.BreakerThreshold == 0 {
+		c.BreakerThreshold = DefaultBreakerThreshold
+	}
+	if c.ShutdownTimeout == 0 {
+		c.ShutdownTimeout = DefaultShutdownTimeout
+	}
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	if c.Clock == nil {
+		c.Clock = time.Now
+	}
+	return c
+}
+
+// validate reports the first invalid field of a defaulted Config.
+func (c Config) validate() error {
+	var errs []error
+	check := func(ok bool, format string, args ...any) {
+		if !ok {
+			errs = append(errs, fmt.Errorf(format, args...))
+		}
+	}
+	check(c.Concurrency > 0, "Concurrency must be positive, got %d", c.Concurrency)
+	check(c.BatchSize > 0, "BatchSize must be positive, got %d", c.BatchSize)
+	check(c.PollInterval > 0, "PollInterval must be positive, got %s", c.PollInterval)
+	check(c.Lease >= 100*time.Millisecond, "Lease must be at least 100ms, got %s", c.Lease)
+	check(c.MaxAttempts > 0, "MaxAttempts must be positive, got %d", c.MaxAttempts)
+	check(c.MaxAge > 0, "MaxAge must be positive, got %s", c.MaxAge)
+	check(c.Retry.Base > 0, "Retry.Base must be positive, got %s", c.Retry.Base)
+	check(c.Retry.Max >= c.Retry.Base, "Retry.Max (%s) must be at least Retry.Base (%s)", c.Retry.Max, c.Retry.Base)
+	check(c.RateLimit >= 0, "RateLimit must not be negative, got %g", c.RateLimit)
+	check(c.RateBurst >= 0, "RateBurst must not be negative, got %d", c.RateBurst)
+	check(c.BreakerThreshold > 0, "BreakerThreshold must be positive, got %d", c.BreakerThreshold)
+	check(c.ShutdownTimeout > 0, "ShutdownTimeout must be positive, got %s", c.ShutdownTimeout)
+	check(len(c.Name) <= 200, "Name must be at most 200 bytes")
+	if len(errs) > 0 {
+		return fmt.Errorf("relay config: %w", errors.Join(errs...))
+	}
+	return nil
+}
+
+// heartbeatInterval is how often leases are renewed.
+func (c Config) heartbeatInterval() time.Duration { return c.Lease / 3 }
+
+// sweepInterval is how often expired leases are looked for.
+func (c Config) sweepInterval() time.Duration { return min(c.Lease/10, time.Second) }

@@ -1,0 +1,318 @@
+package relay
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"sync"
+	"time"
+
+	"github.com/outbox-relay/outbox-relay/outbox"
+	"github.com/outbox-relay/outbox-relay/provider"
+)
+
+// Steps, as recorded in outbox.attempts.step.
+const (
+	stepUser         = "user"
+	stepConversation = "conversation"
+	stepMessages     = "messages"
+)
+
+// Outcomes of one delivery attempt (see completeBatch).
+const (
+	outcomeDone    = "done"
+	outcomeDead    = "dead"
+	outcomeRetry   = "retry"
+	outcomeRelease = "release"
+)
+
+// errLeaseExpired stops a delivery whose lease may have passed to another
+// relay (heartbeats failed for longer than the lease).
+var errLeaseExpired = errors.New("lease expired before the call: intent left to its next owner")
+
+// errPaused stops a delivery because the relay paused (refused credentials
+// or an open circuit) after the intent was claimed; it goes back to pending.
+var errPaused = errors.New("delivery paused: TalkJS refused the credentials or keeps failing")
+
+// maxErrorLen bounds error text stored in the database.
+const maxErrorLen = 2000
+
+// callRecord is one row of outbox.attempts.
+type callRecord struct {
+	step     string
+	target   string
+	status   int // 0: no response
+	outcome  string
+	err      string
+	duration time.Duration
+	started  time.Time
+}
+
+// syncedUser is a user whose PUT succeeded with the content hashing to hash.
+type syncedUser struct {
+	id   string
+	hash []byte
+}
+
+// result is the outcome of one delivery attempt, written by the completer.
+type result struct {
+	job     *job
+	outcome string
+	err     string
+	delay   time.Duration // before the next attempt (retry, release)
+
+	mu     sync.Mutex
+	calls  []callRecord
+	synced []syncedUser
+}
+
+func (res *result) record(c callRecord) {
+	res.mu.Lock()
+	res.calls = append(res.calls, c)
+	res.mu.Unlock()
+}
+
+// deliver makes one intent's calls in contract order: its users (at once,
+// they are independent), then the conversation, then the messages.
+func (r *Relay) deliver(ctx context.Context, j *job) *result {
+	res := &result{job: j}
+	var in outbox.Intent
+	if err := json.Unmarshal(j.payload, &in); err != nil {
+		return r.decide(res, fmt.Errorf("payload: %w", err), "")
+	}
+	if err := in.Validate(); err != nil {
+		return r.decide(res, err, "")
+	}
+
+	if err := r.putUsers(ctx, j, res, in.Users); err != nil {
+		return r.decide(res, err, stepUser)
+	}
+
+	conv := provider.Conversation{
+		ID:           in.Conversation.ID,
+		Participants: in.ResolvedParticipants(),
+		Subject:      in.Conversation.Subject,
+		Custom:       in.Conversation.Custom,
+	}
+	if err := r.call(ctx, j, res, stepConversation, conv.ID, func(ctx context.Context) error {
+		return r.provider.PutConversation(ctx, conv)
+	}); err != nil {
+		return r.decide(res, err, stepConversation)
+	}
+
+	msgs := make([]provider.Message, len(in.Messages))
+	for i, m := range in.Messages {
+		msgs[i] = provider.Message{
+			Text:           m.Text,
+			Sender:         m.Sender,
+			Type:           m.ResolvedType(),
+			Custom:         m.Custom,
+			IdempotencyKey: r.idempotencyKey(j.id, i),
+		}
+	}
+	for lo := 0; lo < len(msgs); lo += provider.MaxMessagesPerPost {
+		hi := min(lo+provider.MaxMessagesPerPost, len(msgs))
+		target := conv.ID
+		if len(msgs) > provider.MaxMessagesPerPost {
+			target = fmt.Sprintf("%s [%d-%d]", conv.ID, lo, hi-1)
+		}
+		chunk := msgs[lo:hi]
+		if err := r.call(ctx, j, res, stepMessages, target, func(ctx context.Context) error {
+			return r.provider.PostMessages(ctx, conv.ID, chunk)
+		}); err != nil {
+			return r.decide(res, err, stepMessages)
+		}
+	}
+	res.outcome = outcomeDone
+	return res
+}
+
+// idempotencyKey is the same for a message on every attempt, by any relay,
+// after any crash, and differs between installations sharing a TalkJS app.
+func (r *Relay) idempotencyKey(intentID int64, index int) string {
+	return fmt.Sprintf("%s-%d-%d", r.installation, intentID, index)
+}
+
+// putUsers upserts the intent's users concurrently, skipping those whose
+// identical content was synchronised within the TTL.
+func (r *Relay) putUsers(ctx context.Context, j *job, res *result, users []outbox.User) error {
+	errs := make([]error, len(users))
+	var wg sync.WaitGroup
+	for i, u := range users {
+		pu := provider.User{
+			ID:             u.ID,
+			Name:           u.Name,
+			Email:          u.Email,
+			PhotoURL:       u.PhotoURL,
+			WelcomeMessage: u.WelcomeMessage,
+			Role:           u.Role,
+			Custom:         u.Custom,
+		}
+		hash := userHash(pu)
+		if prev, ok := j.synced[u.ID]; ok && string(prev) == string(hash) {
+			res.record(callRecord{step: stepUser, target: u.ID, outcome: "skipped",
+				err: "unchanged since last synchronised", started: time.Now()})
+			r.metrics.calls.WithLabelValues(stepUser, "skipped").Inc()
+			continue
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			errs[i] = r.call(ctx, j, res, stepUser, u.ID, func(ctx context.Context) error {
+				return r.provider.PutUser(ctx, pu)
+			})
+			if errs[i] == nil {
+				res.mu.Lock()
+				res.synced = append(res.synced, syncedUser{id: u.ID, hash: hash})
+				res.mu.Unlock()
+			}
+		}()
+	}
+	wg.Wait()
+	return worstError(errs)
+}
+
+func userHash(u provider.User) []byte {
+	b, _ := json.Marshal(struct {
+		ID string
+		provider.User
+	}{u.ID, u})
+	h := sha256.Sum256(b)
+	return h[:]
+}
+
+// call makes one API call, after any relay-wide Retry-After and only while
+// the lease is still ours, and records it.
+func (r *Relay) call(ctx context.Context, j *job, res *result, step, target string, fn func(context.Context) error) error {
+	if err := r.gate.waitCall(ctx); err != nil {
+		return err
+	}
+	if r.monotonic(time.Now()) > j.deadline.Load() {
+		return errLeaseExpired
+	}
+	if !j.probe && r.gate.paused() != "" {
+		return errPaused
+	}
+	started := time.Now()
+	err := fn(ctx)
+	d := time.Since(started)
+	rec := callRecord{step: step, target: target, outcome: "ok", duration: d, started: started}
+	var pe *provider.Error
+	switch {
+	case err == nil:
+	case errors.As(err, &pe):
+		rec.status = pe.Status
+		rec.outcome = pe.Kind.String()
+		rec.err = truncate(err.Error())
+	default:
+		rec.outcome = "retryable"
+		if ctx.Err() != nil {
+			rec.outcome = "canceled"
+		}
+		rec.err = truncate(err.Error())
+	}
+	if ctx.Err() == nil || err == nil {
+		r.gate.observe(err)
+	}
+	res.record(rec)
+	r.metrics.calls.WithLabelValues(step, rec.outcome).Inc()
+	r.metrics.callDuration.WithLabelValues(step).Observe(d.Seconds())
+	if err != nil && r.log.Enabled(ctx, levelDebug) {
+		r.log.Debug("call failed", "intent_id", j.id, "attempt", j.attempt, "step", step,
+			"status", rec.status, "error", rec.err)
+	}
+	return err
+}
+
+// decide turns the error that ended an attempt into its outcome.
+func (r *Relay) decide(res *result, err error, step string) *result {
+	j := res.job
+	msg := err.Error()
+	if step != "" {
+		msg = fmt.Sprintf("attempt %d: %s: %s", j.attempt, step, msg)
+	} else {
+		msg = fmt.Sprintf("attempt %d: %s", j.attempt, msg)
+	}
+	res.err = truncate(msg)
+	var pe *provider.Error
+	switch {
+	case errors.Is(err, errLeaseExpired), errors.Is(err, errPaused), errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded) && !errors.As(err, &pe):
+		// Shutdown or lost lease: not the intent's fault.
+		res.outcome = outcomeRelease
+	case errors.As(err, &pe):
+		switch pe.Kind {
+		case provider.Permanent:
+			res.outcome = outcomeDead
+		case provider.RateLimited:
+			res.outcome = outcomeRelease
+			res.delay = max(pe.RetryAfter, r.cfg.Retry.Base)
+		case provider.Auth:
+			res.outcome = outcomeRelease
+		default:
+			res.outcome = outcomeRetry
+			res.delay = max(r.cfg.Retry.backoff(j.attempt), pe.RetryAfter)
+		}
+	case errors.Is(err, outbox.ErrInvalid) || step == "":
+		// The stored payload cannot be delivered as it is.
+		res.outcome = outcomeDead
+	default:
+		res.outcome = outcomeRetry
+		res.delay = r.cfg.Retry.backoff(j.attempt)
+	}
+	return res
+}
+
+// backoff returns the wait after the attempt-th failed attempt: a random
+// duration in [d/2, d], d = min(Max, Base*2^(attempt-1)).
+func (p RetryPolicy) backoff(attempt int) time.Duration {
+	d := p.Max
+	if attempt < 40 {
+		if exp := p.Base << max(attempt-1, 0); exp > 0 && exp < p.Max {
+			d = exp
+		}
+	}
+	return d/2 + rand.N(d/2+1)
+}
+
+// worstError picks the error that decides the attempt: auth over permanent
+// over rate limited over retryable over anything else.
+func worstError(errs []error) error {
+	rank := func(err error) int {
+		var pe *provider.Error
+		if !errors.As(err, &pe) {
+			return 1
+		}
+		switch pe.Kind {
+		case provider.Auth:
+			return 5
+		case provider.Permanent:
+			return 4
+		case provider.RateLimited:
+			return 3
+		default:
+			return 2
+		}
+	}
+	var worst error
+	for _, err := range errs {
+		if err != nil && (worst == nil || rank(err) > rank(worst)) {
+			worst = err
+		}
+	}
+	return worst
+}
+
+func truncate(s string) string {
+	if len(s) <= maxErrorLen {
+		return s
+	}
+	// Cut on a rune boundary.
+	cut := maxErrorLen
+	for cut > 0 && s[cut]&0xC0 == 0x80 {
+		cut--
+	}
+	return s[:cut] + "…"
+}

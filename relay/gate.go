@@ -1,0 +1,193 @@
+package relay
+
+import (
+	"context"
+	"sync"
+	"time"
+
+	"github.com/outbox-relay/outbox-relay/provider"
+)
+
+// Pause reasons.
+const (
+	pauseAuth    = "auth"    // TalkJS refused the credentials
+	pauseBreaker = "breaker" // TalkJS keeps failing: circuit open
+)
+
+const (
+	firstProbeDelay = time.Second
+	maxProbeDelay   = 30 * time.Second
+)
+
+// gate is the relay-wide view of the API's health. It pauses claiming when
+// the credentials are refused (auth) or too many calls fail in a row
+// (circuit breaker); while paused it lets one probe intent through per probe
+// interval, growing from 1s to 30s, until a call succeeds. It also holds a
+// relay-wide "not before" time set by 429 Retry-After, which every call
+// waits for, since a rate limit applies to the whole app.
+type gate struct {
+	threshold int
+	clock     func() time.Time
+
+	mu          sync.Mutex
+	consecutive int    // retryable call failures since the last success
+	reason      string // "" when open for business
+	probeDelay  time.Duration
+	nextProbe   time.Time // when paused: the next probe may start
+	probing     bool      // a probe intent is in flight
+	notBefore   time.Time // 429: no call before this time
+	changed     chan struct{}
+	onChange    func(reason string, err error)
+}
+
+func newGate(threshold int, clock func() time.Time, onChange func(reason string, err error)) *gate {
+	return &gate{threshold: threshold, clock: clock, changed: make(chan struct{}), onChange: onChange}
+}
+
+// admit says how many intents may be claimed now: -1 for no limit, 1 for a
+// probe, or 0 with how long to wait before asking again.
+func (g *gate) admit() (n int, wait time.Duration) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.reason == "" {
+		return -1, 0
+	}
+	if g.probing {
+		return 0, g.probeDelay
+	}
+	now := g.clock()
+	if now.Before(g.nextProbe) {
+		return 0, g.nextProbe.Sub(now)
+	}
+	g.probing = true
+	return 1, 0
+}
+
+// probeDone ends a probe whose intent did not report a call (e.g. it failed
+// before calling, or the claim found nothing).
+func (g *gate) probeDone() {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.probing {
+		g.probing = false
+		g.scheduleProbeLocked()
+	}
+}
+
+// observe records the result of one API call (err nil for success).
+func (g *gate) observe(err error) {
+	g.mu.Lock()
+	changed := g.observeLocked(err)
+	reason := g.reason
+	g.mu.Unlock()
+	// Outside the lock: the callback reads the gate.
+	if changed && g.onChange != nil {
+		g.onChange(reason, err)
+	}
+}
+
+// observeLocked updates the state and reports whether the pause reason changed.
+func (g *gate) observeLocked(err error) (changed bool) {
+	before := g.reason
+	defer func() { changed = g.reason != before }()
+	if err == nil {
+		g.consecutive = 0
+		if g.reason != "" {
+			g.setLocked("")
+		}
+		return
+	}
+	var pe *provider.Error
+	if !asProviderError(err, &pe) {
+		return // cancelled or not an API answer: says nothing about the API
+	}
+	switch pe.Kind {
+	case provider.Auth:
+		if g.reason != pauseAuth {
+			g.setLocked(pauseAuth)
+		} else if g.probing {
+			g.probing = false
+			g.scheduleProbeLocked()
+		}
+	case provider.Retryable:
+		g.consecutive++
+		if g.reason == "" && g.consecutive >= g.threshold {
+			g.setLocked(pauseBreaker)
+		} else if g.reason != "" && g.probing {
+			g.probing = false
+			g.scheduleProbeLocked()
+		}
+	case provider.RateLimited:
+		// The API answered: the breaker has nothing to fear. Hold every
+		// call until Retry-After has passed.
+		if pe.RetryAfter > 0 {
+			if until := g.clock().Add(pe.RetryAfter); until.After(g.notBefore) {
+				g.notBefore = until
+			}
+		}
+	case provider.Permanent:
+		// The API answered and judged the request: it is up.
+		g.consecutive = 0
+		if g.reason == pauseBreaker {
+			g.setLocked("")
+		}
+	}
+	return changed
+}
+
+// waitCall blocks until a 429's Retry-After has passed.
+func (g *gate) waitCall(ctx context.Context) error {
+	for {
+		g.mu.Lock()
+		wait := g.notBefore.Sub(g.clock())
+		g.mu.Unlock()
+		if wait <= 0 {
+			return nil
+		}
+		t := time.NewTimer(wait)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return ctx.Err()
+		case <-t.C:
+		}
+	}
+}
+
+// paused returns the pause reason, "" when not paused.
+func (g *gate) paused() string {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.reason
+}
+
+// changes returns a channel closed at the next pause state change.
+func (g *gate) changes() <-chan struct{} {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.changed
+}
+
+func (g *gate) setLocked(reason string) {
+	prev := g.reason
+	g.reason = reason
+	g.probing = false
+	if reason == "" {
+		g.probeDelay = 0
+		g.consecutive = 0
+	} else if prev == "" {
+		g.probeDelay = 0
+		g.scheduleProbeLocked()
+	}
+	close(g.changed)
+	g.changed = make(chan struct{})
+}
+
+func (g *gate) scheduleProbeLocked() {
+	if g.probeDelay == 0 {
+		g.probeDelay = firstProbeDelay
+	} else {
+		g.probeDelay = min(2*g.probeDelay, maxProbeDelay)
+	}
+	g.nextProbe = g.clock().Add(g.probeDelay)
+}

@@ -1,0 +1,171 @@
+package relay
+
+import (
+	"context"
+	"sync"
+	"time"
+)
+
+// leaseSet is the intents this relay holds: claimed and not yet completed.
+type leaseSet struct {
+	mu   sync.Mutex
+	jobs map[int64]*job
+}
+
+func newLeaseSet() *leaseSet { return &leaseSet{jobs: map[int64]*job{}} }
+
+func (s *leaseSet) add(j *job) {
+	s.mu.Lock()
+	s.jobs[j.id] = j
+	s.mu.Unlock()
+}
+
+func (s *leaseSet) remove(j *job) {
+	s.mu.Lock()
+	if s.jobs[j.id] == j {
+		delete(s.jobs, j.id)
+	}
+	s.mu.Unlock()
+}
+
+func (s *leaseSet) snapshot() []*job {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := make([]*job, 0, len(s.jobs))
+	for _, j := range s.jobs {
+		out = append(out, j)
+	}
+	return out
+}
+
+// rateLimiter is implemented by providers whose request rate can be changed
+// at run time (provider/talkjs.Client).
+type rateLimiter interface {
+	SetRateLimit(limit float64, burst int)
+}
+
+// heartbeatLoop renews this relay's leases and its row in outbox.relays
+// every Lease/3, sharing the rate limit among live relays, and takes back
+// other relays' expired leases every sweep interval.
+func (r *Relay) heartbeatLoop(ctx context.Context) {
+	renew := time.NewTicker(r.cfg.heartbeatInterval())
+	defer renew.Stop()
+	sweep := time.NewTicker(r.cfg.sweepInterval())
+	defer sweep.Stop()
+	r.beat(ctx)
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-renew.C:
+			r.renewLeases(ctx)
+			r.beat(ctx)
+		case <-sweep.C:
+			r.expireLeases(ctx)
+		}
+	}
+}
+
+// renewLeases extends the leases of held intents. An intent whose renewal
+// finds it no longer ours (another relay took it over after our lease
+// expired) is cancelled, so no further call is made for it.
+func (r *Relay) renewLeases(ctx context.Context) {
+	jobs := r.held.snapshot()
+	if len(jobs) == 0 {
+		return
+	}
+	ids := make([]int64, len(jobs))
+	tokens := make([]int64, len(jobs))
+	for i, j := range jobs {
+		ids[i], tokens[i] = j.id, j.token
+	}
+	start := time.Now()
+	rows, err := r.pool.Query(ctx, renewLeases, ids, tokens, r.cfg.Lease)
+	if err != nil {
+		r.setDB(false, "renew_leases", err)
+		return
+	}
+	kept := make(map[int64]bool, len(jobs))
+	for rows.Next() {
+		var id int64
+		if err := rows.Scan(&id); err != nil {
+			break
+		}
+		kept[id] = true
+	}
+	rows.Close()
+	if err := rows.Err(); err != nil {
+		r.setDB(false, "renew_leases", err)
+		return
+	}
+	r.setDB(true, "", nil)
+	deadline := r.monotonic(start) + int64(r.cfg.Lease)
+	for _, j := range jobs {
+		if kept[j.id] {
+			j.deadline.Store(deadline)
+			continue
+		}
+		// Completed meanwhile, or lost. Either way no more calls for it.
+		j.deadline.Store(0)
+		if j.cancel != nil {
+			j.cancel()
+		}
+	}
+}
+
+// beat records this relay as live and adjusts its share of the rate limit.
+func (r *Relay) beat(ctx context.Context) {
+	var live int
+	if err := r.pool.QueryRow(ctx, heartbeat, r.cfg.Name, 3*r.cfg.heartbeatInterval(), r.cfg.Version).Scan(&live); err != nil {
+		r.setDB(false, "heartbeat", err)
+		return
+	}
+	r.setDB(true, "", nil)
+	r.metrics.liveRelays.Set(float64(live))
+	if rl, ok := r.provider.(rateLimiter); ok && r.cfg.RateLimit > 0 {
+		share := r.cfg.RateLimit / float64(live)
+		burst := max(1, r.cfg.RateBurst/live)
+		rl.SetRateLimit(share, burst)
+	}
+}
+
+// expireLeases takes back intents whose relay stopped renewing its lease.
+func (r *Relay) expireLeases(ctx context.Context) {
+	rows, err := r.pool.Query(ctx, expireLeases, r.cfg.MaxAttempts, r.cfg.MaxAge)
+	if err != nil {
+		r.setDB(false, "expire_leases", err)
+		return
+	}
+	n := 0
+	for rows.Next() {
+		var id int64
+		var state string
+		if err := rows.Scan(&id, &state); err != nil {
+			break
+		}
+		n++
+		r.log.Warn("took back an intent whose lease expired", "intent_id", id, "state", state)
+	}
+	rows.Close()
+	if err := rows.Err(); err != nil {
+		r.setDB(false, "expire_leases", err)
+		return
+	}
+	if n > 0 {
+		r.metrics.leasesExpired.Add(float64(n))
+		r.signal()
+	}
+}
+
+// deregister removes this relay from outbox.relays at shutdown, so the
+// others take its share of the rate limit at once.
+func (r *Relay) deregister() {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if _, err := r.pool.Exec(ctx, forgetRelays, r.cfg.Name); err != nil {
+		r.log.Warn("could not remove relay row", "error", err)
+	}
+}
+
+// monotonic converts t to nanoseconds on the relay's monotonic clock.
+func (r *Relay) monotonic(t time.Time) int64 { return int64(t.Sub(r.epoch)) }

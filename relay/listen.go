@@ -1,0 +1,64 @@
+package relay
+
+import (
+	"context"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+)
+
+const (
+	listenRetryMin = 100 * time.Millisecond
+	listenRetryMax = 5 * time.Second
+)
+
+// listenLoop keeps a dedicated connection LISTENing for wake-ups, and
+// reconnects with backoff when it is lost. Every (re)connect wakes the
+// claimer, since notifications sent while disconnected are gone.
+func (r *Relay) listenLoop(ctx context.Context) {
+	retry := listenRetryMin
+	for ctx.Err() == nil {
+		err := r.listen(ctx)
+		r.listening.Store(false)
+		if ctx.Err() != nil {
+			return
+		}
+		r.metrics.listenerErrors.Inc()
+		r.log.Warn("listen connection lost; reconnecting", "error", err, "retry_in", retry)
+		t := time.NewTimer(retry)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return
+		case <-t.C:
+		}
+		retry = min(2*retry, listenRetryMax)
+		if err == nil {
+			retry = listenRetryMin
+		}
+	}
+}
+
+// listen connects, LISTENs, and forwards notifications until an error.
+func (r *Relay) listen(ctx context.Context) error {
+	cfg := r.pool.Config().ConnConfig.Copy()
+	connectCtx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	conn, err := pgx.ConnectConfig(connectCtx, cfg)
+	cancel()
+	if err != nil {
+		return err
+	}
+	defer conn.Close(context.Background())
+	if _, err := conn.Exec(ctx, "LISTEN "+notifyChannel); err != nil {
+		return err
+	}
+	r.listening.Store(true)
+	r.signal()
+	for {
+		if _, err := conn.WaitForNotification(ctx); err != nil {
+			return err
+		}
+		r.metrics.notifications.Inc()
+		r.signal()
+	}
+}

@@ -1,0 +1,277 @@
+// Package relay is the delivery engine of outbox-relay: it claims intents
+// from outbox.intents, makes each intent's calls through a provider.Provider
+// in contract order, and records the outcome.
+//
+// Any number of relays may run against one database. Each claims batches
+// with FOR UPDATE SKIP LOCKED under a short lease on the database clock,
+// renewed by a heartbeat; a crashed relay's intents are taken over once its
+// lease expires, and a relay that lost its lease cannot overwrite the new
+// owner's result. Idle relays are woken by a NOTIFY that producers send only
+// while a relay is waiting, with a polling fallback.
+//
+//	r, err := relay.New(pool, talkjsClient, relay.Config{Logger: logger})
+//	if err != nil { ... }
+//	err = r.Run(ctx) // until ctx is cancelled; then drains and returns
+package relay
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/outbox-relay/outbox-relay/provider"
+)
+
+// Relay delivers intents. Create it with New; run it with Start and Stop,
+// or Run.
+type Relay struct {
+	cfg      Config
+	pool     *pgxpool.Pool
+	provider provider.Provider
+	log      *slog.Logger
+	metrics  *metrics
+	gate     *gate
+
+	installation string    // namespaces idempotency keys
+	epoch        time.Time // origin of the monotonic lease clock
+
+	wake      chan struct{} // something may be claimable now
+	slots     chan struct{} // one token per intent in flight
+	results   chan *result
+	held      *leaseSet
+	listening atomic.Bool // the LISTEN connection is up
+	dbOK      atomic.Bool // the last database operation succeeded
+	started   atomic.Bool
+
+	mu      sync.Mutex
+	stopped bool
+	cancel  context.CancelFunc // stops claiming
+	done    chan struct{}      // closed when everything has stopped
+	runErr  error
+}
+
+// New returns a relay delivering the intents of pool's database through p.
+// The outbox schema must already be migrated (see package migrations).
+func New(pool *pgxpool.Pool, p provider.Provider, cfg Config) (*Relay, error) {
+	if pool == nil {
+		return nil, errors.New("relay: pool is nil")
+	}
+	if p == nil {
+		return nil, errors.New("relay: provider is nil")
+	}
+	cfg = cfg.withDefaults()
+	if err := cfg.validate(); err != nil {
+		return nil, err
+	}
+	r := &Relay{
+		cfg:      cfg,
+		pool:     pool,
+		provider: p,
+		log:      cfg.Logger.With("relay", cfg.Name),
+		metrics:  newMetrics(cfg.Registerer),
+		wake:     make(chan struct{}, 1),
+		slots:    make(chan struct{}, cfg.Concurrency),
+		results:  make(chan *result, cfg.Concurrency),
+		held:     newLeaseSet(),
+		epoch:    time.Now(),
+		done:     make(chan struct{}),
+	}
+	r.gate = newGate(cfg.BreakerThreshold, cfg.Clock, r.onPauseChange)
+	return r, nil
+}
+
+// Name returns the relay's name, as recorded in leases and attempts.
+func (r *Relay) Name() string { return r.cfg.Name }
+
+// Start checks the database and starts delivering in the background. It
+// returns an error when the outbox schema cannot be read. Call Stop to end.
+func (r *Relay) Start(ctx context.Context) error {
+	if !r.started.CompareAndSwap(false, true) {
+		return errors.New("relay: already started")
+	}
+	if err := r.pool.QueryRow(ctx, installationID).Scan(&r.installation); err != nil {
+		return fmt.Errorf("relay: read installation id (is the database migrated?): %w", err)
+	}
+	r.dbOK.Store(true)
+	r.updateReadyMetric()
+
+	// Claiming stops when runCtx ends; workers, the completer and the
+	// heartbeat keep going until in-flight work is drained (see Stop).
+	runCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	workCtx, cancelWork := context.WithCancel(context.WithoutCancel(ctx))
+	r.mu.Lock()
+	r.cancel = cancel
+	r.mu.Unlock()
+
+	var workers sync.WaitGroup
+	completerDone := make(chan struct{})
+	heartbeatDone := make(chan struct{})
+	hbCtx, stopHeartbeat := context.WithCancel(context.WithoutCancel(ctx))
+
+	go func() {
+		defer close(heartbeatDone)
+		r.heartbeatLoop(hbCtx)
+	}()
+	listenerDone := make(chan struct{})
+	go func() {
+		defer close(listenerDone)
+		r.listenLoop(runCtx)
+	}()
+	go func() {
+		defer close(completerDone)
+		r.completeLoop()
+	}()
+	go func() {
+		defer close(r.done)
+		r.claimLoop(runCtx, workCtx, &workers)
+		// Claiming has stopped. Let in-flight deliveries finish, then
+		// cancel the stragglers (they are released back to pending).
+		drained := make(chan struct{})
+		go func() { workers.Wait(); close(drained) }()
+		t := time.NewTimer(r.cfg.ShutdownTimeout)
+		select {
+		case <-drained:
+			t.Stop()
+		case <-t.C:
+			r.log.Warn("shutdown timeout: cancelling in-flight deliveries", "in_flight", len(r.slots))
+			cancelWork()
+			<-drained
+		}
+		cancelWork()
+		close(r.results)
+		<-completerDone
+		stopHeartbeat()
+		<-heartbeatDone
+		<-listenerDone
+		r.deregister()
+	}()
+	r.log.Info("relay started", "concurrency", r.cfg.Concurrency, "lease", r.cfg.Lease,
+		"max_attempts", r.cfg.MaxAttempts, "max_age", r.cfg.MaxAge)
+	return nil
+}
+
+// Stop stops claiming, waits up to ShutdownTimeout for in-flight deliveries,
+// releases what is left, and returns once everything has stopped. It is safe
+// to call more than once and before Start.
+func (r *Relay) Stop() {
+	r.mu.Lock()
+	cancel := r.cancel
+	r.stopped = true
+	r.mu.Unlock()
+	if cancel == nil {
+		return
+	}
+	cancel()
+	<-r.done
+}
+
+// Run starts the relay and delivers until ctx is cancelled, then stops
+// gracefully.
+func (r *Relay) Run(ctx context.Context) error {
+	if err := r.Start(ctx); err != nil {
+		return err
+	}
+	select {
+	case <-ctx.Done():
+	case <-r.done:
+	}
+	r.Stop()
+	r.log.Info("relay stopped")
+	return nil
+}
+
+// Health describes whether the relay can deliver.
+type Health struct {
+	// Ready is true when the database is reachable and TalkJS accepts the
+	// credentials.
+	Ready bool `json:"ready"`
+	// Paused is "auth" when TalkJS refuses the credentials, "breaker" when
+	// TalkJS keeps failing, "" otherwise.
+	Paused string `json:"paused,omitempty"`
+	// Database is false after a failed database operation, until one succeeds.
+	Database bool `json:"database"`
+	// Listening is true while the LISTEN connection is up.
+	Listening bool `json:"listening"`
+	// InFlight is the number of intents being delivered.
+	InFlight int `json:"in_flight"`
+}
+
+// Health reports the relay's current state, for readiness probes.
+func (r *Relay) Health() Health {
+	paused := r.gate.paused()
+	db := r.dbOK.Load()
+	return Health{
+		Ready:     r.started.Load() && db && paused != pauseAuth,
+		Paused:    paused,
+		Database:  db,
+		Listening: r.listening.Load(),
+		InFlight:  len(r.slots),
+	}
+}
+
+func (r *Relay) onPauseChange(reason string, err error) {
+	for _, rs := range []string{pauseAuth, pauseBreaker} {
+		v := 0.0
+		if rs == reason {
+			v = 1
+		}
+		r.metrics.paused.WithLabelValues(rs).Set(v)
+	}
+	switch reason {
+	case pauseAuth:
+		r.log.Error("TalkJS refused the credentials: delivery paused, no intent is failed for it; "+
+			"check TALKJS_APP_ID and TALKJS_SECRET_KEY", "error", err)
+	case pauseBreaker:
+		r.log.Error("TalkJS keeps failing: circuit open, probing with one intent at a time", "error", err)
+	default:
+		r.log.Info("TalkJS calls succeed again: delivery resumed")
+	}
+	r.updateReadyMetric()
+	r.signal()
+}
+
+func (r *Relay) setDB(ok bool, op string, err error) {
+	if !ok {
+		r.metrics.dbErrors.WithLabelValues(op).Inc()
+		if r.dbOK.Swap(false) {
+			r.log.Error("database unavailable", "op", op, "error", err)
+		}
+	} else if !r.dbOK.Swap(true) {
+		r.log.Info("database available again")
+	}
+	r.updateReadyMetric()
+}
+
+func (r *Relay) updateReadyMetric() {
+	v := 0.0
+	if r.Health().Ready {
+		v = 1
+	}
+	r.metrics.ready.Set(v)
+}
+
+// signal wakes the claimer (non-blocking; one pending wake is enough).
+func (r *Relay) signal() {
+	select {
+	case r.wake <- struct{}{}:
+	default:
+	}
+}
+
+func randomSuffix() string {
+	var b [4]byte
+	_, _ = rand.Read(b[:])
+	return hex.EncodeToString(b[:])
+}
+
+func asProviderError(err error, target **provider.Error) bool {
+	return errors.As(err, target)
+}

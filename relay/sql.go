@@ -1,0 +1,172 @@
+package relay
+
+// The relay's SQL. Each statement has one job.
+//
+// Locking, once: a relay claims intents with FOR UPDATE SKIP LOCKED and
+// commits at once, so no transaction is ever held open across an HTTP call.
+// A claimed intent is protected by its lease instead: state 'delivering',
+// lease_owner, lease_expires_at (the database clock) and lease_token, which
+// every claim increments. Completion and renewal match on (id, lease_token)
+// and state = 'delivering', so a relay whose lease expired and whose intent
+// was taken over can never overwrite the new owner's result (fencing).
+//
+// Per-conversation order: producers take a per-conversation advisory lock
+// before their intent's id is drawn (migrations/00001), so within a
+// conversation id order is commit order, and a lower id can never become
+// visible after a higher one. A pending intent is claimable only when no
+// lower id of its conversation is pending or delivering.
+
+const (
+	// claimBatch leases up to $1 deliverable intents to relay $2 for $3, and
+	// returns with each the content hashes of its users synchronised
+	// within $4 (a JSON object user id -> hex sha256).
+	claimBatch = `
+WITH candidates AS (
+    SELECT i.id
+      FROM outbox.intents i
+     WHERE i.state = 'pending'
+       AND i.run_after <= now()
+       AND NOT EXISTS (
+           SELECT 1
+             FROM outbox.intents earlier
+            WHERE earlier.conversation_id = i.conversation_id
+              AND earlier.id < i.id
+              AND earlier.state IN ('pending', 'delivering'))
+     ORDER BY i.id
+     LIMIT $1
+       FOR UPDATE SKIP LOCKED
+), claimed AS (
+    UPDATE outbox.intents i
+       SET state = 'delivering',
+           attempts = i.attempts + 1,
+           lease_owner = $2,
+           lease_expires_at = now() + $3::interval,
+           lease_token = i.lease_token + 1,
+           updated_at = now()
+      FROM candidates c
+     WHERE i.id = c.id
+    RETURNING i.id, i.lease_token, i.attempts, i.payload
+)
+SELECT c.id, c.lease_token, c.attempts, c.payload,
+       (SELECT jsonb_object_agg(s.user_id, encode(s.content_hash, 'hex'))
+          FROM outbox.synced_users s
+         WHERE s.user_id IN (SELECT u ->> 'id' FROM jsonb_array_elements(c.payload -> 'users') u)
+           AND s.synced_at > now() - $4::interval)
+  FROM claimed c
+ ORDER BY c.id`
+
+	// renewLeases extends the leases this relay still holds and returns them.
+	renewLeases = `
+UPDATE outbox.intents i
+   SET lease_expires_at = now() + $3::interval
+  FROM unnest($1::bigint[], $2::bigint[]) AS h(id, token)
+ WHERE i.id = h.id
+   AND i.lease_token = h.token
+   AND i.state = 'delivering'
+RETURNING i.id`
+
+	// expireLeases puts intents whose lease ran out (their relay crashed,
+	// hung or lost the database) back to pending, or dead when the attempt
+	// that was lost was the last of the budget.
+	expireLeases = `
+UPDATE outbox.intents
+   SET state = CASE WHEN attempts >= $1 OR greatest(created_at, retried_at) < now() - $2::interval
+                    THEN 'dead' ELSE 'pending' END,
+       last_error = format('attempt %s: lease held by %s expired at %s without a result',
+                           attempts, lease_owner, lease_expires_at),
+       lease_owner = NULL,
+       lease_expires_at = NULL,
+       run_after = now(),
+       updated_at = now()
+ WHERE state = 'delivering'
+   AND lease_expires_at < now()
+RETURNING id, state`
+
+	// completeBatch records the outcome of delivered intents, fenced by
+	// lease token. Outcomes: done; dead (permanent failure); retry (a
+	// counted failure: pending after a backoff, or dead when the budget
+	// is spent); release (not the intent's fault: pending after a delay,
+	// the attempt given back).
+	completeBatch = `
+WITH r AS (
+    SELECT *
+      FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::text[], $5::double precision[])
+           AS r(id, token, outcome, error, delay_s)
+), decided AS (
+    SELECT r.*, i.attempts,
+           CASE
+             WHEN r.outcome = 'retry'
+                  AND (i.attempts >= $6 OR greatest(i.created_at, i.retried_at) < now() - $7::interval) THEN 'dead'
+             WHEN r.outcome = 'retry' THEN 'pending'
+             WHEN r.outcome = 'release' THEN 'pending'
+             ELSE r.outcome
+           END AS next_state
+      FROM r
+      JOIN outbox.intents i ON i.id = r.id
+)
+UPDATE outbox.intents i
+   SET state = d.next_state,
+       attempts = CASE WHEN d.outcome = 'release' THEN greatest(i.attempts - 1, 0) ELSE i.attempts END,
+       run_after = CASE WHEN d.next_state = 'pending'
+                        THEN now() + make_interval(secs => d.delay_s) ELSE i.run_after END,
+       last_error = CASE
+                      WHEN d.outcome = 'done' THEN NULL
+                      WHEN d.outcome = 'retry' AND d.next_state = 'dead'
+                        THEN format('retry budget spent (%s attempts, max %s; max age %s): %s',
+                                    i.attempts, $6::int, $7::interval, d.error)
+                      ELSE d.error
+                    END,
+       lease_owner = NULL,
+       lease_expires_at = NULL,
+       done_at = CASE WHEN d.next_state = 'done' THEN now() END,
+       updated_at = now()
+  FROM decided d
+ WHERE i.id = d.id
+   AND i.lease_token = d.token
+   AND i.state = 'delivering'
+RETURNING i.id, i.state`
+
+	// upsertSyncedUsers records users whose PUT succeeded.
+	upsertSyncedUsers = `
+INSERT INTO outbox.synced_users (user_id, content_hash, synced_at)
+SELECT u.id, u.hash, now()
+  FROM unnest($1::text[], $2::bytea[]) AS u(id, hash)
+ON CONFLICT (user_id) DO UPDATE
+   SET content_hash = excluded.content_hash,
+       synced_at = excluded.synced_at`
+
+	// setWaiting tells producers this relay is idle: the next insert sends
+	// one NOTIFY. SKIP LOCKED: a producer holding the row is clearing the
+	// flag and will notify at its commit anyway.
+	setWaiting = `
+UPDATE outbox.wakeup
+   SET waiting = true
+ WHERE singleton
+   AND NOT waiting
+   AND ctid = (SELECT ctid FROM outbox.wakeup FOR UPDATE SKIP LOCKED)`
+
+	// heartbeat registers this relay as live and returns how many relays
+	// are live (heartbeat within $2), itself included.
+	heartbeat = `
+WITH me AS (
+    INSERT INTO outbox.relays (id, started_at, heartbeat_at, version)
+    VALUES ($1, now(), now(), $3)
+    ON CONFLICT (id) DO UPDATE SET heartbeat_at = now()
+)
+SELECT count(*) + 1
+  FROM outbox.relays
+ WHERE id <> $1
+   AND heartbeat_at > now() - $2::interval`
+
+	// forgetRelays removes this relay, and relays silent for a day.
+	forgetRelays = `
+DELETE FROM outbox.relays
+ WHERE id = $1
+    OR heartbeat_at < now() - interval '1 day'`
+
+	// installationID is the namespace of message idempotency keys.
+	installationID = `SELECT id::text FROM outbox.installation`
+)
+
+// notifyChannel is the channel producers NOTIFY when a relay is waiting.
+const notifyChannel = "outbox_intents"
