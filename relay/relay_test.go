@@ -71,7 +71,7 @@ func testConfig(name string) relay.Config {
 func (b *bundle) startRelay(t testing.TB, cfg relay.Config, secret string) *relay.Relay {
 	t.Helper()
 	if cfg.Logger == nil {
-		cfg.Logger = slog.New(slog.NewTextHandler(b.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+		cfg.Logger = slogTo(b)
 	}
 	r, err := relay.New(b.pool, b.client(t, secret), cfg)
 	if err != nil {
@@ -108,3 +108,8 @@ var (
 	orderIntent = relaytest.OrderIntent
 	waitFor     = relaytest.WaitFor
 )
+
+// slogTo returns a debug-level logger writing into the bundle's logs.
+func slogTo(b *bundle) *slog.Logger {
+	return slog.New(slog.NewTextHandler(b.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+}
