@@ -24,7 +24,7 @@ type job struct {
 
 const (
 	dbRetryMin = 100 * time.Millisecond
-	dbRetryMax = 5 * time.Second
+	dbRetryMax = 2 * time.Second
 )
 
 // claimLoop claims intents while there are free slots and starts a worker

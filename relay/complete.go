@@ -84,6 +84,7 @@ func (r *Relay) completeBatch(ctx context.Context, batch []*result) error {
 	delays := make([]float64, n)
 	var calls [][]any
 	syncedByID := map[string][]byte{}
+	var forget []string
 	for i, res := range batch {
 		ids[i], tokens[i], outcomes[i] = res.job.id, res.job.token, res.outcome
 		if res.err != "" {
@@ -104,6 +105,7 @@ func (r *Relay) completeBatch(ctx context.Context, batch []*result) error {
 		for _, s := range res.synced {
 			syncedByID[s.id] = s.hash
 		}
+		forget = append(forget, res.forget...)
 	}
 
 	tx, err := r.pool.Begin(ctx)
@@ -154,6 +156,12 @@ func (r *Relay) completeBatch(ctx context.Context, batch []*result) error {
 		}
 		if _, err := tx.Exec(ctx, upsertSyncedUsers, userIDs, hashes); err != nil {
 			return fmt.Errorf("complete: record synced users: %w", err)
+		}
+	}
+	if len(forget) > 0 {
+		slices.Sort(forget)
+		if _, err := tx.Exec(ctx, forgetSyncedUsers, forget); err != nil {
+			return fmt.Errorf("complete: forget synced users: %w", err)
 		}
 	}
 	if err := tx.Commit(ctx); err != nil {

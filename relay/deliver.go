@@ -64,9 +64,11 @@ type result struct {
 	err     string
 	delay   time.Duration // before the next attempt (retry, release)
 
-	mu     sync.Mutex
-	calls  []callRecord
-	synced []syncedUser
+	mu      sync.Mutex
+	calls   []callRecord
+	synced  []syncedUser
+	skipped []string // users not PUT because TalkJS was thought to have them
+	forget  []string // users to drop from synced_users: TalkJS may not have them
 }
 
 func (res *result) record(c callRecord) {
@@ -155,6 +157,7 @@ func (r *Relay) putUsers(ctx context.Context, j *job, res *result, users []outbo
 		if prev, ok := j.synced[u.ID]; ok && string(prev) == string(hash) {
 			res.record(callRecord{step: stepUser, target: u.ID, outcome: "skipped",
 				err: "unchanged since last synchronised", started: time.Now()})
+			res.skipped = append(res.skipped, u.ID)
 			r.metrics.calls.WithLabelValues(stepUser, "skipped").Inc()
 			continue
 		}
@@ -246,6 +249,15 @@ func (r *Relay) decide(res *result, err error, step string) *result {
 		switch pe.Kind {
 		case provider.Permanent:
 			res.outcome = outcomeDead
+			if len(res.skipped) > 0 && step != stepUser {
+				// A user PUT was skipped on the strength of an earlier
+				// sync; TalkJS may have lost or changed that user since.
+				// Forget the sync and try again with every user PUT
+				// before judging the intent.
+				res.outcome = outcomeRetry
+				res.delay = r.cfg.Retry.backoff(1)
+				res.forget = res.skipped
+			}
 		case provider.RateLimited:
 			res.outcome = outcomeRelease
 			res.delay = max(pe.RetryAfter, r.cfg.Retry.Base)

@@ -461,3 +461,38 @@ func TestSecretNeverLeaks(t *testing.T) {
 		}
 	}
 }
+
+// An unchanged user synchronised recently is not PUT again (the skip is
+// recorded); and if TalkJS turns out not to have that user any more, the
+// intent is retried with every user PUT instead of going dead.
+func TestUnchangedUsersSkippedAndResentWhenLost(t *testing.T) {
+	t.Parallel()
+	b := setup(t, faketalkjs.Faults{})
+	ctx := context.Background()
+	b.startRelay(t, testConfig("r1"), testSecret)
+	b.insertSQL(t, []outbox.Intent{orderIntent("c1", 1)})
+	b.waitSettled(t, 10*time.Second)
+	b.insertSQL(t, []outbox.Intent{orderIntent("c1", 2)})
+	b.waitSettled(t, 10*time.Second)
+	if got := b.fake.Stats().Routes[faketalkjs.RouteUserPut]; got != 2 {
+		t.Errorf("user PUTs = %d, want 2 (the second intent's unchanged users skipped)", got)
+	}
+	var skipped int
+	if err := b.pool.QueryRow(ctx, `SELECT count(*) FROM outbox.attempts WHERE outcome = 'skipped'`).Scan(&skipped); err != nil {
+		t.Fatal(err)
+	}
+	if skipped != 2 {
+		t.Errorf("recorded %d skipped user PUTs, want 2", skipped)
+	}
+
+	// TalkJS loses everything; the cache still says the users are synced.
+	b.fake.Clear()
+	b.insertSQL(t, []outbox.Intent{orderIntent("c1", 3)})
+	c := b.waitSettled(t, 20*time.Second)
+	if c["dead"] != 0 || c["done"] != 3 {
+		t.Fatalf("states = %v, want 3 done", c)
+	}
+	if n := len(b.fake.Messages("c1")); n != 2 {
+		t.Errorf("after the loss the conversation has %d messages, want the third intent's 2", n)
+	}
+}

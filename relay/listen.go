@@ -9,7 +9,7 @@ import (
 
 const (
 	listenRetryMin = 100 * time.Millisecond
-	listenRetryMax = 5 * time.Second
+	listenRetryMax = 2 * time.Second
 )
 
 // listenLoop keeps a dedicated connection LISTENing for wake-ups, and

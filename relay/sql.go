@@ -135,6 +135,10 @@ ON CONFLICT (user_id) DO UPDATE
    SET content_hash = excluded.content_hash,
        synced_at = excluded.synced_at`
 
+	// forgetSyncedUsers drops users whose skipped PUT may have caused a
+	// failure, so the next attempt sends them.
+	forgetSyncedUsers = `DELETE FROM outbox.synced_users WHERE user_id = ANY($1::text[])`
+
 	// setWaiting tells producers this relay is idle: the next insert sends
 	// one NOTIFY. SKIP LOCKED: a producer holding the row is clearing the
 	// flag and will notify at its commit anyway.
