@@ -135,17 +135,14 @@ CREATE TRIGGER intents_before_insert
 CREATE FUNCTION outbox.intents_after_insert() RETURNS trigger
 LANGUAGE plpgsql AS $$
 BEGIN
-    -- Cheap read in the common case (no relay idle). When one is idle, clear
-    -- the flag without waiting on another producer that is clearing it too
-    -- (that one will notify), and notify once.
+    -- Cheap read in the common case (no relay idle). When one waits, clear
+    -- the flag (skipping the row if another producer is clearing it) and
+    -- notify. Every producer that saw the flag set notifies, not only the
+    -- one that cleared it: the other may still roll back.
     IF EXISTS (SELECT 1 FROM outbox.wakeup WHERE waiting) THEN
         UPDATE outbox.wakeup SET waiting = false
-         WHERE singleton
-           AND waiting
-           AND ctid = (SELECT ctid FROM outbox.wakeup FOR UPDATE SKIP LOCKED);
-        IF FOUND THEN
-            PERFORM pg_notify('outbox_intents', '');
-        END IF;
+         WHERE ctid = (SELECT ctid FROM outbox.wakeup WHERE waiting FOR UPDATE SKIP LOCKED);
+        PERFORM pg_notify('outbox_intents', '');
     END IF;
     RETURN NULL;
 END

@@ -92,6 +92,9 @@ func BenchmarkWakeup(b *testing.B) {
 			b.Fatal(err)
 		}
 		var stored time.Time
+		if testing.Verbose() {
+			b.Logf("enqueued %s", conv)
+		}
 		relaytest.WaitFor(b, 10*time.Second, "delivery", func() bool {
 			msgs := bd.fake.Messages(conv)
 			if len(msgs) < 2 {

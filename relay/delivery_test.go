@@ -278,7 +278,7 @@ func TestIdleRelayWokenByNotify(t *testing.T) {
 	waitFor(t, 10*time.Second, "the relay to listen", func() bool { return r.Health().Listening })
 
 	var latencies []time.Duration
-	for i := range 5 {
+	for i := range 20 {
 		// Wait for the relay to announce it is idle before inserting.
 		waitFor(t, 10*time.Second, "the relay to wait for a notification", func() bool {
 			var waiting bool
@@ -287,7 +287,9 @@ func TestIdleRelayWokenByNotify(t *testing.T) {
 		})
 		conv := fmt.Sprintf("idle-%d", i)
 		committed := time.Now()
-		b.insertSQL(t, []outbox.Intent{orderIntent(conv, i)})
+		if _, err := outbox.Enqueue(ctx, b.pool, orderIntent(conv, i)); err != nil {
+			t.Fatal(err)
+		}
 		waitFor(t, 5*time.Second, "the intent's messages to reach the fake", func() bool {
 			return len(b.fake.Messages(conv)) == 2
 		})

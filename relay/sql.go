@@ -139,15 +139,13 @@ ON CONFLICT (user_id) DO UPDATE
 	// failure, so the next attempt sends them.
 	forgetSyncedUsers = `DELETE FROM outbox.synced_users WHERE user_id = ANY($1::text[])`
 
-	// setWaiting tells producers this relay is idle: the next insert sends
-	// one NOTIFY. SKIP LOCKED: a producer holding the row is clearing the
-	// flag and will notify at its commit anyway.
+	// setWaiting tells producers this relay is idle: the next insert sends a
+	// NOTIFY. The row is locked only while it needs changing, and skipped
+	// when a producer holds it (that producer notifies at its commit).
 	setWaiting = `
 UPDATE outbox.wakeup
    SET waiting = true
- WHERE singleton
-   AND NOT waiting
-   AND ctid = (SELECT ctid FROM outbox.wakeup FOR UPDATE SKIP LOCKED)`
+ WHERE ctid = (SELECT ctid FROM outbox.wakeup WHERE NOT waiting FOR UPDATE SKIP LOCKED)`
 
 	// heartbeat registers this relay as live and returns how many relays
 	// are live (heartbeat within $2), itself included.
