@@ -13,6 +13,7 @@ import (
 	"github.com/outbox-relay/outbox-relay/internal/relaytest"
 	"github.com/outbox-relay/outbox-relay/outbox"
 	"github.com/outbox-relay/outbox-relay/provider/faketalkjs"
+	"github.com/outbox-relay/outbox-relay/relay"
 )
 
 // BenchmarkProducers measures what the relay costs applications: 16
@@ -113,4 +114,52 @@ func BenchmarkWakeup(b *testing.B) {
 	b.ReportMetric(pct(0.50), "p50-ms")
 	b.ReportMetric(pct(0.95), "p95-ms")
 	b.ReportMetric(pct(0.99), "p99-ms")
+}
+
+// BenchmarkClaimComplete measures the database side of delivering a batch
+// of 100 intents: one claim and one completion (with three attempt rows
+// each), no HTTP. Per-op figures are per batch.
+//
+//	go test ./relay -run '^$' -bench ClaimComplete
+func BenchmarkClaimComplete(b *testing.B) {
+	bd := setup(b, faketalkjs.Faults{})
+	ctx := context.Background()
+	const batch = 100
+	// Load b.N batches of pending intents, 500 per transaction (each
+	// conversation's order lock is held to the end of its transaction).
+	for loaded := 0; loaded < b.N*batch; loaded += 500 {
+		if _, err := bd.pool.Exec(ctx, `
+INSERT INTO outbox.intents (payload)
+SELECT jsonb_build_object(
+         'users', jsonb_build_array(jsonb_build_object('id', 'u' || g, 'name', 'User', 'email', jsonb_build_array('u@example.com'))),
+         'conversation', jsonb_build_object('id', 'bench-' || g),
+         'messages', jsonb_build_array(jsonb_build_object('sender', 'u' || g, 'text', 'hello')))
+  FROM generate_series($1::int, $1::int + 499) AS g`, loaded); err != nil {
+			b.Fatal(err)
+		}
+	}
+	if _, err := bd.pool.Exec(ctx, `ANALYZE outbox.intents`); err != nil {
+		b.Fatal(err)
+	}
+	r, err := relay.New(bd.pool, bd.client(b, testSecret), testConfig("bench"))
+	if err != nil {
+		b.Fatal(err)
+	}
+	if err := r.Prepare(ctx); err != nil {
+		b.Fatal(err)
+	}
+	b.ResetTimer()
+	done := 0
+	for range b.N {
+		n, err := r.ClaimAndComplete(ctx, batch)
+		if err != nil {
+			b.Fatal(err)
+		}
+		done += n
+	}
+	b.StopTimer()
+	if done != b.N*batch {
+		b.Fatalf("completed %d intents, want %d", done, b.N*batch)
+	}
+	b.ReportMetric(float64(done)/b.Elapsed().Seconds(), "intents/s")
 }

@@ -43,14 +43,13 @@ WITH candidates AS (
            lease_expires_at = now() + $3::interval,
            lease_token = i.lease_token + 1,
            updated_at = now()
-      FROM candidates c
-     WHERE i.id = c.id
+     WHERE i.id = ANY (ARRAY(SELECT id FROM candidates)) -- by primary key, whatever the estimates
     RETURNING i.id, i.lease_token, i.attempts, i.payload
 )
 SELECT c.id, c.lease_token, c.attempts, c.payload,
        (SELECT jsonb_object_agg(s.user_id, encode(s.content_hash, 'hex'))
           FROM outbox.synced_users s
-         WHERE s.user_id IN (SELECT u ->> 'id' FROM jsonb_array_elements(c.payload -> 'users') u)
+         WHERE s.user_id = ANY (ARRAY(SELECT u ->> 'id' FROM jsonb_array_elements(c.payload -> 'users') u))
            AND s.synced_at > now() - $4::interval)
   FROM claimed c
  ORDER BY c.id`
