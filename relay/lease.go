@@ -52,7 +52,6 @@ func (r *Relay) heartbeatLoop(ctx context.Context) {
 	defer renew.Stop()
 	sweep := time.NewTicker(r.cfg.sweepInterval())
 	defer sweep.Stop()
-	r.beat(ctx)
 	for {
 		select {
 		case <-ctx.Done():

@@ -101,6 +101,9 @@ func (r *Relay) Start(ctx context.Context) error {
 		return fmt.Errorf("relay: read installation id (is the database migrated?): %w", err)
 	}
 	r.dbOK.Store(true)
+	// Register before the first claim, so the rate limit is already shared
+	// with the relays running.
+	r.beat(ctx)
 	r.updateReadyMetric()
 
 	// Claiming stops when runCtx ends; workers, the completer and the

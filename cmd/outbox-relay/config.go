@@ -153,6 +153,9 @@ func (c *runConfig) talkjsConfig() talkjs.Config {
 		LegacyAuth: c.TalkJSLegacyAuth,
 		Timeout:    c.TalkJSTimeout,
 		MaxConns:   c.Concurrency * 2,
+		// The relay divides this among live relays at its first heartbeat.
+		RateLimit: c.RateLimit,
+		Burst:     c.RateBurst,
 	}
 }
 
