@@ -2,16 +2,6 @@
 -- The outbox schema itself is created by the migrator before goose runs, so
 -- that goose's version table (outbox.goose_db_version) can live inside it.
 
--- One row naming this installation. Its id namespaces message idempotency
--- keys, so two databases sharing a TalkJS app (staging and production, a
--- restored backup) never reuse each other's keys.
-CREATE TABLE outbox.installation (
-    singleton  boolean     PRIMARY KEY DEFAULT true CHECK (singleton),
-    id         uuid        NOT NULL DEFAULT gen_random_uuid(),
-    created_at timestamptz NOT NULL DEFAULT now()
-);
-INSERT INTO outbox.installation DEFAULT VALUES;
-
 CREATE SEQUENCE outbox.intents_id_seq AS bigint;
 
 CREATE TABLE outbox.intents (
@@ -20,6 +10,11 @@ CREATE TABLE outbox.intents (
     -- commit order. Never supply it.
     id               bigint      PRIMARY KEY,
     key              text        UNIQUE,
+    -- Namespaces the message idempotency keys of this intent
+    -- ({delivery_key}-{message index}): the same on every retry by any
+    -- relay, and new for every insert, even in a database restored from a
+    -- backup or cloned into staging, whose ids repeat.
+    delivery_key     uuid        NOT NULL DEFAULT gen_random_uuid(),
     payload          jsonb       NOT NULL,
     conversation_id  text        GENERATED ALWAYS AS (payload #>> '{conversation,id}') STORED,
     state            text        NOT NULL DEFAULT 'pending'
@@ -48,8 +43,10 @@ CREATE TABLE outbox.intents (
 COMMENT ON TABLE outbox.intents IS
     'Conversation-start intents written by applications and delivered to TalkJS by outbox-relay.';
 
--- The claim scan: pending intents in id order.
-CREATE INDEX intents_pending_idx ON outbox.intents (id) WHERE state = 'pending';
+-- The claim scan: due pending intents, oldest first. Keyed on run_after so
+-- that intents waiting out a backoff (an API outage can put a whole backlog
+-- there) are never walked by the claim.
+CREATE INDEX intents_pending_idx ON outbox.intents (run_after, id) WHERE state = 'pending';
 -- "Is an earlier intent of this conversation still pending or delivering?"
 CREATE INDEX intents_active_conversation_idx ON outbox.intents (conversation_id, id)
     WHERE state IN ('pending', 'delivering');
@@ -165,4 +162,3 @@ DROP TABLE outbox.intents;
 DROP FUNCTION outbox.intents_after_insert();
 DROP FUNCTION outbox.intents_before_insert();
 DROP SEQUENCE outbox.intents_id_seq;
-DROP TABLE outbox.installation;

@@ -37,8 +37,8 @@
 -- intents_payload_valid. A rule about the payload as a whole (size, not an
 -- object) has no field: "invalid intent payload: <rule>".
 --
--- It runs on every insert (and, being a CHECK, on every update of a row), so
--- the valid path is one pass over each array with cheap built-in operators;
+-- It runs on every insert (from the insert trigger, see below), so the
+-- valid path is one pass over each array with cheap built-in operators;
 -- the queries that name an offending key run only when raising.
 
 -- +goose StatementBegin
@@ -458,6 +458,12 @@ CREATE FUNCTION outbox.intents_before_update() RETURNS trigger
 LANGUAGE plpgsql AS $$
 BEGIN
     PERFORM outbox.validate_payload(NEW.payload);
+    -- Moving an intent to another conversation would bypass the order
+    -- lock its insert took.
+    IF OLD.payload #>> '{conversation,id}' IS DISTINCT FROM NEW.payload #>> '{conversation,id}' THEN
+        RAISE EXCEPTION 'invalid intent payload: conversation.id: cannot be changed after insert'
+            USING ERRCODE = 'check_violation', DETAIL = 'field: conversation.id';
+    END IF;
     RETURN NEW;
 END
 $$;

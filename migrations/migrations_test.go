@@ -71,11 +71,11 @@ func TestUpConcurrentStarts(t *testing.T) {
 	if versionTableSchema != "outbox" {
 		t.Errorf("goose version table in schema %q, want outbox", versionTableSchema)
 	}
-	var installations int
-	if err := conn.QueryRow(ctx, `SELECT count(*) FROM outbox.installation`).Scan(&installations); err != nil {
+	var wakeupRows int
+	if err := conn.QueryRow(ctx, `SELECT count(*) FROM outbox.wakeup`).Scan(&wakeupRows); err != nil {
 		t.Fatal(err)
 	}
-	if installations != 1 {
-		t.Errorf("installation rows = %d, want 1", installations)
+	if wakeupRows != 1 {
+		t.Errorf("wakeup rows = %d, want 1", wakeupRows)
 	}
 }

@@ -72,8 +72,7 @@ WITH retried AS (
            attempts = 0,
            run_after = now(),
            retried_at = now(),
-           updated_at = now(),
-           last_error = 'retried by operator; previously: ' || coalesce(last_error, '')
+           updated_at = now()
      WHERE state = 'dead'
        AND (id = ANY($1::bigint[]) OR $2)
     RETURNING id

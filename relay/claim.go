@@ -15,6 +15,7 @@ type job struct {
 	token    int64 // lease token: fences the completion
 	attempt  int   // this attempt's number (1 for the first)
 	payload  []byte
+	key      string            // delivery_key: namespaces the message idempotency keys
 	synced   map[string][]byte // user id -> content hash synchronised within the TTL
 	probe    bool              // let through by a paused gate to test the API
 	claimed  time.Time
@@ -23,6 +24,8 @@ type job struct {
 }
 
 const (
+	// dbTimeout bounds one database statement of the relay's own.
+	dbTimeout  = 30 * time.Second
 	dbRetryMin = 100 * time.Millisecond
 	dbRetryMax = 2 * time.Second
 )
@@ -35,6 +38,12 @@ func (r *Relay) claimLoop(ctx, workCtx context.Context, workers *sync.WaitGroup)
 	timer := time.NewTimer(0)
 	defer timer.Stop()
 	dbRetry := dbRetryMin
+	// A NOTIFY that wakes the relay to find nothing it may deliver
+	// (everything pending is blocked or waiting a backoff), though it
+	// claimed nothing since it asked for the NOTIFY, makes it quiet: it
+	// does not ask producers for another NOTIFY before its next poll, as
+	// each would cost a producer the NOTIFY lock for nothing.
+	var notifiedWake, claimedSinceAsked, quiet bool
 	for ctx.Err() == nil {
 		wait := r.cfg.PollInterval
 		if free := cap(r.slots) - len(r.slots); free > 0 {
@@ -70,10 +79,15 @@ func (r *Relay) claimLoop(ctx, workCtx context.Context, workers *sync.WaitGroup)
 					}
 				}
 				r.dispatch(workCtx, jobs, workers)
+				if len(jobs) > 0 {
+					claimedSinceAsked, quiet = true, false
+				} else if notifiedWake && !claimedSinceAsked {
+					quiet = true
+				}
 				if len(jobs) == limit && !probe {
 					continue // there may be more
 				}
-				if len(jobs) == 0 && r.gate.paused() == "" && r.listening.Load() {
+				if len(jobs) == 0 && r.gate.paused() == "" && r.listening.Load() && !quiet {
 					// Nothing to do: ask producers for a NOTIFY, then look
 					// once more, since an intent committed between the
 					// claim and the flag would not notify.
@@ -81,6 +95,7 @@ func (r *Relay) claimLoop(ctx, workCtx context.Context, workers *sync.WaitGroup)
 						r.setDB(false, "set_waiting", err)
 						break
 					}
+					claimedSinceAsked = false
 					jobs, err := r.claim(ctx, limit)
 					if err != nil {
 						r.setDB(false, "claim", err)
@@ -88,18 +103,23 @@ func (r *Relay) claimLoop(ctx, workCtx context.Context, workers *sync.WaitGroup)
 					}
 					r.dispatch(workCtx, jobs, workers)
 					if len(jobs) > 0 {
+						claimedSinceAsked = true
 						continue
 					}
 				}
 			}
 		}
 		timer.Reset(wait)
+		notifiedWake = false
 		select {
 		case <-ctx.Done():
 			return
+		case <-r.notified:
+			notifiedWake = true
 		case <-r.wake:
 		case <-r.gate.changes():
 		case <-timer.C:
+			quiet = false
 		}
 		if !timer.Stop() {
 			select {
@@ -110,10 +130,17 @@ func (r *Relay) claimLoop(ctx, workCtx context.Context, workers *sync.WaitGroup)
 	}
 }
 
-// claim leases up to limit intents.
+// claim leases up to limit intents. A claim that has started is finished
+// even when ctx ends, so that no lease is taken and then forgotten (it would
+// hold its intents until it expired).
 func (r *Relay) claim(ctx context.Context, limit int) ([]*job, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
 	start := time.Now()
-	rows, err := r.pool.Query(ctx, claimBatch, limit, r.cfg.Name, r.cfg.Lease, r.syncTTL())
+	qctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), dbTimeout)
+	defer cancel()
+	rows, err := r.pool.Query(qctx, claimBatch, limit, r.cfg.Name, r.cfg.Lease, r.syncTTL())
 	if err != nil {
 		return nil, err
 	}
@@ -122,7 +149,7 @@ func (r *Relay) claim(ctx context.Context, limit int) ([]*job, error) {
 	for rows.Next() {
 		j := &job{claimed: start}
 		var synced []byte
-		if err := rows.Scan(&j.id, &j.token, &j.attempt, &j.payload, &synced); err != nil {
+		if err := rows.Scan(&j.id, &j.token, &j.attempt, &j.payload, &j.key, &synced); err != nil {
 			return nil, err
 		}
 		if len(synced) > 0 {
@@ -159,8 +186,11 @@ func (r *Relay) dispatch(workCtx context.Context, jobs []*job, workers *sync.Wai
 		workers.Add(1)
 		go func() {
 			defer workers.Done()
-			res := r.deliver(jctx, j)
+			res := r.deliverSafely(jctx, j)
 			j.cancel()
+			if j.probe {
+				r.gate.probeDone() // whatever it met, the next probe may be scheduled
+			}
 			r.results <- res
 			<-r.slots
 			r.metrics.inFlight.Dec()

@@ -48,9 +48,8 @@ func (r *Relay) completeLoop() {
 // expire first, the fenced update simply changes nothing.
 func (r *Relay) writeResults(batch []*result) {
 	retry := dbRetryMin
-	giveUp := time.Now().Add(r.cfg.Lease + r.cfg.ShutdownTimeout)
 	for {
-		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		ctx, cancel := context.WithTimeout(context.Background(), dbTimeout)
 		err := r.completeBatch(ctx, batch)
 		cancel()
 		if err == nil {
@@ -58,11 +57,11 @@ func (r *Relay) writeResults(batch []*result) {
 			break
 		}
 		r.setDB(false, "complete", err)
-		if time.Now().After(giveUp) {
-			// Every lease in the batch has expired by now: other relays
-			// will redeliver these intents. Only their attempt records
-			// are lost.
-			r.log.Error("giving up recording results; the intents will be redelivered",
+		// While running, keep trying: workers wait for the completer,
+		// which stops claiming (back-pressure). Only a shutdown gives up,
+		// once its timeout has passed since Stop.
+		if r.stopping.Load() && time.Since(r.stoppedAt()) > r.cfg.ShutdownTimeout {
+			r.log.Error("shutting down without recording results; the intents will be redelivered after their lease",
 				"intents", len(batch), "error", err)
 			break
 		}
@@ -83,8 +82,8 @@ func (r *Relay) completeBatch(ctx context.Context, batch []*result) error {
 	errs := make([]*string, n)
 	delays := make([]float64, n)
 	var calls [][]any
+	// user id -> hash, nil hash: forget (expire) the sync.
 	syncedByID := map[string][]byte{}
-	var forget []string
 	for i, res := range batch {
 		ids[i], tokens[i], outcomes[i] = res.job.id, res.job.token, res.outcome
 		if res.err != "" {
@@ -102,10 +101,14 @@ func (r *Relay) completeBatch(ctx context.Context, batch []*result) error {
 			calls = append(calls, []any{res.job.id, int32(res.job.attempt), c.step, c.target, status,
 				c.outcome, errText, float32(c.duration.Seconds() * 1000), r.cfg.Name, c.started})
 		}
-		for _, s := range res.synced {
-			syncedByID[s.id] = s.hash
+		for _, id := range res.forget {
+			if _, ok := syncedByID[id]; !ok {
+				syncedByID[id] = nil
+			}
 		}
-		forget = append(forget, res.forget...)
+		for _, s := range res.synced {
+			syncedByID[s.id] = s.hash // a PUT that succeeded wins
+		}
 	}
 
 	tx, err := r.pool.Begin(ctx)
@@ -128,18 +131,30 @@ func (r *Relay) completeBatch(ctx context.Context, batch []*result) error {
 		return fmt.Errorf("complete: %w", err)
 	}
 	final := make(map[int64]string, n)
+	var parkConv []string
+	var parkID []int64
+	var parkUntil []time.Time
 	for rows.Next() {
 		var id int64
-		var state string
-		if err := rows.Scan(&id, &state); err != nil {
+		var state, conv string
+		var runAfter time.Time
+		if err := rows.Scan(&id, &state, &conv, &runAfter); err != nil {
 			rows.Close()
 			return fmt.Errorf("complete: %w", err)
 		}
 		final[id] = state
+		if state == "pending" {
+			parkConv, parkID, parkUntil = append(parkConv, conv), append(parkID, id), append(parkUntil, runAfter)
+		}
 	}
 	rows.Close()
 	if err := rows.Err(); err != nil {
 		return fmt.Errorf("complete: %w", err)
+	}
+	if len(parkID) > 0 {
+		if _, err := tx.Exec(ctx, parkSuccessors, parkConv, parkID, parkUntil); err != nil {
+			return fmt.Errorf("complete: park successors: %w", err)
+		}
 	}
 
 	if len(syncedByID) > 0 {
@@ -151,17 +166,15 @@ func (r *Relay) completeBatch(ctx context.Context, batch []*result) error {
 		}
 		slices.Sort(userIDs)
 		hashes := make([][]byte, len(userIDs))
+		ok := make([]bool, len(userIDs))
 		for i, id := range userIDs {
-			hashes[i] = syncedByID[id]
+			hashes[i], ok[i] = syncedByID[id], syncedByID[id] != nil
+			if hashes[i] == nil {
+				hashes[i] = []byte{}
+			}
 		}
-		if _, err := tx.Exec(ctx, upsertSyncedUsers, userIDs, hashes); err != nil {
+		if _, err := tx.Exec(ctx, upsertSyncedUsers, userIDs, hashes, ok); err != nil {
 			return fmt.Errorf("complete: record synced users: %w", err)
-		}
-	}
-	if len(forget) > 0 {
-		slices.Sort(forget)
-		if _, err := tx.Exec(ctx, forgetSyncedUsers, forget); err != nil {
-			return fmt.Errorf("complete: forget synced users: %w", err)
 		}
 	}
 	if err := tx.Commit(ctx); err != nil {

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"runtime/debug"
 	"sync"
 	"time"
 
@@ -39,6 +40,10 @@ var errPaused = errors.New("delivery paused: TalkJS refused the credentials or k
 
 // maxErrorLen bounds error text stored in the database.
 const maxErrorLen = 2000
+
+// leaseMargin is kept between the end of any call and the lease's end by
+// the local clock, for clock rate differences and the completion's trip.
+const leaseMargin = time.Second
 
 // callRecord is one row of outbox.attempts.
 type callRecord struct {
@@ -112,7 +117,7 @@ func (r *Relay) deliver(ctx context.Context, j *job) *result {
 			Sender:         m.Sender,
 			Type:           m.ResolvedType(),
 			Custom:         m.Custom,
-			IdempotencyKey: r.idempotencyKey(j.id, i),
+			IdempotencyKey: idempotencyKey(j.key, i),
 		}
 	}
 	for lo := 0; lo < len(msgs); lo += provider.MaxMessagesPerPost {
@@ -133,9 +138,24 @@ func (r *Relay) deliver(ctx context.Context, j *job) *result {
 }
 
 // idempotencyKey is the same for a message on every attempt, by any relay,
-// after any crash, and differs between installations sharing a TalkJS app.
-func (r *Relay) idempotencyKey(intentID int64, index int) string {
-	return fmt.Sprintf("%s-%d-%d", r.installation, intentID, index)
+// after any crash; the intent's delivery_key is random per insert, so keys
+// never repeat across databases sharing a TalkJS app, restored backups
+// included.
+func idempotencyKey(deliveryKey string, index int) string {
+	return fmt.Sprintf("%s-%d", deliveryKey, index)
+}
+
+// deliverSafely is deliver with a panic turned into a dead intent, so an
+// intent that trips a bug fails alone instead of crashing the relay (and,
+// redelivered, the next one).
+func (r *Relay) deliverSafely(ctx context.Context, j *job) (res *result) {
+	defer func() {
+		if p := recover(); p != nil {
+			r.log.Error("delivery panicked; intent dead", "intent_id", j.id, "panic", p, "stack", string(debug.Stack()))
+			res = &result{job: j, outcome: outcomeDead, err: truncate(fmt.Sprintf("attempt %d: relay error: panic: %v", j.attempt, p))}
+		}
+	}()
+	return r.deliver(ctx, j)
 }
 
 // putUsers upserts the intent's users concurrently, skipping those whose
@@ -193,14 +213,19 @@ func (r *Relay) call(ctx context.Context, j *job, res *result, step, target stri
 	if err := r.gate.waitCall(ctx); err != nil {
 		return err
 	}
-	if r.monotonic(time.Now()) > j.deadline.Load() {
-		return errLeaseExpired
-	}
 	if !j.probe && r.gate.paused() != "" {
 		return errPaused
 	}
+	// The call may not outlive the lease: once another relay may own the
+	// intent, a late upsert from here could overwrite its newer one.
 	started := time.Now()
-	err := fn(ctx)
+	leaseLeft := time.Duration(j.deadline.Load()-r.monotonic(started)) - leaseMargin
+	if leaseLeft <= 0 {
+		return errLeaseExpired
+	}
+	callCtx, cancel := context.WithTimeout(ctx, leaseLeft)
+	err := fn(callCtx)
+	cancel()
 	d := time.Since(started)
 	rec := callRecord{step: step, target: target, outcome: "ok", duration: d, started: started}
 	var pe *provider.Error
@@ -260,12 +285,12 @@ func (r *Relay) decide(res *result, err error, step string) *result {
 			}
 		case provider.RateLimited:
 			res.outcome = outcomeRelease
-			res.delay = max(pe.RetryAfter, r.cfg.Retry.Base)
+			res.delay = max(min(pe.RetryAfter, maxRetryAfter), r.cfg.Retry.Base)
 		case provider.Auth:
 			res.outcome = outcomeRelease
 		default:
 			res.outcome = outcomeRetry
-			res.delay = max(r.cfg.Retry.backoff(j.attempt), pe.RetryAfter)
+			res.delay = max(r.cfg.Retry.backoff(j.attempt), min(pe.RetryAfter, maxRetryAfter))
 		}
 	case errors.Is(err, outbox.ErrInvalid) || step == "":
 		// The stored payload cannot be delivered as it is.

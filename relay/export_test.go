@@ -24,7 +24,8 @@ func (r *Relay) ClaimAndComplete(ctx context.Context, n int) (int, error) {
 	return len(jobs), r.completeBatch(ctx, batch)
 }
 
-// Prepare reads what Start would, without starting anything.
+// Prepare checks the schema as Start would, without starting anything.
 func (r *Relay) Prepare(ctx context.Context) error {
-	return r.pool.QueryRow(ctx, installationID).Scan(&r.installation)
+	var waiting bool
+	return r.pool.QueryRow(ctx, schemaCheck).Scan(&waiting)
 }

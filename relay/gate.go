@@ -17,6 +17,12 @@ const (
 const (
 	firstProbeDelay = time.Second
 	maxProbeDelay   = 30 * time.Second
+
+	// maxRetryAfter caps a server's Retry-After (a proxy's "a day" would
+	// park every worker). A 429 without one waits 1s, doubling per 429 in
+	// a row up to maxRateLimitWait.
+	maxRetryAfter    = 5 * time.Minute
+	maxRateLimitWait = 30 * time.Second
 )
 
 // gate is the relay-wide view of the API's health. It pauses claiming when
@@ -31,6 +37,7 @@ type gate struct {
 
 	mu          sync.Mutex
 	consecutive int    // retryable call failures since the last success
+	limited     int    // 429s since the last other answer
 	reason      string // "" when open for business
 	probeDelay  time.Duration
 	nextProbe   time.Time // when paused: the next probe may start
@@ -92,6 +99,7 @@ func (g *gate) observeLocked(err error) (changed bool) {
 	defer func() { changed = g.reason != before }()
 	if err == nil {
 		g.consecutive = 0
+		g.limited = 0
 		if g.reason != "" {
 			g.setLocked("")
 		}
@@ -119,15 +127,20 @@ func (g *gate) observeLocked(err error) (changed bool) {
 		}
 	case provider.RateLimited:
 		// The API answered: the breaker has nothing to fear. Hold every
-		// call until Retry-After has passed.
-		if pe.RetryAfter > 0 {
-			if until := g.clock().Add(pe.RetryAfter); until.After(g.notBefore) {
-				g.notBefore = until
-			}
+		// call until Retry-After has passed (the limit is the app's, not
+		// this call's).
+		g.limited++
+		wait := min(pe.RetryAfter, maxRetryAfter)
+		if wait <= 0 {
+			wait = min(time.Second<<min(g.limited-1, 10), maxRateLimitWait)
+		}
+		if until := g.clock().Add(wait); until.After(g.notBefore) {
+			g.notBefore = until
 		}
 	case provider.Permanent:
 		// The API answered and judged the request: it is up.
 		g.consecutive = 0
+		g.limited = 0
 		if g.reason == pauseBreaker {
 			g.setLocked("")
 		}

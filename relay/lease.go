@@ -57,10 +57,15 @@ func (r *Relay) heartbeatLoop(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case <-renew.C:
-			r.renewLeases(ctx)
-			r.beat(ctx)
+			// Bounded, so a hung statement cannot stop the sweeps.
+			opCtx, cancel := context.WithTimeout(ctx, r.cfg.heartbeatInterval())
+			r.renewLeases(opCtx)
+			r.beat(opCtx)
+			cancel()
 		case <-sweep.C:
-			r.expireLeases(ctx)
+			opCtx, cancel := context.WithTimeout(ctx, r.cfg.heartbeatInterval())
+			r.expireLeases(opCtx)
+			cancel()
 		}
 	}
 }

@@ -59,6 +59,9 @@ func (r *Relay) listen(ctx context.Context) error {
 			return err
 		}
 		r.metrics.notifications.Inc()
-		r.signal()
+		select {
+		case r.notified <- struct{}{}:
+		default:
+		}
 	}
 }

@@ -40,22 +40,22 @@ type Relay struct {
 	metrics  *metrics
 	gate     *gate
 
-	installation string    // namespaces idempotency keys
-	epoch        time.Time // origin of the monotonic lease clock
+	epoch time.Time // origin of the monotonic lease clock
 
 	wake      chan struct{} // something may be claimable now
+	notified  chan struct{} // a producer's NOTIFY arrived
 	slots     chan struct{} // one token per intent in flight
 	results   chan *result
 	held      *leaseSet
 	listening atomic.Bool // the LISTEN connection is up
 	dbOK      atomic.Bool // the last database operation succeeded
 	started   atomic.Bool
+	stopping  atomic.Bool  // Stop was called: results are written with a deadline
+	stopTime  atomic.Int64 // when Stop was called, unix ns
 
-	mu      sync.Mutex
-	stopped bool
-	cancel  context.CancelFunc // stops claiming
-	done    chan struct{}      // closed when everything has stopped
-	runErr  error
+	mu     sync.Mutex
+	cancel context.CancelFunc // stops claiming
+	done   chan struct{}      // closed when everything has stopped
 }
 
 // New returns a relay delivering the intents of pool's database through p.
@@ -78,6 +78,7 @@ func New(pool *pgxpool.Pool, p provider.Provider, cfg Config) (*Relay, error) {
 		log:      cfg.Logger.With("relay", cfg.Name),
 		metrics:  newMetrics(cfg.Registerer),
 		wake:     make(chan struct{}, 1),
+		notified: make(chan struct{}, 1),
 		slots:    make(chan struct{}, cfg.Concurrency),
 		results:  make(chan *result, cfg.Concurrency),
 		held:     newLeaseSet(),
@@ -97,8 +98,16 @@ func (r *Relay) Start(ctx context.Context) error {
 	if !r.started.CompareAndSwap(false, true) {
 		return errors.New("relay: already started")
 	}
-	if err := r.pool.QueryRow(ctx, installationID).Scan(&r.installation); err != nil {
-		return fmt.Errorf("relay: read installation id (is the database migrated?): %w", err)
+	var waiting bool
+	if err := r.pool.QueryRow(ctx, schemaCheck).Scan(&waiting); err != nil {
+		return fmt.Errorf("relay: read the outbox schema (is the database migrated?): %w", err)
+	}
+	var taken bool
+	if err := r.pool.QueryRow(ctx, liveRelayNamed, r.cfg.Name, r.cfg.Lease).Scan(&taken); err != nil {
+		return fmt.Errorf("relay: check relay name: %w", err)
+	}
+	if taken {
+		return fmt.Errorf("relay: another live relay is named %q: give each relay its own name", r.cfg.Name)
 	}
 	r.dbOK.Store(true)
 	// Register before the first claim, so the rate limit is already shared
@@ -167,11 +176,12 @@ func (r *Relay) Start(ctx context.Context) error {
 func (r *Relay) Stop() {
 	r.mu.Lock()
 	cancel := r.cancel
-	r.stopped = true
 	r.mu.Unlock()
 	if cancel == nil {
 		return
 	}
+	r.stopTime.Store(time.Now().UnixNano())
+	r.stopping.Store(true)
 	cancel()
 	<-r.done
 }
@@ -278,3 +288,6 @@ func randomSuffix() string {
 func asProviderError(err error, target **provider.Error) bool {
 	return errors.As(err, target)
 }
+
+// stoppedAt is when Stop was called.
+func (r *Relay) stoppedAt() time.Time { return time.Unix(0, r.stopTime.Load()) }

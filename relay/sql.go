@@ -32,7 +32,7 @@ WITH candidates AS (
             WHERE earlier.conversation_id = i.conversation_id
               AND earlier.id < i.id
               AND earlier.state IN ('pending', 'delivering'))
-     ORDER BY i.id
+     ORDER BY i.run_after, i.id
      LIMIT $1
        FOR UPDATE SKIP LOCKED
 ), claimed AS (
@@ -44,9 +44,9 @@ WITH candidates AS (
            lease_token = i.lease_token + 1,
            updated_at = now()
      WHERE i.id = ANY (ARRAY(SELECT id FROM candidates)) -- by primary key, whatever the estimates
-    RETURNING i.id, i.lease_token, i.attempts, i.payload
+    RETURNING i.id, i.lease_token, i.attempts, i.payload, i.delivery_key
 )
-SELECT c.id, c.lease_token, c.attempts, c.payload,
+SELECT c.id, c.lease_token, c.attempts, c.payload, c.delivery_key::text,
        (SELECT jsonb_object_agg(s.user_id, encode(s.content_hash, 'hex'))
           FROM outbox.synced_users s
          WHERE s.user_id = ANY (ARRAY(SELECT u ->> 'id' FROM jsonb_array_elements(c.payload -> 'users') u))
@@ -75,7 +75,9 @@ UPDATE outbox.intents
                            attempts, lease_owner, lease_expires_at),
        lease_owner = NULL,
        lease_expires_at = NULL,
-       run_after = now(),
+       -- A short backoff growing with attempts, so an intent that crashes
+       -- its relay every time does not crash the next one at once.
+       run_after = now() + least(attempts, 60) * interval '1 second',
        updated_at = now()
  WHERE state = 'delivering'
    AND lease_expires_at < now()
@@ -123,20 +125,32 @@ UPDATE outbox.intents i
  WHERE i.id = d.id
    AND i.lease_token = d.token
    AND i.state = 'delivering'
-RETURNING i.id, i.state`
+RETURNING i.id, i.state, i.conversation_id, i.run_after`
 
-	// upsertSyncedUsers records users whose PUT succeeded.
+	// parkSuccessors gives the pending successors of intents put back to
+	// wait a backoff that same wait: they cannot go before their
+	// predecessor, and a parked intent is not walked by the claim.
+	parkSuccessors = `
+UPDATE outbox.intents s
+   SET run_after = h.run_after
+  FROM unnest($1::text[], $2::bigint[], $3::timestamptz[]) AS h(conversation_id, id, run_after)
+ WHERE s.conversation_id = h.conversation_id
+   AND s.id > h.id
+   AND s.state = 'pending'
+   AND s.run_after < h.run_after`
+
+	// upsertSyncedUsers records users whose PUT succeeded ($3 true), and
+	// expires users whose skipped PUT may have caused a failure ($3 false),
+	// so the next attempt sends them. One statement over ids in sorted
+	// order, so concurrent relays lock rows in the same order.
 	upsertSyncedUsers = `
 INSERT INTO outbox.synced_users (user_id, content_hash, synced_at)
-SELECT u.id, u.hash, now()
-  FROM unnest($1::text[], $2::bytea[]) AS u(id, hash)
+SELECT u.id, u.hash, CASE WHEN u.ok THEN now() ELSE '-infinity' END
+  FROM unnest($1::text[], $2::bytea[], $3::boolean[]) AS u(id, hash, ok)
+ ORDER BY u.id
 ON CONFLICT (user_id) DO UPDATE
    SET content_hash = excluded.content_hash,
        synced_at = excluded.synced_at`
-
-	// forgetSyncedUsers drops users whose skipped PUT may have caused a
-	// failure, so the next attempt sends them.
-	forgetSyncedUsers = `DELETE FROM outbox.synced_users WHERE user_id = ANY($1::text[])`
 
 	// setWaiting tells producers this relay is idle: the next insert sends a
 	// NOTIFY. The row is locked only while it needs changing, and skipped
@@ -165,8 +179,12 @@ DELETE FROM outbox.relays
  WHERE id = $1
     OR heartbeat_at < now() - interval '1 day'`
 
-	// installationID is the namespace of message idempotency keys.
-	installationID = `SELECT id::text FROM outbox.installation`
+	// schemaCheck fails unless the outbox schema is migrated.
+	schemaCheck = `SELECT waiting FROM outbox.wakeup`
+
+	// liveRelayNamed reports whether a live relay already uses a name.
+	liveRelayNamed = `
+SELECT EXISTS (SELECT 1 FROM outbox.relays WHERE id = $1 AND heartbeat_at > now() - $2::interval)`
 )
 
 // notifyChannel is the channel producers NOTIFY when a relay is waiting.
