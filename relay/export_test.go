@@ -29,3 +29,6 @@ func (r *Relay) Prepare(ctx context.Context) error {
 	var waiting bool
 	return r.pool.QueryRow(ctx, schemaCheck).Scan(&waiting)
 }
+
+// CleanUp applies retention now.
+func (r *Relay) CleanUp(ctx context.Context) { r.cleanUp(ctx) }

@@ -52,6 +52,8 @@ func (r *Relay) heartbeatLoop(ctx context.Context) {
 	defer renew.Stop()
 	sweep := time.NewTicker(r.cfg.sweepInterval())
 	defer sweep.Stop()
+	clean := time.NewTicker(cleanInterval)
+	defer clean.Stop()
 	for {
 		select {
 		case <-ctx.Done():
@@ -66,6 +68,8 @@ func (r *Relay) heartbeatLoop(ctx context.Context) {
 			opCtx, cancel := context.WithTimeout(ctx, r.cfg.heartbeatInterval())
 			r.expireLeases(opCtx)
 			cancel()
+		case <-clean.C:
+			r.cleanUp(ctx)
 		}
 	}
 }
@@ -173,3 +177,34 @@ func (r *Relay) deregister() {
 
 // monotonic converts t to nanoseconds on the relay's monotonic clock.
 func (r *Relay) monotonic(t time.Time) int64 { return int64(t.Sub(r.epoch)) }
+
+// cleanInterval is how often retention is applied.
+const cleanInterval = 10 * time.Minute
+
+// cleanUp deletes done intents older than the retention, in batches, and
+// user syncs older than the skip window. Every relay runs it; concurrent
+// runs delete disjoint rows or wait briefly on each other's row locks.
+func (r *Relay) cleanUp(ctx context.Context) {
+	if ttl := r.syncTTL(); ttl > 0 {
+		if _, err := r.pool.Exec(ctx, deleteStaleSyncs, ttl); err != nil {
+			r.log.Warn("clean up synced users", "error", err)
+		}
+	}
+	if r.cfg.Retention <= 0 {
+		return
+	}
+	const batch = 1000
+	for ctx.Err() == nil {
+		opCtx, cancel := context.WithTimeout(ctx, dbTimeout)
+		var n int
+		err := r.pool.QueryRow(opCtx, deleteDone, r.cfg.Retention, batch).Scan(&n)
+		cancel()
+		if err != nil {
+			r.log.Warn("retention: delete done intents", "error", err)
+			return
+		}
+		if n < batch {
+			return
+		}
+	}
+}

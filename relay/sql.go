@@ -179,6 +179,25 @@ DELETE FROM outbox.relays
  WHERE id = $1
     OR heartbeat_at < now() - interval '1 day'`
 
+	// deleteDone deletes up to $2 of the oldest intents done before $1 ago,
+	// with their attempts. Walks the primary key from the oldest id, so it
+	// touches old rows first and stops after the batch.
+	deleteDone = `
+WITH gone AS (
+    DELETE FROM outbox.intents
+     WHERE id IN (SELECT id FROM outbox.intents
+                   WHERE state = 'done' AND done_at < now() - $1::interval
+                   ORDER BY id
+                   LIMIT $2)
+    RETURNING id
+), attempts AS (
+    DELETE FROM outbox.attempts a USING gone WHERE a.intent_id = gone.id
+)
+SELECT count(*) FROM gone`
+
+	// deleteStaleSyncs forgets user syncs older than the skip window.
+	deleteStaleSyncs = `DELETE FROM outbox.synced_users WHERE synced_at < now() - $1::interval`
+
 	// schemaCheck fails unless the outbox schema is migrated.
 	schemaCheck = `SELECT waiting FROM outbox.wakeup`
 

@@ -44,6 +44,7 @@ type runConfig struct {
 	RateBurst        int           `env:"OUTBOX_RATE_BURST, default=0"`
 	BreakerThreshold int           `env:"OUTBOX_BREAKER_THRESHOLD, default=10"`
 	ShutdownTimeout  time.Duration `env:"OUTBOX_SHUTDOWN_TIMEOUT, default=10s"`
+	Retention        time.Duration `env:"OUTBOX_RETENTION, default=0"`
 	RelayName        string        `env:"OUTBOX_RELAY_NAME"`
 	Migrate          bool          `env:"OUTBOX_MIGRATE, default=true"`
 	HTTPAddr         string        `env:"OUTBOX_HTTP_ADDR, default=:9090"`
@@ -127,6 +128,9 @@ func (c *runConfig) validate() error {
 	if c.RetryMax < c.RetryBase {
 		bad("OUTBOX_RETRY_MAX", "(%s) must be at least OUTBOX_RETRY_BASE (%s)", c.RetryMax, c.RetryBase)
 	}
+	if c.Retention < 0 {
+		bad("OUTBOX_RETENTION", "must not be negative, got %s", c.Retention)
+	}
 	if c.RateLimit < 0 {
 		bad("OUTBOX_RATE_LIMIT", "must not be negative, got %g", c.RateLimit)
 	}
@@ -175,6 +179,7 @@ func (c *runConfig) relayConfig(logger *slog.Logger) relay.Config {
 		RateBurst:        c.RateBurst,
 		BreakerThreshold: c.BreakerThreshold,
 		ShutdownTimeout:  c.ShutdownTimeout,
+		Retention:        c.Retention,
 		Logger:           logger,
 	}
 }
