@@ -292,11 +292,7 @@ func cmdStatus(ctx context.Context, args []string, env envconfig.Lookuper, stdou
 		fmt.Fprintln(stderr, "--dead must not be negative")
 		return errUsage
 	}
-	var cfg dbConfig
-	if err := loadConfig(ctx, env, &cfg); err != nil {
-		return err
-	}
-	pool, err := newPool(ctx, cfg.DatabaseURL)
+	pool, err := dbPool(ctx, env)
 	if err != nil {
 		return err
 	}
@@ -364,11 +360,7 @@ func cmdRetry(ctx context.Context, args []string, env envconfig.Lookuper, stdout
 		fmt.Fprintln(stderr, "retry: give either intent ids or --all-dead, not both")
 		return errUsage
 	}
-	var cfg dbConfig
-	if err := loadConfig(ctx, env, &cfg); err != nil {
-		return err
-	}
-	pool, err := newPool(ctx, cfg.DatabaseURL)
+	pool, err := dbPool(ctx, env)
 	if err != nil {
 		return err
 	}
@@ -408,6 +400,15 @@ func cmdDemo(ctx context.Context, args []string, env envconfig.Lookuper, stdout,
 	}
 	dbURL, _ := env.Lookup("DATABASE_URL")
 	return demo.Run(ctx, demo.Options{DatabaseURL: dbURL, Out: stdout, Log: stderr})
+}
+
+// dbPool connects to DATABASE_URL, all that status and retry need.
+func dbPool(ctx context.Context, env envconfig.Lookuper) (*pgxpool.Pool, error) {
+	var cfg dbConfig
+	if err := loadConfig(ctx, env, &cfg); err != nil {
+		return nil, err
+	}
+	return newPool(ctx, cfg.DatabaseURL)
 }
 
 func newPool(ctx context.Context, url string) (*pgxpool.Pool, error) {
