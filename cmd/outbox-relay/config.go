@@ -9,6 +9,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/sethvargo/go-envconfig"
 
 	"github.com/outbox-relay/outbox-relay/provider/talkjs"
@@ -89,11 +90,23 @@ func nameVariable(cfg any, err error) error {
 	return err
 }
 
+// checkDatabaseURL reports an unusable DATABASE_URL under its name (pgx
+// redacts the password in its message).
+func checkDatabaseURL(url string) error {
+	if _, err := pgx.ParseConfig(url); err != nil {
+		return fmt.Errorf("configuration: DATABASE_URL: %w", err)
+	}
+	return nil
+}
+
 // validate checks what envconfig cannot, naming the variable at fault.
 func (c *runConfig) validate() error {
 	var errs []error
 	bad := func(name, format string, args ...any) {
 		errs = append(errs, fmt.Errorf("%s: "+format, append([]any{name}, args...)...))
+	}
+	if _, err := pgx.ParseConfig(c.DatabaseURL); err != nil {
+		bad("DATABASE_URL", "%v", err)
 	}
 	if strings.TrimSpace(c.TalkJSAppID) == "" {
 		bad("TALKJS_APP_ID", "must not be empty")

@@ -153,6 +153,9 @@ func cmdMigrate(ctx context.Context, args []string, env envconfig.Lookuper, stdo
 	if err := loadConfig(ctx, env, &cfg); err != nil {
 		return err
 	}
+	if err := checkDatabaseURL(cfg.DatabaseURL); err != nil {
+		return err
+	}
 	res, err := migrations.Up(ctx, cfg.DatabaseURL, nil)
 	if err != nil {
 		return err
@@ -406,6 +409,9 @@ func cmdDemo(ctx context.Context, args []string, env envconfig.Lookuper, stdout,
 func dbPool(ctx context.Context, env envconfig.Lookuper) (*pgxpool.Pool, error) {
 	var cfg dbConfig
 	if err := loadConfig(ctx, env, &cfg); err != nil {
+		return nil, err
+	}
+	if err := checkDatabaseURL(cfg.DatabaseURL); err != nil {
 		return nil, err
 	}
 	return newPool(ctx, cfg.DatabaseURL)
