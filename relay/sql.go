@@ -15,6 +15,10 @@ package relay
 // conversation id order is commit order, and a lower id can never become
 // visible after a higher one. A pending intent is claimable only when no
 // lower id of its conversation is pending or delivering.
+//
+// Statements that update several delivering intents (renewal, completion,
+// the expiry sweep) lock them in id order first, so two of them never
+// deadlock on each other's rows.
 
 const (
 	// claimBatch leases up to $1 deliverable intents to relay $2 for $3, and
@@ -56,18 +60,33 @@ SELECT c.id, c.lease_token, c.attempts, c.payload, c.delivery_key::text,
 
 	// renewLeases extends the leases this relay still holds and returns them.
 	renewLeases = `
+WITH held AS (
+    SELECT i.id
+      FROM outbox.intents i
+      JOIN unnest($1::bigint[], $2::bigint[]) AS h(id, token)
+        ON i.id = h.id AND i.lease_token = h.token
+     WHERE i.state = 'delivering'
+     ORDER BY i.id
+       FOR UPDATE
+)
 UPDATE outbox.intents i
    SET lease_expires_at = now() + $3::interval
-  FROM unnest($1::bigint[], $2::bigint[]) AS h(id, token)
- WHERE i.id = h.id
-   AND i.lease_token = h.token
-   AND i.state = 'delivering'
+  FROM held
+ WHERE i.id = held.id
 RETURNING i.id`
 
 	// expireLeases puts intents whose lease ran out (their relay crashed,
 	// hung or lost the database) back to pending, or dead when the attempt
 	// that was lost was the last of the budget.
 	expireLeases = `
+WITH expired AS (
+    SELECT id
+      FROM outbox.intents
+     WHERE state = 'delivering'
+       AND lease_expires_at < now()
+     ORDER BY id
+       FOR UPDATE SKIP LOCKED -- a relay completing it now wins
+)
 UPDATE outbox.intents
    SET state = CASE WHEN attempts >= $1 OR greatest(created_at, retried_at) < now() - $2::interval
                     THEN 'dead' ELSE 'pending' END,
@@ -79,7 +98,8 @@ UPDATE outbox.intents
        -- its relay every time does not crash the next one at once.
        run_after = now() + least(attempts, 60) * interval '1 second',
        updated_at = now()
- WHERE state = 'delivering'
+ WHERE id IN (SELECT id FROM expired)
+   AND state = 'delivering'
    AND lease_expires_at < now()
 RETURNING id, state`
 
@@ -93,6 +113,8 @@ WITH r AS (
     SELECT *
       FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::text[], $5::double precision[])
            AS r(id, token, outcome, error, delay_s)
+), locked AS (
+    SELECT i.id FROM outbox.intents i WHERE i.id IN (SELECT id FROM r) ORDER BY i.id FOR UPDATE
 ), decided AS (
     SELECT r.*, i.attempts,
            CASE
@@ -103,6 +125,7 @@ WITH r AS (
              ELSE r.outcome
            END AS next_state
       FROM r
+      JOIN locked l ON l.id = r.id
       JOIN outbox.intents i ON i.id = r.id
 )
 UPDATE outbox.intents i
