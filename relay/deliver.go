@@ -174,16 +174,30 @@ func (r *Relay) putUsers(ctx context.Context, j *job, res *result, users []outbo
 			Custom:         u.Custom,
 		}
 		hash := userHash(pu)
-		if prev, ok := j.synced[u.ID]; ok && string(prev) == string(hash) {
-			res.record(callRecord{step: stepUser, target: u.ID, outcome: "skipped",
-				err: "unchanged since last synchronised", started: time.Now()})
-			res.skipped = append(res.skipped, u.ID)
-			r.metrics.calls.WithLabelValues(stepUser, "skipped").Inc()
+		if prev, ok := j.synced[u.ID]; (ok && string(prev) == string(hash)) || r.users.synced(u.ID, hash) {
+			r.skipUser(res, u.ID, "unchanged since last synchronised")
 			continue
 		}
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
+			if r.syncTTL() > 0 {
+				// Another delivery of this relay is PUTting the same
+				// content: share its answer instead of repeating it.
+				f, leader := r.users.begin(u.ID, hash)
+				if !leader {
+					select {
+					case <-f.done:
+					case <-ctx.Done():
+					}
+					if f.ok {
+						r.skipUser(res, u.ID, "synchronised by a concurrent delivery")
+						return
+					}
+				} else {
+					defer func() { r.users.end(u.ID, hash, f, errs[i] == nil) }()
+				}
+			}
 			errs[i] = r.call(ctx, j, res, stepUser, u.ID, func(ctx context.Context) error {
 				return r.provider.PutUser(ctx, pu)
 			})
@@ -196,6 +210,15 @@ func (r *Relay) putUsers(ctx context.Context, j *job, res *result, users []outbo
 	}
 	wg.Wait()
 	return worstError(errs)
+}
+
+// skipUser records a user PUT not made because TalkJS has that content.
+func (r *Relay) skipUser(res *result, id, why string) {
+	res.record(callRecord{step: stepUser, target: id, outcome: "skipped", err: why, started: time.Now()})
+	res.mu.Lock()
+	res.skipped = append(res.skipped, id)
+	res.mu.Unlock()
+	r.metrics.calls.WithLabelValues(stepUser, "skipped").Inc()
 }
 
 func userHash(u provider.User) []byte {
@@ -282,6 +305,7 @@ func (r *Relay) decide(res *result, err error, step string) *result {
 				res.outcome = outcomeRetry
 				res.delay = r.cfg.Retry.backoff(1)
 				res.forget = res.skipped
+				r.users.forget(res.skipped)
 			}
 		case provider.RateLimited:
 			res.outcome = outcomeRelease

@@ -498,3 +498,27 @@ func TestUnchangedUsersSkippedAndResentWhenLost(t *testing.T) {
 		t.Errorf("after the loss the conversation has %d messages, want the third intent's 2", n)
 	}
 }
+
+// Intents delivered at the same time that share users PUT each user once:
+// a PUT under way is shared, not repeated.
+func TestSharedUsersPutOnce(t *testing.T) {
+	t.Parallel()
+	b := setup(t, faketalkjs.Faults{Latency: 5 * time.Millisecond})
+	var intents []outbox.Intent
+	for i := range 200 {
+		in := orderIntent(fmt.Sprintf("conv-%d", i), i)
+		in.Users[0].ID = fmt.Sprintf("user-%d", i%10)
+		in.Users[0].Email = []string{in.Users[0].ID + "@example.com"}
+		in.Users[0].Name = "User " + in.Users[0].ID
+		in.Messages[1].Sender = in.Users[0].ID
+		intents = append(intents, in)
+	}
+	b.insertSQL(t, intents)
+	b.startRelay(t, testConfig("r1"), testSecret)
+	if c := b.waitSettled(t, 30*time.Second); c["done"] != 200 {
+		t.Fatalf("states = %v, want 200 done", c)
+	}
+	if got := b.fake.Stats().Routes[faketalkjs.RouteUserPut]; got != 11 {
+		t.Errorf("user PUTs = %d, want 11 (10 buyers and the seller, once each)", got)
+	}
+}

@@ -47,6 +47,7 @@ type Relay struct {
 	slots     chan struct{} // one token per intent in flight
 	results   chan *result
 	held      *leaseSet
+	users     *userSyncs
 	listening atomic.Bool // the LISTEN connection is up
 	dbOK      atomic.Bool // the last database operation succeeded
 	started   atomic.Bool
@@ -82,6 +83,7 @@ func New(pool *pgxpool.Pool, p provider.Provider, cfg Config) (*Relay, error) {
 		slots:    make(chan struct{}, cfg.Concurrency),
 		results:  make(chan *result, cfg.Concurrency),
 		held:     newLeaseSet(),
+		users:    newUserSyncs(cfg.UserSyncTTL),
 		epoch:    time.Now(),
 		done:     make(chan struct{}),
 	}
