@@ -46,7 +46,16 @@ func (r *Relay) claimLoop(ctx, workCtx context.Context, workers *sync.WaitGroup)
 	var notifiedWake, claimedSinceAsked, quiet bool
 	for ctx.Err() == nil {
 		wait := r.cfg.PollInterval
-		if free := cap(r.slots) - len(r.slots); free > 0 {
+		// With deliveries in flight, claim once a tenth of the slots (or a
+		// batch) is free rather than for every freed slot: a claim is a
+		// transaction, and claiming one row at a time behind a rate limit
+		// costs producers' commits more than the slots gain. An idle relay
+		// claims at once.
+		free := cap(r.slots) - len(r.slots)
+		if len(r.slots) > 0 && free < min(r.cfg.BatchSize, max(1, cap(r.slots)/10)) {
+			free = 0
+		}
+		if free > 0 {
 			limit := min(free, r.cfg.BatchSize)
 			n, gateWait := r.gate.admit()
 			switch {
