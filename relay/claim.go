@@ -101,12 +101,18 @@ func (r *Relay) claimLoop(ctx, workCtx context.Context, workers *sync.WaitGroup)
 					// once more, since an intent committed between the
 					// claim and the flag would not notify.
 					if _, err := r.pool.Exec(ctx, setWaiting); err != nil {
+						if ctx.Err() != nil {
+							return
+						}
 						r.setDB(false, "set_waiting", err)
 						break
 					}
 					claimedSinceAsked = false
 					jobs, err := r.claim(ctx, limit)
 					if err != nil {
+						if ctx.Err() != nil {
+							return
+						}
 						r.setDB(false, "claim", err)
 						break
 					}
