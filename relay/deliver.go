@@ -297,11 +297,15 @@ func (r *Relay) decide(res *result, err error, step string) *result {
 		switch pe.Kind {
 		case provider.Permanent:
 			res.outcome = outcomeDead
-			if len(res.skipped) > 0 && step != stepUser {
+			if len(res.skipped) > 0 && step != stepUser && pe.Status != 0 && j.attempt == 1 {
 				// A user PUT was skipped on the strength of an earlier
 				// sync; TalkJS may have lost or changed that user since.
 				// Forget the sync and try again with every user PUT
-				// before judging the intent.
+				// before judging the intent. Only for an answer from
+				// TalkJS (not a request the client refused to send), and
+				// only on the first attempt, so a shared user synced again
+				// meanwhile by other intents cannot keep a poison intent
+				// alive.
 				res.outcome = outcomeRetry
 				res.delay = r.cfg.Retry.backoff(1)
 				res.forget = res.skipped
