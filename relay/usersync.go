@@ -56,6 +56,12 @@ func (s *userSyncs) begin(id string, hash []byte) (f *userFlight, leader bool) {
 	if f, ok := s.inflight[key]; ok {
 		return f, false
 	}
+	// A flight that ended between the caller's synced check and now.
+	if r, ok := s.recent[id]; ok && r.hash == string(hash) && time.Since(r.at) < s.ttl {
+		f := &userFlight{done: make(chan struct{}), ok: true}
+		close(f.done)
+		return f, false
+	}
 	f = &userFlight{done: make(chan struct{})}
 	s.inflight[key] = f
 	return f, true
