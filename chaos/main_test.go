@@ -148,18 +148,15 @@ func TestMain(m *testing.M) {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(2)
 	}
-	dir, err := os.MkdirTemp("", "outbox-relay-chaos-")
+	bin, remove, err := relaytest.BuildRelay("../cmd/outbox-relay")
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
 	}
-	binary = filepath.Join(dir, "outbox-relay")
-	if out, err := exec.Command("go", "build", "-o", binary, "../cmd/outbox-relay").CombinedOutput(); err != nil {
-		fmt.Fprintf(os.Stderr, "build outbox-relay: %v\n%s", err, out)
-		os.Exit(1)
-	}
-	defer os.RemoveAll(dir)
-	pgtest.Main(m)
+	binary = bin
+	code := pgtest.Run(m)
+	remove()
+	os.Exit(code)
 }
 
 // bench is one test's fixtures: a migrated database of its own and a fake

@@ -23,18 +23,15 @@ import (
 var binary string
 
 func TestMain(m *testing.M) {
-	dir, err := os.MkdirTemp("", "outbox-relay-bin-")
+	bin, remove, err := relaytest.BuildRelay(".")
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
 	}
-	binary = filepath.Join(dir, "outbox-relay")
-	if out, err := exec.Command("go", "build", "-o", binary, ".").CombinedOutput(); err != nil {
-		fmt.Fprintf(os.Stderr, "build outbox-relay: %v\n%s", err, out)
-		os.Exit(1)
-	}
-	defer os.RemoveAll(dir)
-	pgtest.Main(m)
+	binary = bin
+	code := pgtest.Run(m)
+	remove()
+	os.Exit(code)
 }
 
 func mustPool(t *testing.T, dbURL string) *pgxpool.Pool {

@@ -66,7 +66,7 @@ func Run(ctx context.Context, opts Options) error {
 		return err
 	}
 	defer dropDB()
-	say("scratch database %s", redact(dbURL))
+	say("scratch database %s", pgcluster.Redact(dbURL))
 
 	if _, err := migrations.Up(ctx, dbURL, nil); err != nil {
 		return err
@@ -129,9 +129,9 @@ func findServer(ctx context.Context, given string, say func(string, ...any)) (st
 	nothing := func() {}
 	if given != "" {
 		if err := pgcluster.Ping(ctx, given, 5*time.Second); err != nil {
-			return "", nothing, fmt.Errorf("DATABASE_URL: cannot connect to %s: %w", redact(given), err)
+			return "", nothing, fmt.Errorf("DATABASE_URL: cannot connect to %s: %w", pgcluster.Redact(given), err)
 		}
-		say("using DATABASE_URL (%s)", redact(given))
+		say("using DATABASE_URL (%s)", pgcluster.Redact(given))
 		return given, nothing, nil
 	}
 	if err := pgcluster.Ping(ctx, pgcluster.DefaultURL, 3*time.Second); err == nil {
@@ -324,12 +324,4 @@ func shorten(s string, n int) string {
 		return string(r[:n]) + "…"
 	}
 	return s
-}
-
-func redact(u string) string {
-	parsed, err := url.Parse(u)
-	if err != nil {
-		return "(unparsable url)"
-	}
-	return parsed.Redacted()
 }

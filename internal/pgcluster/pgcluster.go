@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/url"
 	"os"
 	"os/exec"
 	"os/user"
@@ -212,4 +213,13 @@ func waitReady(ctx context.Context, url string, timeout time.Duration) error {
 		case <-time.After(100 * time.Millisecond):
 		}
 	}
+}
+
+// Redact returns a connection URL with its password hidden, for messages.
+func Redact(u string) string {
+	parsed, err := url.Parse(u)
+	if err != nil {
+		return "(unparsable url)"
+	}
+	return parsed.Redacted()
 }

@@ -40,16 +40,20 @@ type server struct {
 // The test binary's one server; set up on first use, removed by Main.
 var srv server
 
-// Main runs the package's tests and then removes a throwaway cluster if one
-// was started. Call it from TestMain.
-func Main(m *testing.M) {
+// Main runs the package's tests, removes a throwaway cluster if one was
+// started, and exits. Call it from TestMain.
+func Main(m *testing.M) { os.Exit(Run(m)) }
+
+// Run is Main without the exit, for a TestMain with its own clean-up: it
+// returns the exit code.
+func Run(m *testing.M) int {
 	code := m.Run()
 	if srv.cluster != nil {
 		if err := srv.cluster.Remove(); err != nil {
 			log.Printf("pgtest: remove cluster: %v", err)
 		}
 	}
-	os.Exit(code)
+	return code
 }
 
 func (s *server) setup() {
@@ -93,7 +97,7 @@ func ensureTemplate(ctx context.Context, adminURL string) (string, error) {
 
 	conn, err := pgx.Connect(ctx, adminURL)
 	if err != nil {
-		return "", fmt.Errorf("connect to %s: %w", redact(adminURL), err)
+		return "", fmt.Errorf("connect to %s: %w", pgcluster.Redact(adminURL), err)
 	}
 	defer conn.Close(context.Background())
 	// Test processes of several packages start together: one builds.
@@ -220,12 +224,4 @@ func withDatabase(u, db string) string {
 	}
 	parsed.Path = "/" + db
 	return parsed.String()
-}
-
-func redact(u string) string {
-	parsed, err := url.Parse(u)
-	if err != nil {
-		return "(unparsable url)"
-	}
-	return parsed.Redacted()
 }

@@ -8,6 +8,9 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
 	"sync"
 	"testing"
 	"time"
@@ -195,4 +198,21 @@ func (s *SyncBuffer) String() string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.buf.String()
+}
+
+// BuildRelay builds cmd/outbox-relay (mainPkg is its path relative to the
+// calling test's package) into a temporary directory, and returns the
+// binary and a function that removes it.
+func BuildRelay(mainPkg string) (binary string, remove func(), err error) {
+	dir, err := os.MkdirTemp("", "outbox-relay-bin-")
+	if err != nil {
+		return "", nil, err
+	}
+	remove = func() { _ = os.RemoveAll(dir) }
+	binary = filepath.Join(dir, "outbox-relay")
+	if out, err := exec.Command("go", "build", "-o", binary, mainPkg).CombinedOutput(); err != nil {
+		remove()
+		return "", nil, fmt.Errorf("build outbox-relay: %w\n%s", err, out)
+	}
+	return binary, remove, nil
 }
