@@ -2,6 +2,7 @@ package relay
 
 import (
 	"context"
+	"errors"
 	"sync"
 	"time"
 
@@ -106,7 +107,7 @@ func (g *gate) observeLocked(err error) (changed bool) {
 		return
 	}
 	var pe *provider.Error
-	if !asProviderError(err, &pe) {
+	if !errors.As(err, &pe) {
 		return // cancelled or not an API answer: says nothing about the API
 	}
 	switch pe.Kind {

@@ -287,9 +287,5 @@ func randomSuffix() string {
 	return hex.EncodeToString(b[:])
 }
 
-func asProviderError(err error, target **provider.Error) bool {
-	return errors.As(err, target)
-}
-
 // stoppedAt is when Stop was called.
 func (r *Relay) stoppedAt() time.Time { return time.Unix(0, r.stopTime.Load()) }

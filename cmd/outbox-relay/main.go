@@ -448,10 +448,11 @@ func deref(s *string) string {
 	return *s
 }
 
+// oneLine folds whitespace and cuts s to n runes.
 func oneLine(s string, n int) string {
 	s = strings.Join(strings.Fields(s), " ")
-	if len(s) > n {
-		return s[:n] + "…"
+	if r := []rune(s); len(r) > n {
+		return string(r[:n]) + "…"
 	}
 	return s
 }
