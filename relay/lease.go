@@ -97,7 +97,10 @@ func (r *Relay) renewLeases(ctx context.Context) {
 	for rows.Next() {
 		var id int64
 		if err := rows.Scan(&id); err != nil {
-			break
+			// Nothing is known about the rest: cancel nothing.
+			rows.Close()
+			r.setDB(false, "renew_leases", err)
+			return
 		}
 		kept[id] = true
 	}
@@ -149,7 +152,9 @@ func (r *Relay) expireLeases(ctx context.Context) {
 		var id int64
 		var state string
 		if err := rows.Scan(&id, &state); err != nil {
-			break
+			rows.Close()
+			r.setDB(false, "expire_leases", err)
+			return
 		}
 		n++
 		r.log.Warn("took back an intent whose lease expired", "intent_id", id, "state", state)

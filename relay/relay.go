@@ -253,16 +253,19 @@ func (r *Relay) onPauseChange(reason string, err error) {
 	r.signal()
 }
 
+// setDB records the outcome of a database operation. It runs after every
+// claim and completion, so it touches the readiness gauge only on a change.
 func (r *Relay) setDB(ok bool, op string, err error) {
 	if !ok {
 		r.metrics.dbErrors.WithLabelValues(op).Inc()
 		if r.dbOK.Swap(false) {
 			r.log.Error("database unavailable", "op", op, "error", err)
+			r.updateReadyMetric()
 		}
 	} else if !r.dbOK.Swap(true) {
 		r.log.Info("database available again")
+		r.updateReadyMetric()
 	}
-	r.updateReadyMetric()
 }
 
 func (r *Relay) updateReadyMetric() {
