@@ -3,12 +3,14 @@ package relay_test
 import (
 	"context"
 	"fmt"
+	"runtime"
 	"slices"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/outbox-relay/outbox-relay/internal/relaytest"
 	"github.com/outbox-relay/outbox-relay/outbox"
@@ -17,12 +19,13 @@ import (
 )
 
 // BenchmarkProducers measures what the relay costs applications: 16
-// producers committing (order row + intent) transactions, with no relay and
-// with a relay running against a fake limited to 100 requests/s (so the
-// relay's own CPU use is small and only the wake-up cost shows). Compare
-// the two inserts/s figures.
+// producers, each on its own connection, committing (order row + intent)
+// transactions, with no relay and with a relay running against a fake
+// limited to 100 requests/s (so the relay's own CPU use is small and only
+// the wake-up cost shows). The relay has its own pool, as the daemon does.
+// Compare the two commits/s figures.
 //
-//	go test ./relay -run '^$' -bench Producers -benchtime 5000x
+//	go test ./relay -run '^$' -bench Producers -benchtime 6000x -count 6
 func BenchmarkProducers(b *testing.B) {
 	for _, running := range []bool{false, true} {
 		name := "relay=stopped"
@@ -30,6 +33,7 @@ func BenchmarkProducers(b *testing.B) {
 			name = "relay=running"
 		}
 		b.Run(name, func(b *testing.B) {
+			const producers = 16
 			bd := setup(b, faketalkjs.Faults{RateLimit: 100})
 			ctx := context.Background()
 			if _, err := bd.pool.Exec(ctx, `CREATE TABLE bench_orders (id bigserial PRIMARY KEY, customer text NOT NULL, placed_at timestamptz NOT NULL DEFAULT now())`); err != nil {
@@ -38,16 +42,25 @@ func BenchmarkProducers(b *testing.B) {
 			if running {
 				cfg := testConfig("bench")
 				cfg.RateLimit = 100
-				bd.startRelay(b, cfg, testSecret)
+				cfg.Logger = slogTo(bd)
+				r, err := relay.New(poolOf(b, bd.dbURL, "relay", 10), bd.client(b, testSecret), cfg)
+				if err != nil {
+					b.Fatal(err)
+				}
+				if err := r.Start(ctx); err != nil {
+					b.Fatal(err)
+				}
+				b.Cleanup(r.Stop)
 			}
+			apps := poolOf(b, bd.dbURL, "producer", producers)
 			var seq atomic.Int64
-			b.SetParallelism(8) // 8 x GOMAXPROCS(2) = 16 producers
+			b.SetParallelism(producers / runtime.GOMAXPROCS(0))
 			b.ResetTimer()
 			start := time.Now()
 			b.RunParallel(func(pb *testing.PB) {
 				for pb.Next() {
 					n := seq.Add(1)
-					err := pgx.BeginFunc(ctx, bd.pool, func(tx pgx.Tx) error {
+					err := pgx.BeginFunc(ctx, apps, func(tx pgx.Tx) error {
 						if _, err := tx.Exec(ctx, `INSERT INTO bench_orders (customer) VALUES ($1)`, fmt.Sprint("c", n)); err != nil {
 							return err
 						}
@@ -63,6 +76,27 @@ func BenchmarkProducers(b *testing.B) {
 			b.ReportMetric(float64(b.N)/time.Since(start).Seconds(), "commits/s")
 		})
 	}
+}
+
+// poolOf opens a pool of exactly n connections to dbURL named app, all
+// established before it returns, closed when tb ends.
+func poolOf(tb testing.TB, dbURL, app string, n int) *pgxpool.Pool {
+	tb.Helper()
+	cfg, err := pgxpool.ParseConfig(dbURL)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	cfg.MaxConns, cfg.MinConns = int32(n), int32(n)
+	cfg.ConnConfig.RuntimeParams["application_name"] = app
+	pool, err := pgxpool.NewWithConfig(context.Background(), cfg)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(pool.Close)
+	if err := pool.Ping(context.Background()); err != nil {
+		tb.Fatal(err)
+	}
+	return pool
 }
 
 // BenchmarkWakeup measures an idle relay's wake-up: each op commits one
@@ -116,15 +150,21 @@ func BenchmarkWakeup(b *testing.B) {
 	b.ReportMetric(pct(0.99), "p99-ms")
 }
 
-// BenchmarkClaimComplete measures the database side of delivering a batch
-// of 100 intents: one claim and one completion (with three attempt rows
-// each), no HTTP. Per-op figures are per batch.
+// BenchmarkClaimComplete measures the database side of delivering
+// intents: claims and completions (four attempt rows and two synced users
+// each), no HTTP, in batches of 1 (a relay held back by the API's rate
+// limit) and 100 (a full drain).
 //
 //	go test ./relay -run '^$' -bench ClaimComplete
 func BenchmarkClaimComplete(b *testing.B) {
+	for _, batch := range []int{1, 100} {
+		b.Run(fmt.Sprint("batch=", batch), func(b *testing.B) { benchClaimComplete(b, batch) })
+	}
+}
+
+func benchClaimComplete(b *testing.B, batch int) {
 	bd := setup(b, faketalkjs.Faults{})
 	ctx := context.Background()
-	const batch = 100
 	// Load b.N batches of pending intents, 500 per transaction (each
 	// conversation's order lock is held to the end of its transaction).
 	for loaded := 0; loaded < b.N*batch; loaded += 500 {

@@ -155,7 +155,7 @@ func (r *Relay) claim(ctx context.Context, limit int) ([]*job, error) {
 	start := time.Now()
 	qctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), dbTimeout)
 	defer cancel()
-	rows, err := r.pool.Query(qctx, claimBatch, limit, r.cfg.Name, r.cfg.Lease, r.syncTTL())
+	rows, err := r.pool.Query(qctx, claimBatch, planFresh, limit, r.cfg.Name, r.cfg.Lease, r.syncTTL())
 	if err != nil {
 		return nil, err
 	}

@@ -7,8 +7,6 @@ import (
 	"slices"
 	"strings"
 	"time"
-
-	"github.com/jackc/pgx/v5"
 )
 
 const levelDebug = slog.LevelDebug
@@ -81,7 +79,7 @@ func (r *Relay) completeBatch(ctx context.Context, batch []*result) error {
 	outcomes := make([]string, n)
 	errs := make([]*string, n)
 	delays := make([]float64, n)
-	var calls [][]any
+	var a attemptColumns
 	// user id -> hash, nil hash: forget (expire) the sync.
 	syncedByID := map[string][]byte{}
 	for i, res := range batch {
@@ -91,15 +89,7 @@ func (r *Relay) completeBatch(ctx context.Context, batch []*result) error {
 		}
 		delays[i] = res.delay.Seconds()
 		for _, c := range res.calls {
-			var status, errText any
-			if c.status != 0 {
-				status = int32(c.status)
-			}
-			if c.err != "" {
-				errText = c.err
-			}
-			calls = append(calls, []any{res.job.id, int32(res.job.attempt), c.step, c.target, status,
-				c.outcome, errText, float32(c.duration.Seconds() * 1000), r.cfg.Name, c.started})
+			a.add(res.job, c)
 		}
 		for _, id := range res.forget {
 			if _, ok := syncedByID[id]; !ok {
@@ -110,75 +100,42 @@ func (r *Relay) completeBatch(ctx context.Context, batch []*result) error {
 			syncedByID[s.id] = s.hash // a PUT that succeeded wins
 		}
 	}
-
-	tx, err := r.pool.Begin(ctx)
-	if err != nil {
-		return fmt.Errorf("complete: begin: %w", err)
+	// Sorted, so concurrent relays lock synced_users rows in the same order
+	// and cannot deadlock.
+	userIDs := make([]string, 0, len(syncedByID))
+	for id := range syncedByID {
+		userIDs = append(userIDs, id)
 	}
-	defer func() { _ = tx.Rollback(context.Background()) }()
-
-	if len(calls) > 0 {
-		if _, err := tx.CopyFrom(ctx, pgx.Identifier{"outbox", "attempts"},
-			[]string{"intent_id", "attempt", "step", "target", "status", "outcome", "error", "duration_ms", "relay", "started_at"},
-			pgx.CopyFromRows(calls)); err != nil {
-			return fmt.Errorf("complete: record attempts: %w", err)
+	slices.Sort(userIDs)
+	hashes := make([][]byte, len(userIDs))
+	ok := make([]bool, len(userIDs))
+	for i, id := range userIDs {
+		hashes[i], ok[i] = syncedByID[id], syncedByID[id] != nil
+		if hashes[i] == nil {
+			hashes[i] = []byte{}
 		}
 	}
 
-	rows, err := tx.Query(ctx, completeBatch, ids, tokens, outcomes, errs, delays,
-		r.cfg.MaxAttempts, r.cfg.MaxAge)
+	rows, err := r.pool.Query(ctx, completeBatch, planFresh, ids, tokens, outcomes, errs, delays,
+		r.cfg.MaxAttempts, r.cfg.MaxAge, r.cfg.Name,
+		a.intentID, a.attempt, a.step, a.target, a.status, a.outcome, a.err, a.durationMS, a.started,
+		userIDs, hashes, ok)
 	if err != nil {
 		return fmt.Errorf("complete: %w", err)
 	}
 	final := make(map[int64]string, n)
-	var parkConv []string
-	var parkID []int64
-	var parkUntil []time.Time
 	for rows.Next() {
 		var id int64
-		var state, conv string
-		var runAfter time.Time
-		if err := rows.Scan(&id, &state, &conv, &runAfter); err != nil {
+		var state string
+		if err := rows.Scan(&id, &state); err != nil {
 			rows.Close()
 			return fmt.Errorf("complete: %w", err)
 		}
 		final[id] = state
-		if state == "pending" {
-			parkConv, parkID, parkUntil = append(parkConv, conv), append(parkID, id), append(parkUntil, runAfter)
-		}
 	}
 	rows.Close()
 	if err := rows.Err(); err != nil {
 		return fmt.Errorf("complete: %w", err)
-	}
-	if len(parkID) > 0 {
-		if _, err := tx.Exec(ctx, parkSuccessors, parkConv, parkID, parkUntil); err != nil {
-			return fmt.Errorf("complete: park successors: %w", err)
-		}
-	}
-
-	if len(syncedByID) > 0 {
-		// Sorted, so concurrent relays lock synced_users rows in the same
-		// order and cannot deadlock.
-		userIDs := make([]string, 0, len(syncedByID))
-		for id := range syncedByID {
-			userIDs = append(userIDs, id)
-		}
-		slices.Sort(userIDs)
-		hashes := make([][]byte, len(userIDs))
-		ok := make([]bool, len(userIDs))
-		for i, id := range userIDs {
-			hashes[i], ok[i] = syncedByID[id], syncedByID[id] != nil
-			if hashes[i] == nil {
-				hashes[i] = []byte{}
-			}
-		}
-		if _, err := tx.Exec(ctx, upsertSyncedUsers, userIDs, hashes, ok); err != nil {
-			return fmt.Errorf("complete: record synced users: %w", err)
-		}
-	}
-	if err := tx.Commit(ctx); err != nil {
-		return fmt.Errorf("complete: commit: %w", err)
 	}
 
 	for _, res := range batch {
@@ -207,4 +164,38 @@ func firstLine(s string) string {
 		return s[:i]
 	}
 	return s
+}
+
+// attemptColumns holds attempt records as the columns completeBatch inserts.
+type attemptColumns struct {
+	intentID   []int64
+	attempt    []int32
+	step       []string
+	target     []string
+	status     []*int32
+	outcome    []string
+	err        []*string
+	durationMS []float32
+	started    []time.Time
+}
+
+func (a *attemptColumns) add(j *job, c callRecord) {
+	var status *int32
+	if c.status != 0 {
+		s := int32(c.status)
+		status = &s
+	}
+	var errText *string
+	if c.err != "" {
+		errText = &c.err
+	}
+	a.intentID = append(a.intentID, j.id)
+	a.attempt = append(a.attempt, int32(j.attempt))
+	a.step = append(a.step, c.step)
+	a.target = append(a.target, c.target)
+	a.status = append(a.status, status)
+	a.outcome = append(a.outcome, c.outcome)
+	a.err = append(a.err, errText)
+	a.durationMS = append(a.durationMS, float32(c.duration.Seconds()*1000))
+	a.started = append(a.started, c.started)
 }

@@ -1,10 +1,15 @@
 package relay
 
-import "context"
+import (
+	"context"
+	"crypto/sha256"
+	"fmt"
+)
 
 // ClaimAndComplete claims up to n intents and records them all done, as a
-// delivery round would, without making any calls. It returns how many were
-// claimed. For benchmarks.
+// delivery round would (two users PUT, the conversation, the messages),
+// without making any calls. It returns how many were claimed. For
+// benchmarks.
 func (r *Relay) ClaimAndComplete(ctx context.Context, n int) (int, error) {
 	jobs, err := r.claim(ctx, n)
 	if err != nil {
@@ -12,11 +17,14 @@ func (r *Relay) ClaimAndComplete(ctx context.Context, n int) (int, error) {
 	}
 	batch := make([]*result, len(jobs))
 	for i, j := range jobs {
+		u, v := fmt.Sprint("u", j.id), fmt.Sprint("v", j.id)
+		hash := sha256.Sum256([]byte(u))
 		batch[i] = &result{job: j, outcome: outcomeDone, calls: []callRecord{
-			{step: stepUser, target: "u", outcome: "ok", started: j.claimed},
-			{step: stepConversation, target: "c", outcome: "ok", started: j.claimed},
-			{step: stepMessages, target: "c", outcome: "ok", started: j.claimed},
-		}}
+			{step: stepUser, target: u, status: 200, outcome: "ok", started: j.claimed},
+			{step: stepUser, target: v, status: 200, outcome: "ok", started: j.claimed},
+			{step: stepConversation, target: "c", status: 200, outcome: "ok", started: j.claimed},
+			{step: stepMessages, target: "c", status: 200, outcome: "ok", started: j.claimed},
+		}, synced: []syncedUser{{id: u, hash: hash[:]}, {id: v, hash: hash[:]}}}
 	}
 	if len(batch) == 0 {
 		return 0, nil

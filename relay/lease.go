@@ -88,7 +88,7 @@ func (r *Relay) renewLeases(ctx context.Context) {
 		ids[i], tokens[i] = j.id, j.token
 	}
 	start := time.Now()
-	rows, err := r.pool.Query(ctx, renewLeases, ids, tokens, r.cfg.Lease)
+	rows, err := r.pool.Query(ctx, renewLeases, planFresh, ids, tokens, r.cfg.Lease)
 	if err != nil {
 		r.setDB(false, "renew_leases", err)
 		return
@@ -142,7 +142,7 @@ func (r *Relay) beat(ctx context.Context) {
 
 // expireLeases takes back intents whose relay stopped renewing its lease.
 func (r *Relay) expireLeases(ctx context.Context) {
-	rows, err := r.pool.Query(ctx, expireLeases, r.cfg.MaxAttempts, r.cfg.MaxAge)
+	rows, err := r.pool.Query(ctx, expireLeases, planFresh, r.cfg.MaxAttempts, r.cfg.MaxAge)
 	if err != nil {
 		r.setDB(false, "expire_leases", err)
 		return
@@ -202,7 +202,7 @@ func (r *Relay) cleanUp(ctx context.Context) {
 	for ctx.Err() == nil {
 		opCtx, cancel := context.WithTimeout(ctx, dbTimeout)
 		var n int
-		err := r.pool.QueryRow(opCtx, deleteDone, r.cfg.Retention, batch).Scan(&n)
+		err := r.pool.QueryRow(opCtx, deleteDone, planFresh, r.cfg.Retention, batch).Scan(&n)
 		cancel()
 		if err != nil {
 			r.log.Warn("retention: delete done intents", "error", err)

@@ -1,5 +1,7 @@
 package relay
 
+import "github.com/jackc/pgx/v5"
+
 // The relay's SQL. Each statement has one job.
 //
 // Locking, once: a relay claims intents with FOR UPDATE SKIP LOCKED and
@@ -19,6 +21,15 @@ package relay
 // Statements that update several delivering intents (renewal, completion,
 // the expiry sweep) lock them in id order first, so two of them never
 // deadlock on each other's rows.
+
+// planFresh is the query mode of statements over outbox.intents that run
+// for the relay's lifetime (claim, completion, renewal, the expiry sweep,
+// retention). They run as unnamed statements, planned afresh each time with
+// the table's current size: a plan cached while the table was small (a
+// relay started on an empty outbox) keeps scanning the whole table once a
+// burst has grown it, until autovacuum next analyzes it. Their descriptions
+// are cached, so each is still one round trip.
+const planFresh = pgx.QueryExecModeCacheDescribe
 
 const (
 	// claimBatch leases up to $1 deliverable intents to relay $2 for $3, and
@@ -103,11 +114,20 @@ UPDATE outbox.intents
    AND lease_expires_at < now()
 RETURNING id, state`
 
-	// completeBatch records the outcome of delivered intents, fenced by
-	// lease token. Outcomes: done; dead (permanent failure); retry (a
-	// counted failure: pending after a backoff, or dead when the budget
-	// is spent); release (not the intent's fault: pending after a delay,
-	// the attempt given back).
+	// completeBatch records the outcome of delivered intents in one
+	// statement (one round trip, one commit), fenced by lease token.
+	// Outcomes: done; dead (permanent failure); retry (a counted failure:
+	// pending after a backoff, or dead when the budget is spent); release
+	// (not the intent's fault: pending after a delay, the attempt given
+	// back). The same statement records the attempts, gives the pending
+	// successors of an intent put back to wait that same wait (they cannot
+	// go before it, and a parked intent is not walked by the claim), and
+	// records synced users: a PUT that succeeded, or an expired sync whose
+	// skipped PUT may have caused a failure, so the next attempt sends it.
+	//
+	// Locks: the intents in id order first (the main query), then the
+	// synced users in user id order (the trailing CTE, run after it), so
+	// concurrent relays always lock in the same order.
 	completeBatch = `
 WITH r AS (
     SELECT *
@@ -127,53 +147,53 @@ WITH r AS (
       FROM r
       JOIN locked l ON l.id = r.id
       JOIN outbox.intents i ON i.id = r.id
+), completed AS (
+    UPDATE outbox.intents i
+       SET state = d.next_state,
+           attempts = CASE WHEN d.outcome = 'release' THEN greatest(i.attempts - 1, 0) ELSE i.attempts END,
+           run_after = CASE WHEN d.next_state = 'pending'
+                            THEN now() + make_interval(secs => d.delay_s) ELSE i.run_after END,
+           last_error = CASE
+                          WHEN d.outcome = 'done' THEN NULL
+                          WHEN d.outcome = 'retry' AND d.next_state = 'dead'
+                            THEN format('retry budget spent (%s attempts, max %s; max age %s): %s',
+                                        i.attempts, $6::int, $7::interval, d.error)
+                          ELSE d.error
+                        END,
+           lease_owner = NULL,
+           lease_expires_at = NULL,
+           done_at = CASE WHEN d.next_state = 'done' THEN now() END,
+           updated_at = now()
+      FROM decided d
+     WHERE i.id = d.id
+       AND i.lease_token = d.token
+       AND i.state = 'delivering'
+    RETURNING i.id, i.state, i.conversation_id, i.run_after
+), parked AS (
+    UPDATE outbox.intents s
+       SET run_after = c.run_after
+      FROM completed c
+     WHERE c.state = 'pending'
+       AND s.conversation_id = c.conversation_id
+       AND s.id > c.id
+       AND s.state = 'pending'
+       AND s.run_after < c.run_after
+), recorded AS (
+    INSERT INTO outbox.attempts (intent_id, attempt, step, target, status, outcome, error, duration_ms, relay, started_at)
+    SELECT a.intent_id, a.attempt, a.step, a.target, a.status, a.outcome, a.error, a.duration_ms, $8, a.started_at
+      FROM unnest($9::bigint[], $10::int[], $11::text[], $12::text[], $13::int[], $14::text[], $15::text[],
+                  $16::real[], $17::timestamptz[])
+           AS a(intent_id, attempt, step, target, status, outcome, error, duration_ms, started_at)
+), synced AS (
+    INSERT INTO outbox.synced_users (user_id, content_hash, synced_at)
+    SELECT u.id, u.hash, CASE WHEN u.ok THEN now() ELSE '-infinity' END
+      FROM unnest($18::text[], $19::bytea[], $20::boolean[]) AS u(id, hash, ok)
+     ORDER BY u.id
+    ON CONFLICT (user_id) DO UPDATE
+       SET content_hash = excluded.content_hash,
+           synced_at = excluded.synced_at
 )
-UPDATE outbox.intents i
-   SET state = d.next_state,
-       attempts = CASE WHEN d.outcome = 'release' THEN greatest(i.attempts - 1, 0) ELSE i.attempts END,
-       run_after = CASE WHEN d.next_state = 'pending'
-                        THEN now() + make_interval(secs => d.delay_s) ELSE i.run_after END,
-       last_error = CASE
-                      WHEN d.outcome = 'done' THEN NULL
-                      WHEN d.outcome = 'retry' AND d.next_state = 'dead'
-                        THEN format('retry budget spent (%s attempts, max %s; max age %s): %s',
-                                    i.attempts, $6::int, $7::interval, d.error)
-                      ELSE d.error
-                    END,
-       lease_owner = NULL,
-       lease_expires_at = NULL,
-       done_at = CASE WHEN d.next_state = 'done' THEN now() END,
-       updated_at = now()
-  FROM decided d
- WHERE i.id = d.id
-   AND i.lease_token = d.token
-   AND i.state = 'delivering'
-RETURNING i.id, i.state, i.conversation_id, i.run_after`
-
-	// parkSuccessors gives the pending successors of intents put back to
-	// wait a backoff that same wait: they cannot go before their
-	// predecessor, and a parked intent is not walked by the claim.
-	parkSuccessors = `
-UPDATE outbox.intents s
-   SET run_after = h.run_after
-  FROM unnest($1::text[], $2::bigint[], $3::timestamptz[]) AS h(conversation_id, id, run_after)
- WHERE s.conversation_id = h.conversation_id
-   AND s.id > h.id
-   AND s.state = 'pending'
-   AND s.run_after < h.run_after`
-
-	// upsertSyncedUsers records users whose PUT succeeded ($3 true), and
-	// expires users whose skipped PUT may have caused a failure ($3 false),
-	// so the next attempt sends them. One statement over ids in sorted
-	// order, so concurrent relays lock rows in the same order.
-	upsertSyncedUsers = `
-INSERT INTO outbox.synced_users (user_id, content_hash, synced_at)
-SELECT u.id, u.hash, CASE WHEN u.ok THEN now() ELSE '-infinity' END
-  FROM unnest($1::text[], $2::bytea[], $3::boolean[]) AS u(id, hash, ok)
- ORDER BY u.id
-ON CONFLICT (user_id) DO UPDATE
-   SET content_hash = excluded.content_hash,
-       synced_at = excluded.synced_at`
+SELECT c.id, c.state FROM completed c`
 
 	// setWaiting tells producers this relay is idle: the next insert sends a
 	// NOTIFY. The row is locked only while it needs changing, and skipped
