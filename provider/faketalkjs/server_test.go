@@ -214,6 +214,27 @@ func TestAuthentication(t *testing.T) {
 	}
 }
 
+// A token is verified once and then remembered; it must still stop working
+// when it expires.
+func TestRememberedTokenExpires(t *testing.T) {
+	t.Parallel()
+	var mu sync.Mutex
+	now := time.Now()
+	b := setup(t, Config{Now: func() time.Time {
+		mu.Lock()
+		defer mu.Unlock()
+		return now
+	}})
+	b.must(t, "PUT", userPath("u1"), aliceJSON)
+	b.must(t, "PUT", userPath("u1"), aliceJSON) // remembered
+	mu.Lock()
+	now = now.Add(2 * time.Minute) // the token's exp was a minute ahead
+	mu.Unlock()
+	if rep := b.do(t, "PUT", userPath("u1"), aliceJSON); rep.status != http.StatusUnauthorized {
+		t.Fatalf("expired remembered token: status %d, want 401 (body %s)", rep.status, rep.body)
+	}
+}
+
 func TestSetSecretKeyRotates(t *testing.T) {
 	t.Parallel()
 	b := setup(t, Config{})
