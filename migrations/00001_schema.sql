@@ -81,13 +81,13 @@ CREATE TABLE outbox.attempts (
     relay       text        NOT NULL,
     started_at  timestamptz NOT NULL,
     -- An intent's calls in the order they were recorded: the key auditors
-    -- and retention look attempts up by, and the only B-tree to maintain
-    -- for the four or so rows each delivery writes.
+    -- and retention look attempts up by (no separate index on id).
     PRIMARY KEY (intent_id, id)
 );
--- Time ranges ("failed calls in the last hour"). Rows arrive in about
--- started_at order, so a BRIN index serves these for almost no upkeep.
-CREATE INDEX attempts_started_at_idx ON outbox.attempts USING brin (started_at);
+-- Time ranges ("failed calls in the last hour"). A B-tree, not BRIN:
+-- retention frees old pages and new rows fill them, which would widen
+-- every BRIN range until it matched any query.
+CREATE INDEX attempts_started_at_idx ON outbox.attempts (started_at);
 
 COMMENT ON TABLE outbox.attempts IS
     'One row per TalkJS call made (or skipped) while delivering an intent.';

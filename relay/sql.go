@@ -124,10 +124,15 @@ RETURNING id, state`
 	// go before it, and a parked intent is not walked by the claim), and
 	// records synced users: a PUT that succeeded, or an expired sync whose
 	// skipped PUT may have caused a failure, so the next attempt sends it.
+	// Parking sees the rows as they were before the statement, so a
+	// successor put back by the same batch is not parked; the claim still
+	// keeps it behind its predecessor.
 	//
-	// Locks: the intents in id order first (the main query), then the
-	// synced users in user id order (the trailing CTE, run after it), so
-	// concurrent relays always lock in the same order.
+	// Locks, in this order in every relay: the batch's intents in id order
+	// (locked, read by the main query), their pending successors (parked),
+	// then the synced users in user id order. Sub-statements the main query
+	// does not read run after it, in an order Postgres does not promise, so
+	// synced waits for parked explicitly.
 	completeBatch = `
 WITH r AS (
     SELECT *
@@ -178,6 +183,7 @@ WITH r AS (
        AND s.id > c.id
        AND s.state = 'pending'
        AND s.run_after < c.run_after
+    RETURNING s.id
 ), recorded AS (
     INSERT INTO outbox.attempts (intent_id, attempt, step, target, status, outcome, error, duration_ms, relay, started_at)
     SELECT a.intent_id, a.attempt, a.step, a.target, a.status, a.outcome, a.error, a.duration_ms, $8, a.started_at
@@ -188,6 +194,7 @@ WITH r AS (
     INSERT INTO outbox.synced_users (user_id, content_hash, synced_at)
     SELECT u.id, u.hash, CASE WHEN u.ok THEN now() ELSE '-infinity' END
       FROM unnest($18::text[], $19::bytea[], $20::boolean[]) AS u(id, hash, ok)
+     WHERE (SELECT count(*) FROM parked) >= 0 -- after parked: see above
      ORDER BY u.id
     ON CONFLICT (user_id) DO UPDATE
        SET content_hash = excluded.content_hash,
