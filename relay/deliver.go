@@ -247,6 +247,7 @@ func (r *Relay) call(ctx context.Context, j *job, res *result, step, target stri
 		return errLeaseExpired
 	}
 	callCtx, cancel := context.WithTimeout(ctx, leaseLeft)
+	gen := r.gate.generation()
 	err := fn(callCtx)
 	cancel()
 	d := time.Since(started)
@@ -266,7 +267,7 @@ func (r *Relay) call(ctx context.Context, j *job, res *result, step, target stri
 		rec.err = truncate(err.Error())
 	}
 	if ctx.Err() == nil || err == nil {
-		r.gate.observe(err)
+		r.gate.observe(err, gen)
 	}
 	res.record(rec)
 	r.metrics.calls.WithLabelValues(step, rec.outcome).Inc()

@@ -43,6 +43,7 @@ type gate struct {
 	probeDelay  time.Duration
 	nextProbe   time.Time // when paused: the next probe may start
 	probing     bool      // a probe intent is in flight
+	pauses      uint64    // incremented by every pause: the generation of a call
 	notBefore   time.Time // 429: no call before this time
 	changed     chan struct{}
 	onChange    func(reason string, err error)
@@ -82,10 +83,19 @@ func (g *gate) probeDone() {
 	}
 }
 
-// observe records the result of one API call (err nil for success).
-func (g *gate) observe(err error) {
+// generation identifies the current pause; a call takes it just before it
+// is sent and hands it back to observe.
+func (g *gate) generation() uint64 {
 	g.mu.Lock()
-	changed := g.observeLocked(err)
+	defer g.mu.Unlock()
+	return g.pauses
+}
+
+// observe records the result of one API call (err nil for success) sent in
+// generation gen.
+func (g *gate) observe(err error, gen uint64) {
+	g.mu.Lock()
+	changed := g.observeLocked(err, gen)
 	reason := g.reason
 	g.mu.Unlock()
 	// Outside the lock: the callback reads the gate.
@@ -94,11 +104,18 @@ func (g *gate) observe(err error) {
 	}
 }
 
-// observeLocked updates the state and reports whether the pause reason changed.
-func (g *gate) observeLocked(err error) (changed bool) {
+// observeLocked updates the state and reports whether the pause reason
+// changed. An answer to a call sent before the current pause began (it was
+// in flight when the failures piled up) says nothing about the API now, so
+// it cannot end the pause; only a probe's can.
+func (g *gate) observeLocked(err error, gen uint64) (changed bool) {
 	before := g.reason
 	defer func() { changed = g.reason != before }()
+	stale := g.reason != "" && gen != g.pauses
 	if err == nil {
+		if stale {
+			return
+		}
 		g.consecutive = 0
 		g.limited = 0
 		if g.reason != "" {
@@ -114,7 +131,7 @@ func (g *gate) observeLocked(err error) (changed bool) {
 	case provider.Auth:
 		if g.reason != pauseAuth {
 			g.setLocked(pauseAuth)
-		} else if g.probing {
+		} else if g.probing && !stale {
 			g.probing = false
 			g.scheduleProbeLocked()
 		}
@@ -122,7 +139,7 @@ func (g *gate) observeLocked(err error) (changed bool) {
 		g.consecutive++
 		if g.reason == "" && g.consecutive >= g.threshold {
 			g.setLocked(pauseBreaker)
-		} else if g.reason != "" && g.probing {
+		} else if g.reason != "" && g.probing && !stale {
 			g.probing = false
 			g.scheduleProbeLocked()
 		}
@@ -140,6 +157,9 @@ func (g *gate) observeLocked(err error) (changed bool) {
 		}
 	case provider.Permanent:
 		// The API answered and judged the request: it is up.
+		if stale {
+			return
+		}
 		g.consecutive = 0
 		g.limited = 0
 		if g.reason == pauseBreaker {
@@ -189,9 +209,14 @@ func (g *gate) setLocked(reason string) {
 	if reason == "" {
 		g.probeDelay = 0
 		g.consecutive = 0
-	} else if prev == "" {
-		g.probeDelay = 0
-		g.scheduleProbeLocked()
+	} else {
+		if reason != prev {
+			g.pauses++
+		}
+		if prev == "" {
+			g.probeDelay = 0
+			g.scheduleProbeLocked()
+		}
 	}
 	close(g.changed)
 	g.changed = make(chan struct{})
