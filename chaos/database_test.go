@@ -96,18 +96,22 @@ func TestDatabaseConnectionLoss(t *testing.T) {
 	prod := startProducer(ctx, b.pool, intents, 10, 20*time.Millisecond)
 
 	var terminated, listenKilled int
+	var killedAt time.Time // when the last round's connections were killed (database clock)
 	var worstRecovery time.Duration
 	for k := 1; k <= rounds; k++ {
 		threshold := n * k / (rounds + 2)
+		// Listening as the server sees it: the relay's flag lags a killed
+		// connection until its next read fails.
 		waitUntil(t, time.Minute, fmt.Sprintf("round %d: %d intents done with the relay listening", k, threshold), func() bool {
-			return countDone(b.pool) >= threshold && r.Health().Listening
+			return countDone(b.pool) >= threshold && r.Health().Listening && listenersSince(t, b.pool, appName, killedAt) > 0
 		})
 		var killed, listeners int
 		err := b.pool.QueryRow(ctx, `
 SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)),
-       count(*) FILTER (WHERE query LIKE 'LISTEN%')
+       count(*) FILTER (WHERE query LIKE 'LISTEN%'),
+       now()
   FROM pg_stat_activity
- WHERE application_name = $1 AND datname = current_database()`, appName).Scan(&killed, &listeners)
+ WHERE application_name = $1 AND datname = current_database()`, appName).Scan(&killed, &listeners, &killedAt)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -118,7 +122,8 @@ SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)),
 		listenKilled += listeners
 		doneAt := countDone(b.pool)
 		d := waitUntil(t, 15*time.Second, fmt.Sprintf("round %d: the relay to listen again and make progress", k), func() bool {
-			return r.Health().Listening && (countDone(b.pool) > doneAt || doneAt+len(intents)/100 >= n)
+			return listenersSince(t, b.pool, appName, killedAt) > 0 && r.Health().Listening &&
+				(countDone(b.pool) > doneAt || doneAt+len(intents)/100 >= n)
 		})
 		worstRecovery = max(worstRecovery, d)
 	}
@@ -267,4 +272,15 @@ func execAdmin(ctx context.Context, url, sql string) error {
 	defer conn.Close(context.Background())
 	_, err = conn.Exec(ctx, sql)
 	return err
+}
+
+// listenersSince counts app's LISTEN connections opened after since
+// (database clock).
+func listenersSince(t *testing.T, pool *pgxpool.Pool, app string, since time.Time) int {
+	t.Helper()
+	return queryInt(t, pool, `
+SELECT count(*)
+  FROM pg_stat_activity
+ WHERE application_name = $1 AND datname = current_database()
+   AND query LIKE 'LISTEN%' AND backend_start > $2`, app, since)
 }
