@@ -138,32 +138,9 @@ type faultsJSON struct {
 	Down            bool         `json:"down"`
 }
 
-// MarshalJSON encodes f with camelCase names and duration strings.
-func (f Faults) MarshalJSON() ([]byte, error) {
-	ids := f.RejectUserIDs
-	if ids == nil {
-		ids = []string{}
-	}
-	return json.Marshal(faultsJSON{
-		FailBefore:      f.FailBefore,
-		FailAfter:       f.FailAfter,
-		TooManyRequests: f.TooManyRequests,
-		RetryAfter:      jsonDuration(f.RetryAfter),
-		DropAfter:       f.DropAfter,
-		Latency:         jsonDuration(f.Latency),
-		RateLimit:       f.RateLimit,
-		Burst:           f.Burst,
-		RejectUserIDs:   ids,
-		Down:            f.Down,
-	})
-}
-
-// UnmarshalJSON decodes the form written by MarshalJSON; durations may also
-// be numbers of milliseconds. Fields absent from data keep their value in
-// f, so decoding onto the current faults is a partial update. Unknown
-// fields are an error, so a typo is not silently ignored.
-func (f *Faults) UnmarshalJSON(data []byte) error {
-	aux := faultsJSON{
+// wire converts f to its wire form.
+func (f Faults) wire() faultsJSON {
+	return faultsJSON{
 		FailBefore:      f.FailBefore,
 		FailAfter:       f.FailAfter,
 		TooManyRequests: f.TooManyRequests,
@@ -175,23 +152,45 @@ func (f *Faults) UnmarshalJSON(data []byte) error {
 		RejectUserIDs:   f.RejectUserIDs,
 		Down:            f.Down,
 	}
+}
+
+// faults converts the wire form back.
+func (w faultsJSON) faults() Faults {
+	return Faults{
+		FailBefore:      w.FailBefore,
+		FailAfter:       w.FailAfter,
+		TooManyRequests: w.TooManyRequests,
+		RetryAfter:      time.Duration(w.RetryAfter),
+		DropAfter:       w.DropAfter,
+		Latency:         time.Duration(w.Latency),
+		RateLimit:       w.RateLimit,
+		Burst:           w.Burst,
+		RejectUserIDs:   w.RejectUserIDs,
+		Down:            w.Down,
+	}
+}
+
+// MarshalJSON encodes f with camelCase names and duration strings.
+func (f Faults) MarshalJSON() ([]byte, error) {
+	w := f.wire()
+	if w.RejectUserIDs == nil {
+		w.RejectUserIDs = []string{}
+	}
+	return json.Marshal(w)
+}
+
+// UnmarshalJSON decodes the form written by MarshalJSON; durations may also
+// be numbers of milliseconds. Fields absent from data keep their value in
+// f, so decoding onto the current faults is a partial update. Unknown
+// fields are an error, so a typo is not silently ignored.
+func (f *Faults) UnmarshalJSON(data []byte) error {
+	aux := f.wire()
 	dec := json.NewDecoder(bytes.NewReader(data))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(&aux); err != nil {
 		return fmt.Errorf("faketalkjs: decode faults: %w", err)
 	}
-	*f = Faults{
-		FailBefore:      aux.FailBefore,
-		FailAfter:       aux.FailAfter,
-		TooManyRequests: aux.TooManyRequests,
-		RetryAfter:      time.Duration(aux.RetryAfter),
-		DropAfter:       aux.DropAfter,
-		Latency:         time.Duration(aux.Latency),
-		RateLimit:       aux.RateLimit,
-		Burst:           aux.Burst,
-		RejectUserIDs:   aux.RejectUserIDs,
-		Down:            aux.Down,
-	}
+	*f = aux.faults()
 	return nil
 }
 
