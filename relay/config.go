@@ -1,6 +1,7 @@
 package relay
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -115,45 +116,21 @@ func (c Config) withDefaults() Config {
 		host, _ := os.Hostname()
 		c.Name = fmt.Sprintf("%s-%d-%s", host, os.Getpid(), randomSuffix())
 	}
-	if c.Version == "" {
-		c.Version = "dev"
-	}
-	if c.Concurrency == 0 {
-		c.Concurrency = DefaultConcurrency
-	}
-	if c.BatchSize == 0 {
-		c.BatchSize = DefaultBatchSize
-	}
-	if c.PollInterval == 0 {
-		c.PollInterval = DefaultPollInterval
-	}
-	if c.Lease == 0 {
-		c.Lease = DefaultLease
-	}
-	if c.MaxAttempts == 0 {
-		c.MaxAttempts = DefaultMaxAttempts
-	}
-	if c.MaxAge == 0 {
-		c.MaxAge = DefaultMaxAge
-	}
-	if c.Retry.Base == 0 {
-		c.Retry.Base = DefaultRetryBase
-	}
-	if c.Retry.Max == 0 {
-		c.Retry.Max = DefaultRetryMax
-	}
-	if c.UserSyncTTL == 0 {
-		c.UserSyncTTL = DefaultUserSyncTTL
-	}
+	c.Version = cmp.Or(c.Version, "dev")
+	c.Concurrency = cmp.Or(c.Concurrency, DefaultConcurrency)
+	c.BatchSize = cmp.Or(c.BatchSize, DefaultBatchSize)
+	c.PollInterval = cmp.Or(c.PollInterval, DefaultPollInterval)
+	c.Lease = cmp.Or(c.Lease, DefaultLease)
+	c.MaxAttempts = cmp.Or(c.MaxAttempts, DefaultMaxAttempts)
+	c.MaxAge = cmp.Or(c.MaxAge, DefaultMaxAge)
+	c.Retry.Base = cmp.Or(c.Retry.Base, DefaultRetryBase)
+	c.Retry.Max = cmp.Or(c.Retry.Max, DefaultRetryMax)
+	c.UserSyncTTL = cmp.Or(c.UserSyncTTL, DefaultUserSyncTTL)
 	if c.RateBurst == 0 && c.RateLimit > 0 {
 		c.RateBurst = max(1, int(c.RateLimit))
 	}
-	if c.BreakerThreshold == 0 {
-		c.BreakerThreshold = DefaultBreakerThreshold
-	}
-	if c.ShutdownTimeout == 0 {
-		c.ShutdownTimeout = DefaultShutdownTimeout
-	}
+	c.BreakerThreshold = cmp.Or(c.BreakerThreshold, DefaultBreakerThreshold)
+	c.ShutdownTimeout = cmp.Or(c.ShutdownTimeout, DefaultShutdownTimeout)
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
 	}

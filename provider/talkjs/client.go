@@ -10,6 +10,7 @@ package talkjs
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -110,21 +111,11 @@ func redactedIfSet(s string) string {
 
 // withDefaults returns c with every unset field given its default.
 func (c Config) withDefaults() Config {
-	if c.BaseURL == "" {
-		c.BaseURL = DefaultBaseURL
-	}
-	if c.Timeout == 0 {
-		c.Timeout = DefaultTimeout
-	}
-	if c.MaxConns == 0 {
-		c.MaxConns = DefaultMaxConns
-	}
-	if c.Burst == 0 {
-		c.Burst = defaultBurst(c.RateLimit)
-	}
-	if c.UserAgent == "" {
-		c.UserAgent = DefaultUserAgent
-	}
+	c.BaseURL = cmp.Or(c.BaseURL, DefaultBaseURL)
+	c.Timeout = cmp.Or(c.Timeout, DefaultTimeout)
+	c.MaxConns = cmp.Or(c.MaxConns, DefaultMaxConns)
+	c.Burst = cmp.Or(c.Burst, defaultBurst(c.RateLimit))
+	c.UserAgent = cmp.Or(c.UserAgent, DefaultUserAgent)
 	if c.Now == nil {
 		c.Now = time.Now
 	}
