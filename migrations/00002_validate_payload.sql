@@ -42,6 +42,28 @@
 -- the queries that name an offending key run only when raising.
 
 -- +goose StatementBegin
+-- outbox.custom_violation judges a `custom` field, which must be absent or
+-- an object of string values: NULLs when it is valid, else the path below
+-- the field ('' or '.<key>') and the broken rule. Only the raising path of
+-- validate_payload calls it.
+CREATE FUNCTION outbox.custom_violation(val jsonb, OUT below text, OUT rule text)
+LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE AS $$
+BEGIN
+    IF coalesce(jsonb_typeof(val), 'null') = 'null' THEN
+        RETURN;
+    END IF;
+    IF jsonb_typeof(val) <> 'object' THEN
+        below := ''; rule := 'must be an object'; RETURN;
+    END IF;
+    below := '.' || (SELECT e.key FROM jsonb_each(val) AS e WHERE jsonb_typeof(e.value) <> 'string' LIMIT 1);
+    IF below IS NOT NULL THEN
+        rule := 'must be a string';
+    END IF;
+END
+$$;
+-- +goose StatementEnd
+
+-- +goose StatementBegin
 CREATE FUNCTION outbox.validate_payload(p jsonb) RETURNS boolean
 LANGUAGE plpgsql IMMUTABLE STRICT PARALLEL SAFE AS $$
 DECLARE
@@ -68,6 +90,7 @@ DECLARE
     members  text[];
     fld      text;
     rule     text;
+    below    text;
 BEGIN
     -- Each object is first judged by one expression that is true only when
     -- the object is valid (the common case, and cheap: one evaluation). When
@@ -142,17 +165,9 @@ BEGIN
                 fld := 'conversation.subject'; rule := 'must be a string'; EXIT checks;
             END IF;
 
-            val := conv->'custom';
-            typ := jsonb_typeof(val);
-            IF typ IS NOT NULL AND typ <> 'null' THEN
-                fld := 'conversation.custom';
-                IF typ <> 'object' THEN
-                    rule := 'must be an object'; EXIT checks;
-                END IF;
-                IF jsonb_path_exists(val, 'strict $.* ? (@.type() != "string")') THEN
-                    fld := fld || '.' || (SELECT e.key FROM jsonb_each(val) AS e WHERE jsonb_typeof(e.value) <> 'string' LIMIT 1);
-                    rule := 'must be a string'; EXIT checks;
-                END IF;
+            SELECT c.below, c.rule INTO below, rule FROM outbox.custom_violation(conv->'custom') AS c;
+            IF rule IS NOT NULL THEN
+                fld := 'conversation.custom' || below; EXIT checks;
             END IF;
 
             typ := jsonb_typeof(arr);
@@ -294,17 +309,9 @@ BEGIN
                         fld := fld || '.role'; rule := 'must be a string'; EXIT checks;
                     END IF;
 
-                    val := obj->'custom';
-                    typ := jsonb_typeof(val);
-                    IF typ IS NOT NULL AND typ <> 'null' THEN
-                        fld := fld || '.custom';
-                        IF typ <> 'object' THEN
-                            rule := 'must be an object'; EXIT checks;
-                        END IF;
-                        IF jsonb_path_exists(val, 'strict $.* ? (@.type() != "string")') THEN
-                            fld := fld || '.' || (SELECT e.key FROM jsonb_each(val) AS e WHERE jsonb_typeof(e.value) <> 'string' LIMIT 1);
-                            rule := 'must be a string'; EXIT checks;
-                        END IF;
+                    SELECT c.below, c.rule INTO below, rule FROM outbox.custom_violation(obj->'custom') AS c;
+                    IF rule IS NOT NULL THEN
+                        fld := fld || '.custom' || below; EXIT checks;
                     END IF;
                 END IF;
                 dup := array_position(user_ids, str);
@@ -396,17 +403,9 @@ BEGIN
                         fld := fld || '.text'; rule := 'must be a string'; EXIT checks;
                     END IF;
 
-                    val := obj->'custom';
-                    typ := jsonb_typeof(val);
-                    IF typ IS NOT NULL AND typ <> 'null' THEN
-                        fld := fld || '.custom';
-                        IF typ <> 'object' THEN
-                            rule := 'must be an object'; EXIT checks;
-                        END IF;
-                        IF jsonb_path_exists(val, 'strict $.* ? (@.type() != "string")') THEN
-                            fld := fld || '.' || (SELECT e.key FROM jsonb_each(val) AS e WHERE jsonb_typeof(e.value) <> 'string' LIMIT 1);
-                            rule := 'must be a string'; EXIT checks;
-                        END IF;
+                    SELECT c.below, c.rule INTO below, rule FROM outbox.custom_violation(obj->'custom') AS c;
+                    IF rule IS NOT NULL THEN
+                        fld := fld || '.custom' || below; EXIT checks;
                     END IF;
                 END IF;
             END LOOP;
@@ -493,3 +492,4 @@ END
 $$;
 -- +goose StatementEnd
 DROP FUNCTION outbox.validate_payload(jsonb);
+DROP FUNCTION outbox.custom_violation(jsonb);
