@@ -236,7 +236,8 @@ func (r *Relay) call(ctx context.Context, j *job, res *result, step, target stri
 	if err := r.gate.waitCall(ctx); err != nil {
 		return err
 	}
-	if !j.probe && r.gate.paused() != "" {
+	gen, ok := r.gate.send(j.probe)
+	if !ok {
 		return errPaused
 	}
 	// The call may not outlive the lease: once another relay may own the
@@ -247,7 +248,6 @@ func (r *Relay) call(ctx context.Context, j *job, res *result, step, target stri
 		return errLeaseExpired
 	}
 	callCtx, cancel := context.WithTimeout(ctx, leaseLeft)
-	gen := r.gate.generation()
 	err := fn(callCtx)
 	cancel()
 	d := time.Since(started)

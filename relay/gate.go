@@ -83,12 +83,14 @@ func (g *gate) probeDone() {
 	}
 }
 
-// generation identifies the current pause; a call takes it just before it
-// is sent and hands it back to observe.
-func (g *gate) generation() uint64 {
+// send reports whether a call may be sent now (always for a probe's, else
+// only while not paused) and the pause generation it is sent in, which
+// the call hands back to observe. One look, so a pause that begins between
+// the two cannot be missed.
+func (g *gate) send(probe bool) (gen uint64, ok bool) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	return g.pauses
+	return g.pauses, probe || g.reason == ""
 }
 
 // observe records the result of one API call (err nil for success) sent in

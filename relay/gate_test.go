@@ -14,9 +14,13 @@ import (
 func TestGateIgnoresAnswersToCallsSentBeforeThePause(t *testing.T) {
 	g := newGate(3, time.Now, nil)
 	fail := &provider.Error{Kind: provider.Retryable, Status: 503, Err: errors.New("unavailable")}
-	early := g.generation() // a call sent while the API looked fine
+	early, _ := g.send(false) // a call sent while the API looked fine
 	for range 3 {
-		g.observe(fail, g.generation())
+		gen, _ := g.send(false)
+		g.observe(fail, gen)
+	}
+	if _, ok := g.send(false); ok {
+		t.Fatal("the open breaker lets an ordinary call through")
 	}
 	if got := g.paused(); got != pauseBreaker {
 		t.Fatalf("after 3 failures: paused %q, want %q", got, pauseBreaker)
@@ -29,7 +33,11 @@ func TestGateIgnoresAnswersToCallsSentBeforeThePause(t *testing.T) {
 	if got := g.paused(); got != pauseBreaker {
 		t.Fatalf("a 400 sent before the pause closed the breaker: paused %q", got)
 	}
-	g.observe(nil, g.generation()) // a probe's success
+	probe, ok := g.send(true)
+	if !ok {
+		t.Fatal("the open breaker holds back a probe's call")
+	}
+	g.observe(nil, probe) // the probe's success
 	if got := g.paused(); got != "" {
 		t.Fatalf("a probe's success left the gate paused: %q", got)
 	}
