@@ -2,11 +2,13 @@ package relay_test
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
 	"net/http/httptest"
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/outbox-relay/outbox-relay/internal/pgtest"
@@ -112,4 +114,56 @@ var (
 // slogTo returns a debug-level logger writing into the bundle's logs.
 func slogTo(b *bundle) *slog.Logger {
 	return slog.New(slog.NewTextHandler(b.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+}
+
+// The claim and the completion must be planned afresh each time: a
+// prepared statement's cached generic plan, made while the outbox was
+// empty, kept scanning the whole table once it had grown. So no session of
+// the relay's pool may hold them as prepared statements, however often
+// they ran.
+func TestLifetimeStatementsAreNotPrepared(t *testing.T) {
+	t.Parallel()
+	b := setup(t, faketalkjs.Faults{})
+	const conns = 3
+	pool := poolOf(t, b.dbURL, "relay", conns)
+	cfg := testConfig("fresh-plans")
+	cfg.Concurrency, cfg.BatchSize = 4, 1 // many small claims and completions
+	cfg.Logger = slogTo(b)
+	r, err := relay.New(pool, b.client(t, testSecret), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var intents []outbox.Intent
+	for i := range 60 {
+		intents = append(intents, orderIntent(fmt.Sprintf("fresh-%d", i), i))
+	}
+	b.insertSQL(t, intents)
+	if err := r.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	c := b.waitSettled(t, 30*time.Second)
+	r.Stop()
+	if c["done"] != len(intents) {
+		t.Fatalf("states = %v, want %d done", c, len(intents))
+	}
+	ctx := context.Background()
+	sessions := pool.AcquireAllIdle(ctx)
+	if len(sessions) == 0 {
+		t.Fatal("no idle session in the relay's pool to inspect")
+	}
+	for _, conn := range sessions {
+		var prepared []string
+		rows, err := conn.Query(ctx, `SELECT statement FROM pg_prepared_statements WHERE statement LIKE '%outbox.intents%'`,
+			pgx.QueryExecModeSimpleProtocol) // not prepared itself
+		if err == nil {
+			prepared, err = pgx.CollectRows(rows, pgx.RowTo[string])
+		}
+		conn.Release()
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, stmt := range prepared {
+			t.Errorf("a relay session holds a prepared statement over outbox.intents:\n%s", stmt)
+		}
+	}
 }
