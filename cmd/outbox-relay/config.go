@@ -48,7 +48,7 @@ type runConfig struct {
 	Retention        time.Duration `env:"OUTBOX_RETENTION, default=0"`
 	RelayName        string        `env:"OUTBOX_RELAY_NAME"`
 	Migrate          bool          `env:"OUTBOX_MIGRATE, default=true"`
-	HTTPAddr         string        `env:"OUTBOX_HTTP_ADDR, default=:9090"`
+	HTTPAddr         string        `env:"OUTBOX_HTTP_ADDR, default=127.0.0.1:0"`
 	LogLevel         string        `env:"OUTBOX_LOG_LEVEL, default=info"`
 	LogFormat        string        `env:"OUTBOX_LOG_FORMAT, default=text"`
 }

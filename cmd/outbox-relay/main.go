@@ -185,7 +185,8 @@ Environment (see README.md for all of them):
   OUTBOX_LEASE         claim lease; crash takeover time (default 10s)
   OUTBOX_MAX_ATTEMPTS  retry budget in attempts (default 25)
   OUTBOX_MAX_AGE       retry budget in age (default 24h)
-  OUTBOX_HTTP_ADDR     metrics and health address (default :9090; "" disables)
+  OUTBOX_HTTP_ADDR     metrics and health address (default 127.0.0.1:0, a free
+                       loopback port, logged at start; "" disables)
   OUTBOX_LOG_LEVEL     debug, info, warn, error (default info)
 `
 
