@@ -179,7 +179,7 @@ func (c *runConfig) talkjsConfig() talkjs.Config {
 func (c *runConfig) relayConfig(logger *slog.Logger) relay.Config {
 	return relay.Config{
 		Name:             c.RelayName,
-		Version:          version,
+		Version:          readBuildInfo().Version,
 		Concurrency:      c.Concurrency,
 		BatchSize:        c.BatchSize,
 		PollInterval:     c.PollInterval,

@@ -139,11 +139,12 @@ func TestRelaysShareAHostWithDefaults(t *testing.T) {
 		default:
 		}
 	}
+	want := binaryVersion(t, binary)
 	var live int
-	if err := pool.QueryRow(context.Background(), `SELECT count(*) FROM outbox.relays WHERE id LIKE 'host-relay-%'`).Scan(&live); err != nil {
+	if err := pool.QueryRow(context.Background(), `SELECT count(*) FROM outbox.relays WHERE id LIKE 'host-relay-%' AND version = $1`, want).Scan(&live); err != nil {
 		t.Fatal(err)
 	}
 	if live != len(relays) {
-		t.Fatalf("%d relays registered in outbox.relays, want %d", live, len(relays))
+		t.Fatalf("%d relays registered in outbox.relays with version %q, want %d", live, want, len(relays))
 	}
 }

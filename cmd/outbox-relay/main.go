@@ -32,9 +32,6 @@ import (
 	"github.com/outbox-relay/outbox-relay/relay"
 )
 
-// version is set at build time with -ldflags "-X main.version=...".
-var version = "dev"
-
 const usage = `outbox-relay delivers conversation-start intents from Postgres to TalkJS.
 
 Usage:
@@ -46,7 +43,7 @@ Commands:
   status    print counts by state, oldest pending age, dead letters, live relays
   retry     put dead intents back to pending: retry ID... | retry --all-dead
   demo      run an end-to-end demo against a local Postgres and a fake TalkJS
-  version   print the version
+  version   print the version and what is known of the build
 
 Configuration is read from the environment; see README.md.
 Run "outbox-relay <command> --help" for a command's details.
@@ -85,7 +82,7 @@ func run(ctx context.Context, args []string, env envconfig.Lookuper, stdout, std
 	case "demo":
 		err = cmdDemo(ctx, rest, env, stdout, stderr)
 	case "version", "--version":
-		fmt.Fprintln(stdout, version)
+		readBuildInfo().print(stdout)
 		return 0
 	case "help", "-h", "--help":
 		fmt.Fprint(stdout, usage)
