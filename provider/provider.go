@@ -22,10 +22,14 @@ const (
 )
 
 // User is a user upsert. ID goes in the path; the other fields are the body.
+//
+// TalkJS applies a PUT as a merge: a field left out keeps its stored value,
+// a field sent as null is cleared. So every optional field of User,
+// Conversation and Message is left out when empty, never sent as null.
 type User struct {
 	ID             string            `json:"-"`
 	Name           string            `json:"name"`
-	Email          []string          `json:"email"`
+	Email          []string          `json:"email,omitempty"`
 	PhotoURL       string            `json:"photoUrl,omitempty"`
 	WelcomeMessage string            `json:"welcomeMessage,omitempty"`
 	Role           string            `json:"role,omitempty"`

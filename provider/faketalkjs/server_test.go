@@ -304,8 +304,8 @@ func TestUserPut(t *testing.T) {
 		{"all documented fields", `{"name":"A","email":["a@x"],"photoUrl":"https://p","welcomeMessage":"Hi","role":"buyer","custom":{"tier":"gold"}}`, http.StatusOK, ""},
 		{"missing name", `{"email":["a@x"]}`, http.StatusBadRequest, "name"},
 		{"empty name", `{"name":"","email":["a@x"]}`, http.StatusBadRequest, "name"},
-		{"missing email", `{"name":"A"}`, http.StatusBadRequest, "email"},
-		{"null email", `{"name":"A","email":null}`, http.StatusBadRequest, "email"},
+		{"no email", `{"name":"A"}`, http.StatusOK, ""},
+		{"null email", `{"name":"A","email":null}`, http.StatusBadRequest, "email is null"},
 		{"empty email array", `{"name":"A","email":[]}`, http.StatusBadRequest, "email"},
 		{"email as string", `{"name":"A","email":"a@x"}`, http.StatusBadRequest, "email"},
 		{"empty email", `{"name":"A","email":[""]}`, http.StatusBadRequest, "email[0]"},
@@ -334,15 +334,17 @@ func TestUserPut(t *testing.T) {
 func TestUserPutMerges(t *testing.T) {
 	t.Parallel()
 	b := setup(t, Config{})
-	b.must(t, "PUT", userPath("u1"), `{"name":"A","email":["a@x"],"role":"buyer","custom":{"k1":"v1","k2":"v2"}}`)
+	b.must(t, "PUT", userPath("u1"), `{"name":"A","email":["a@x"],"role":"buyer","welcomeMessage":"Hi","custom":{"k1":"v1","k2":"v2"}}`)
 	b.must(t, "PUT", userPath("u1"), `{"name":"B","email":["b@x"],"custom":{"k2":"new","k1":null}}`)
+	b.must(t, "PUT", userPath("u1"), `{"name":"B","photoUrl":"https://p","welcomeMessage":null}`)
 
 	u, ok := b.fake.User("u1")
 	if !ok {
 		t.Fatal("user not stored")
 	}
-	if u.Name != "B" || !slices.Equal(u.Email, []string{"b@x"}) || u.Role != "buyer" {
-		t.Fatalf("user = %+v; want name and email replaced, role kept", u)
+	if u.Name != "B" || !slices.Equal(u.Email, []string{"b@x"}) || u.Role != "buyer" ||
+		u.PhotoURL != "https://p" || u.WelcomeMessage != "" {
+		t.Fatalf("user = %+v; want name, email and photoUrl replaced, welcomeMessage cleared, role kept", u)
 	}
 	if len(u.Custom) != 1 || u.Custom["k2"] != "new" {
 		t.Fatalf("custom = %v; want {k2:new}", u.Custom)

@@ -236,17 +236,47 @@ func mergeCustom(stored map[string]string, update map[string]*string) map[string
 	return stored
 }
 
+// nullable is a body field that tells "left out" (keep the stored value)
+// from null (clear it), as a TalkJS merge does.
+type nullable[T any] struct {
+	set  bool // present in the body, null or not
+	null bool
+	v    T
+}
+
+func (n *nullable[T]) UnmarshalJSON(data []byte) error {
+	n.set = true
+	if string(data) == "null" {
+		n.null = true
+		return nil
+	}
+	return json.Unmarshal(data, &n.v)
+}
+
+// apply merges n into *stored.
+func (n nullable[T]) apply(stored *T) {
+	switch {
+	case n.null:
+		var zero T
+		*stored = zero
+	case n.set:
+		*stored = n.v
+	}
+}
+
 type userBody struct {
 	Name           *string            `json:"name"`
-	Email          *[]string          `json:"email"`
-	PhotoURL       *string            `json:"photoUrl"`
-	WelcomeMessage *string            `json:"welcomeMessage"`
-	Role           *string            `json:"role"`
+	Email          nullable[[]string] `json:"email"`
+	PhotoURL       nullable[string]   `json:"photoUrl"`
+	WelcomeMessage nullable[string]   `json:"welcomeMessage"`
+	Role           nullable[string]   `json:"role"`
 	Custom         map[string]*string `json:"custom"`
 }
 
-// putUser upserts a user: the fields given replace the stored ones and
-// custom is merged key by key.
+// putUser upserts a user as a merge: the fields given replace the stored
+// ones, null clears a field, custom is merged key by key. email is
+// optional, but a null email is refused: it would clear the user's email
+// in TalkJS, which no relay means to do.
 func (s *Server) putUser(id string, body []byte) result {
 	var b userBody
 	if err := decodeStrict(body, &b); err != nil {
@@ -255,12 +285,12 @@ func (s *Server) putUser(id string, body []byte) result {
 	switch {
 	case b.Name == nil || *b.Name == "":
 		return reject(http.StatusBadRequest, "name is required")
-	case b.Email == nil:
-		return reject(http.StatusBadRequest, "email is required: a non-empty array of strings")
-	case len(*b.Email) == 0:
+	case b.Email.null:
+		return reject(http.StatusBadRequest, "email is null, which would clear the user's email: send a non-empty array of strings or leave it out")
+	case b.Email.set && len(b.Email.v) == 0:
 		return reject(http.StatusBadRequest, "email must be a non-empty array of strings")
 	}
-	for i, e := range *b.Email {
+	for i, e := range b.Email.v {
 		if e == "" {
 			return reject(http.StatusBadRequest, "email[%d] is empty", i)
 		}
@@ -281,16 +311,11 @@ func (s *Server) putUser(id string, body []byte) result {
 		s.users[id] = u
 	}
 	u.Name = *b.Name
-	u.Email = slices.Clone(*b.Email)
-	if b.PhotoURL != nil {
-		u.PhotoURL = *b.PhotoURL
-	}
-	if b.WelcomeMessage != nil {
-		u.WelcomeMessage = *b.WelcomeMessage
-	}
-	if b.Role != nil {
-		u.Role = *b.Role
-	}
+	b.Email.v = slices.Clone(b.Email.v)
+	b.Email.apply(&u.Email)
+	b.PhotoURL.apply(&u.PhotoURL)
+	b.WelcomeMessage.apply(&u.WelcomeMessage)
+	b.Role.apply(&u.Role)
 	u.Custom = mergeCustom(u.Custom, b.Custom)
 	return ok(nil)
 }

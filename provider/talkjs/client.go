@@ -318,9 +318,11 @@ func (c *Client) PostMessages(ctx context.Context, conversationID string, msgs [
 }
 
 // resourcePath returns the escaped path of /v1/{appId}/{collection}/{id}.
-// Each id is escaped as one path segment, so ids holding "/", "?", "#",
-// "%", spaces or any other byte reach TalkJS intact. "." and ".." are
-// refused: servers and proxies resolve them as path navigation.
+// Each id is escaped as one path segment, as JavaScript's
+// encodeURIComponent does (TalkJS's own examples use it), so ids holding
+// "/", "?", "#", "%", "+", "@", spaces or any other byte reach TalkJS
+// intact. "." and ".." are refused: servers and proxies resolve them as
+// path navigation.
 func (c *Client) resourcePath(collection, what, id string) (string, error) {
 	switch id {
 	case "":
@@ -328,7 +330,30 @@ func (c *Client) resourcePath(collection, what, id string) (string, error) {
 	case ".", "..":
 		return "", permanentf("talkjs: %s id %q cannot be used in a URL path", what, id)
 	}
-	return c.prefix + "/v1/" + url.PathEscape(c.appID) + "/" + collection + "/" + url.PathEscape(id), nil
+	return c.prefix + "/v1/" + escapeComponent(c.appID) + "/" + collection + "/" + escapeComponent(id), nil
+}
+
+// escapeComponent escapes s as encodeURIComponent does: every byte of its
+// UTF-8 form except A-Z a-z 0-9 - _ . ! ~ * ' ( ) becomes %XX.
+// url.PathEscape would leave + $ & : = @ as they are, and a server may read
+// some of them (a "+" as a space) differently.
+func escapeComponent(s string) string {
+	const hex = "0123456789ABCDEF"
+	var b strings.Builder
+	b.Grow(len(s))
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		switch {
+		case 'a' <= c && c <= 'z', 'A' <= c && c <= 'Z', '0' <= c && c <= '9',
+			strings.IndexByte("-_.!~*'()", c) >= 0:
+			b.WriteByte(c)
+		default:
+			b.WriteByte('%')
+			b.WriteByte(hex[c>>4])
+			b.WriteByte(hex[c&15])
+		}
+	}
+	return b.String()
 }
 
 func permanentf(format string, args ...any) *provider.Error {

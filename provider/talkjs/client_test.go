@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
@@ -25,6 +26,7 @@ const (
 // recorded is what the server saw of one request.
 type recorded struct {
 	method, requestURI, auth, contentType, userAgent string
+	body                                             string
 }
 
 // recorder wraps a handler and keeps what each request looked like.
@@ -35,6 +37,8 @@ type recorder struct {
 
 func (rec *recorder) wrap(h http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		body, _ := io.ReadAll(r.Body)
+		r.Body = io.NopCloser(bytes.NewReader(body))
 		rec.mu.Lock()
 		rec.reqs = append(rec.reqs, recorded{
 			method:      r.Method,
@@ -42,6 +46,7 @@ func (rec *recorder) wrap(h http.Handler) http.Handler {
 			auth:        r.Header.Get("Authorization"),
 			contentType: r.Header.Get("Content-Type"),
 			userAgent:   r.Header.Get("User-Agent"),
+			body:        string(body),
 		})
 		rec.mu.Unlock()
 		h.ServeHTTP(w, r)
@@ -426,7 +431,10 @@ func TestHostileIDsAreEscaped(t *testing.T) {
 	}{
 		{"a/b?c#d%e f ü", "a%2Fb%3Fc%23d%25e%20f%20%C3%BC"},
 		{"%2F", "%252F"},
-		{"x+y;z", "x+y%3Bz"},
+		{"x+y;z", "x%2By%3Bz"},
+		{"a$b&c:d=e@f,g", "a%24b%26c%3Ad%3De%40f%2Cg"},
+		{"-_.!~*'()", "-_.!~*'()"},
+		{"1 + 1 = 2", "1%20%2B%201%20%3D%202"},
 		{"💬", "%F0%9F%92%AC"},
 	}
 	for _, tt := range tests {
@@ -468,6 +476,48 @@ func TestHostileIDsAreEscaped(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// PUT is a merge in TalkJS and a field sent as null is cleared, so fields
+// left empty must not be on the wire at all.
+func TestEmptyFieldsAreLeftOut(t *testing.T) {
+	t.Parallel()
+	b := setup(t, faketalkjs.Faults{}, nil)
+	ctx := t.Context()
+	// A stored user with every field, then an update naming only the name.
+	full := provider.User{ID: "u1", Name: "Alice", Email: []string{"a@x"}, PhotoURL: "https://p",
+		WelcomeMessage: "Hi", Role: "buyer", Custom: map[string]string{"tier": "gold"}}
+	if err := b.client.PutUser(ctx, full); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.client.PutUser(ctx, provider.User{ID: "u1", Name: "Alicia", Custom: map[string]string{}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.client.PutConversation(ctx, provider.Conversation{ID: "c1", Participants: []string{}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.client.PostMessages(ctx, "c1", []provider.Message{{Text: "t", Type: provider.SystemMessage, IdempotencyKey: "k"}}); err != nil {
+		t.Fatal(err)
+	}
+	want := []string{
+		`{"name":"Alice","email":["a@x"],"photoUrl":"https://p","welcomeMessage":"Hi","role":"buyer","custom":{"tier":"gold"}}`,
+		`{"name":"Alicia"}`,
+		`{}`,
+		`[{"text":"t","type":"SystemMessage","idempotencyKey":"k"}]`,
+	}
+	reqs := b.rec.all()
+	if len(reqs) != len(want) {
+		t.Fatalf("fake saw %d requests, want %d", len(reqs), len(want))
+	}
+	for i, r := range reqs {
+		if r.body != want[i] {
+			t.Errorf("request %d (%s %s) body\n%s\nwant\n%s", i, r.method, r.requestURI, r.body, want[i])
+		}
+	}
+	u, _ := b.fake.User("u1")
+	if u.Name != "Alicia" || len(u.Email) != 1 || u.Role != "buyer" || u.Custom["tier"] != "gold" {
+		t.Errorf("stored user %+v: want the name changed and every other field kept", u)
 	}
 }
 
