@@ -43,6 +43,7 @@ Commands:
   status    print counts by state, oldest pending age, dead letters, live relays
   retry     put dead intents back to pending: retry ID... | retry --all-dead
   demo      run an end-to-end demo against a local Postgres and a fake TalkJS
+  health    ask the local relay's /healthz (or /readyz); for container checks
   version   print the version and what is known of the build
 
 Configuration is read from the environment; see README.md.
@@ -81,6 +82,8 @@ func run(ctx context.Context, args []string, env envconfig.Lookuper, stdout, std
 		err = cmdRetry(ctx, rest, env, stdout, stderr)
 	case "demo":
 		err = cmdDemo(ctx, rest, env, stdout, stderr)
+	case "health":
+		err = cmdHealth(ctx, rest, env, stdout, stderr)
 	case "version", "--version":
 		readBuildInfo().print(stdout)
 		return 0

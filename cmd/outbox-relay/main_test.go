@@ -22,7 +22,7 @@ func runCLI(t *testing.T, env map[string]string, args ...string) (code int, stdo
 
 func TestHelpOnEveryCommand(t *testing.T) {
 	t.Parallel()
-	for _, cmd := range []string{"migrate", "run", "status", "retry", "demo"} {
+	for _, cmd := range []string{"migrate", "run", "status", "retry", "demo", "health"} {
 		code, _, stderr := runCLI(t, nil, cmd, "--help")
 		if code != 0 {
 			t.Errorf("%s --help exited %d", cmd, code)
