@@ -17,8 +17,21 @@ type Status struct {
 	OldestPending time.Duration
 	// Dead lists the most recent dead intents, newest first.
 	Dead []DeadIntent
+	// Lag is the age of the intent a relay would claim next (pending, due,
+	// first of its conversation); 0 when there is none.
+	Lag time.Duration
 	// Relays lists relay processes with a heartbeat in the last minute.
 	Relays []RelayInfo
+	// FailedCalls counts the failed calls of the last hour by step and
+	// outcome, most first.
+	FailedCalls []FailedCalls
+}
+
+// FailedCalls is how many calls of one step failed one way in the last hour.
+type FailedCalls struct {
+	Step    string `json:"step"`
+	Outcome string `json:"outcome"`
+	Calls   int64  `json:"calls"`
 }
 
 // DeadIntent is one dead letter.
@@ -57,29 +70,21 @@ SELECT id, key, conversation_id, attempts, last_error, updated_at
  ORDER BY updated_at DESC, id DESC
  LIMIT $1`
 
+	statusLag = `SELECT lag_s FROM outbox.lag`
+
+	statusFailedCalls = `
+SELECT step, outcome, count(*) AS calls
+  FROM outbox.attempts
+ WHERE started_at > now() - interval '1 hour'
+   AND outcome NOT IN ('ok', 'skipped')
+ GROUP BY step, outcome
+ ORDER BY calls DESC, step, outcome`
+
 	statusRelays = `
 SELECT id, started_at, heartbeat_at, version
   FROM outbox.relays
  WHERE heartbeat_at > now() - interval '1 minute'
  ORDER BY started_at`
-
-	// retryDead puts the given dead intents back to pending with a fresh
-	// retry budget, and wakes the relays.
-	retryDead = `
-WITH retried AS (
-    UPDATE outbox.intents
-       SET state = 'pending',
-           attempts = 0,
-           run_after = now(),
-           retried_at = now(),
-           updated_at = now()
-     WHERE state = 'dead'
-       AND (id = ANY($1::bigint[]) OR $2)
-    RETURNING id
-)
-SELECT id, pg_notify('` + notifyChannel + `', '') IS NULL FROM retried ORDER BY id`
-
-	intentStates = `SELECT id, state FROM outbox.intents WHERE id = ANY($1::bigint[])`
 )
 
 // ReadStatus reads the queue's status, listing up to deadLimit dead intents.
@@ -108,6 +113,20 @@ func ReadStatus(ctx context.Context, pool *pgxpool.Pool, deadLimit int) (Status,
 	}
 	st.OldestPending = time.Duration(oldest * float64(time.Second))
 
+	var lag float64
+	if err := pool.QueryRow(ctx, statusLag).Scan(&lag); err != nil {
+		return st, fmt.Errorf("status: lag: %w", err)
+	}
+	st.Lag = time.Duration(lag * float64(time.Second))
+	failed, err := pool.Query(ctx, statusFailedCalls)
+	if err != nil {
+		return st, fmt.Errorf("status: failed calls: %w", err)
+	}
+	st.FailedCalls, err = pgx.CollectRows(failed, pgx.RowToStructByPos[FailedCalls])
+	if err != nil {
+		return st, fmt.Errorf("status: failed calls: %w", err)
+	}
+
 	dead, err := pool.Query(ctx, statusDead, deadLimit)
 	if err != nil {
 		return st, fmt.Errorf("status: dead: %w", err)
@@ -129,71 +148,4 @@ func ReadStatus(ctx context.Context, pool *pgxpool.Pool, deadLimit int) (Status,
 		return st, fmt.Errorf("status: relays: %w", err)
 	}
 	return st, nil
-}
-
-// RetryResult says what Retry did with each id asked for.
-type RetryResult struct {
-	// Retried are the dead intents put back to pending.
-	Retried []int64
-	// NotDead maps ids that exist but were not dead to their state.
-	NotDead map[int64]string
-	// NotFound are ids with no intent.
-	NotFound []int64
-}
-
-// Retry puts dead intents back to pending with a fresh retry budget: the
-// given ids, or every dead intent when allDead is set. Ids that are not dead
-// are left alone and reported.
-func Retry(ctx context.Context, pool *pgxpool.Pool, ids []int64, allDead bool) (RetryResult, error) {
-	res := RetryResult{NotDead: map[int64]string{}}
-	if ids == nil {
-		ids = []int64{}
-	}
-	rows, err := pool.Query(ctx, retryDead, ids, allDead)
-	if err != nil {
-		return res, fmt.Errorf("retry: %w", err)
-	}
-	res.Retried, err = pgx.CollectRows(rows, func(row pgx.CollectableRow) (int64, error) {
-		var id int64
-		var ignored bool
-		err := row.Scan(&id, &ignored)
-		return id, err
-	})
-	if err != nil {
-		return res, fmt.Errorf("retry: %w", err)
-	}
-	if len(ids) == 0 {
-		return res, nil
-	}
-	retried := map[int64]bool{}
-	for _, id := range res.Retried {
-		retried[id] = true
-	}
-	states := map[int64]string{}
-	rows, err = pool.Query(ctx, intentStates, ids)
-	if err != nil {
-		return res, fmt.Errorf("retry: %w", err)
-	}
-	for rows.Next() {
-		var id int64
-		var state string
-		if err := rows.Scan(&id, &state); err != nil {
-			rows.Close()
-			return res, fmt.Errorf("retry: %w", err)
-		}
-		states[id] = state
-	}
-	rows.Close()
-	if err := rows.Err(); err != nil {
-		return res, fmt.Errorf("retry: %w", err)
-	}
-	for _, id := range ids {
-		switch state, ok := states[id]; {
-		case !ok:
-			res.NotFound = append(res.NotFound, id)
-		case !retried[id]:
-			res.NotDead[id] = state
-		}
-	}
-	return res, nil
 }

@@ -17,7 +17,6 @@ import (
 	"strconv"
 	"strings"
 	"syscall"
-	"text/tabwriter"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -40,8 +39,11 @@ Usage:
 Commands:
   migrate   apply the embedded schema migrations (idempotent)
   run       run the relay daemon until SIGINT/SIGTERM
-  status    print counts by state, oldest pending age, dead letters, live relays
-  retry     put dead intents back to pending: retry ID... | retry --all-dead
+  status    counts by state, lag, failed calls, live relays, dead letters
+  inspect   one intent and every call made for it: inspect ID | --key KEY
+  retry     put dead intents back to pending: retry ID... | --key K | --all-dead
+  cancel    stop pending intents (they go dead): cancel ID... | --key K
+  purge     delete old dead letters: purge --dead --older-than 720h
   demo      run an end-to-end demo against a local Postgres and a fake TalkJS
   health    ask the local relay's /healthz (or /readyz); for container checks
   version   print the version and what is known of the build
@@ -80,6 +82,12 @@ func run(ctx context.Context, args []string, env envconfig.Lookuper, stdout, std
 		err = cmdStatus(ctx, rest, env, stdout, stderr)
 	case "retry":
 		err = cmdRetry(ctx, rest, env, stdout, stderr)
+	case "inspect":
+		err = cmdInspect(ctx, rest, env, stdout, stderr)
+	case "cancel":
+		err = cmdCancel(ctx, rest, env, stdout, stderr)
+	case "purge":
+		err = cmdPurge(ctx, rest, env, stdout, stderr)
 	case "demo":
 		err = cmdDemo(ctx, rest, env, stdout, stderr)
 	case "health":
@@ -101,6 +109,9 @@ func run(ctx context.Context, args []string, env envconfig.Lookuper, stdout, std
 		return 0
 	case errors.Is(err, errUsage):
 		return 2
+	case errors.Is(err, errNotFound):
+		fmt.Fprintf(stderr, "outbox-relay %s: %v\n", cmd, err)
+		return 3
 	default:
 		fmt.Fprintf(stderr, "outbox-relay %s: %v\n", cmd, err)
 		return 1
@@ -275,117 +286,6 @@ func serveHTTP(addr string, reg *prometheus.Registry, r *relay.Relay, logger *sl
 	}()
 	logger.Info("serving metrics and health", "addr", ln.Addr().String())
 	return srv, nil
-}
-
-const statusHelp = `Usage: outbox-relay status [--dead N]
-
-Prints intent counts by state, the age of the oldest pending intent, the most
-recent dead intents with their errors, and the live relays.
-
-Environment:
-  DATABASE_URL   Postgres connection string (required)
-`
-
-func cmdStatus(ctx context.Context, args []string, env envconfig.Lookuper, stdout, stderr io.Writer) error {
-	fs := newFlags("status", statusHelp, stderr)
-	deadLimit := fs.Int("dead", 10, "how many dead intents to list")
-	if err := parseFlags(fs, args); err != nil {
-		return err
-	}
-	if *deadLimit < 0 {
-		fmt.Fprintln(stderr, "--dead must not be negative")
-		return errUsage
-	}
-	pool, err := dbPool(ctx, env)
-	if err != nil {
-		return err
-	}
-	defer pool.Close()
-	st, err := relay.ReadStatus(ctx, pool, *deadLimit)
-	if err != nil {
-		return err
-	}
-	printStatus(stdout, st)
-	return nil
-}
-
-func printStatus(w io.Writer, st relay.Status) {
-	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "STATE\tCOUNT")
-	for _, s := range []string{"pending", "delivering", "done", "dead"} {
-		fmt.Fprintf(tw, "%s\t%d\n", s, st.Counts[s])
-	}
-	_ = tw.Flush()
-	fmt.Fprintf(w, "\noldest pending: %s\n", st.OldestPending.Round(time.Millisecond))
-	fmt.Fprintf(w, "live relays: %d\n", len(st.Relays))
-	for _, r := range st.Relays {
-		fmt.Fprintf(w, "  %s (version %s, up %s)\n", r.ID, r.Version, r.HeartbeatAt.Sub(r.StartedAt).Round(time.Second))
-	}
-	if len(st.Dead) > 0 {
-		fmt.Fprintln(w, "\nrecent dead intents:")
-		tw = tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-		fmt.Fprintln(tw, "ID\tKEY\tCONVERSATION\tATTEMPTS\tLAST ERROR")
-		for _, d := range st.Dead {
-			fmt.Fprintf(tw, "%d\t%s\t%s\t%d\t%s\n", d.ID, deref(d.Key), d.ConversationID, d.Attempts, oneLine(deref(d.LastError), 120))
-		}
-		_ = tw.Flush()
-	}
-}
-
-const retryHelp = `Usage: outbox-relay retry ID... | outbox-relay retry --all-dead
-
-Puts dead intents back to pending with a fresh retry budget and wakes the
-relays. Intents that are not dead are left alone and reported.
-
-Environment:
-  DATABASE_URL   Postgres connection string (required)
-`
-
-func cmdRetry(ctx context.Context, args []string, env envconfig.Lookuper, stdout, stderr io.Writer) error {
-	fs := newFlags("retry", retryHelp, stderr)
-	allDead := fs.Bool("all-dead", false, "retry every dead intent")
-	if err := parseFlags(fs, args); err != nil {
-		return err
-	}
-	ids := make([]int64, 0, fs.NArg())
-	for _, a := range fs.Args() {
-		id, err := strconv.ParseInt(a, 10, 64)
-		if err != nil || id <= 0 {
-			fmt.Fprintf(stderr, "retry: %q is not an intent id (a positive integer)\n", a)
-			return errUsage
-		}
-		ids = append(ids, id)
-	}
-	if len(ids) == 0 && !*allDead {
-		fmt.Fprint(stderr, "retry: give intent ids or --all-dead\n\n", retryHelp)
-		return errUsage
-	}
-	if len(ids) > 0 && *allDead {
-		fmt.Fprintln(stderr, "retry: give either intent ids or --all-dead, not both")
-		return errUsage
-	}
-	pool, err := dbPool(ctx, env)
-	if err != nil {
-		return err
-	}
-	defer pool.Close()
-	res, err := relay.Retry(ctx, pool, ids, *allDead)
-	if err != nil {
-		return err
-	}
-	fmt.Fprintf(stdout, "retried %d intent(s)%s\n", len(res.Retried), idList(res.Retried))
-	for _, id := range ids {
-		if state, ok := res.NotDead[id]; ok {
-			fmt.Fprintf(stdout, "intent %d is %s, not dead: left alone\n", id, state)
-		}
-	}
-	for _, id := range res.NotFound {
-		fmt.Fprintf(stdout, "intent %d not found\n", id)
-	}
-	if len(res.NotFound) > 0 {
-		return fmt.Errorf("%d intent id(s) not found", len(res.NotFound))
-	}
-	return nil
 }
 
 const demoHelp = `Usage: outbox-relay demo

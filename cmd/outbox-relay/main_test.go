@@ -22,7 +22,7 @@ func runCLI(t *testing.T, env map[string]string, args ...string) (code int, stdo
 
 func TestHelpOnEveryCommand(t *testing.T) {
 	t.Parallel()
-	for _, cmd := range []string{"migrate", "run", "status", "retry", "demo", "health"} {
+	for _, cmd := range []string{"migrate", "run", "status", "retry", "demo", "health", "inspect", "cancel", "purge"} {
 		code, _, stderr := runCLI(t, nil, cmd, "--help")
 		if code != 0 {
 			t.Errorf("%s --help exited %d", cmd, code)
@@ -155,7 +155,7 @@ func TestStatusAndRetry(t *testing.T) {
 	if code != 0 {
 		t.Fatalf("retry exited %d: %s", code, stderr)
 	}
-	if !strings.Contains(stdout, "retried 1 intent(s): "+deadID) || !strings.Contains(stdout, "intent "+pendingID+" is pending, not dead") {
+	if !strings.Contains(stdout, "retried 1 intent(s): "+deadID) || !strings.Contains(stdout, "intent "+pendingID+" is pending: left alone") {
 		t.Errorf("retry output:\n%s", stdout)
 	}
 	var state string
@@ -166,7 +166,7 @@ func TestStatusAndRetry(t *testing.T) {
 	if state != "pending" || attempts != 0 {
 		t.Errorf("retried intent is %s with %d attempts, want pending with 0", state, attempts)
 	}
-	if code, _, _ := runCLI(t, env, "retry", "999999"); code != 1 {
-		t.Errorf("retry of a missing id exited %d, want 1", code)
+	if code, _, _ := runCLI(t, env, "retry", "999999"); code != 3 {
+		t.Errorf("retry of a missing id exited %d, want 3", code)
 	}
 }
