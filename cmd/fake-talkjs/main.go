@@ -10,6 +10,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"flag"
@@ -46,6 +47,7 @@ type options struct {
 	seed            uint64
 	faults          faketalkjs.Faults
 	refuseWhenDown  bool
+	health          bool
 	logLevel        slog.Level
 }
 
@@ -76,6 +78,7 @@ func parseOptions(args []string, getenv func(string) string, stderr io.Writer) (
 	fs.BoolVar(&o.faults.Down, "down", false, "start down: close every API connection without answering")
 	fs.BoolVar(&o.refuseWhenDown, "refuse-when-down", false, "while down, also stop listening on -addr so connections are refused (needs -admin-addr)")
 	fs.TextVar(&o.logLevel, "log-level", slog.LevelInfo, "log level: debug, info, warn or error")
+	fs.BoolVar(&o.health, "health", false, "ask the fake serving at -admin-addr (else -addr) on this host for its stats, exit 0 if it answers (a container health check)")
 	fs.Usage = func() {
 		fmt.Fprint(fs.Output(), `Usage: fake-talkjs [flags]
 
@@ -113,6 +116,8 @@ Flags:
 	switch {
 	case fs.NArg() > 0:
 		return o, fmt.Errorf("unexpected arguments: %q", fs.Args())
+	case o.health:
+		return o, nil
 	case o.appID == "":
 		return o, errors.New("-app-id (or TALKJS_APP_ID) is required")
 	case o.refuseWhenDown && o.adminAddr == "":
@@ -135,6 +140,9 @@ func run(args []string, getenv func(string) string, stderr io.Writer) error {
 	o, err := parseOptions(args, getenv, stderr)
 	if err != nil {
 		return err
+	}
+	if o.health {
+		return checkHealth(cmp.Or(o.adminAddr, o.addr))
 	}
 	secret := getenv("TALKJS_SECRET_KEY")
 	if secret == "" {
@@ -206,6 +214,28 @@ func run(args []string, getenv func(string) string, stderr io.Writer) error {
 	log.Info("stopped", "requests", st.Requests, "users", st.Users,
 		"conversations", st.Conversations, "messages", st.Messages)
 	return runErr
+}
+
+// checkHealth asks the admin API at the listen address addr, on loopback
+// when addr names no host.
+func checkHealth(addr string) error {
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return fmt.Errorf("-health: %w", err)
+	}
+	if ip := net.ParseIP(host); host == "" || (ip != nil && ip.IsUnspecified()) {
+		host = "127.0.0.1"
+	}
+	client := &http.Client{Timeout: 3 * time.Second}
+	resp, err := client.Get("http://" + net.JoinHostPort(host, port) + "/_fake/stats")
+	if err != nil {
+		return fmt.Errorf("-health: %w", err)
+	}
+	_ = resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("-health: /_fake/stats answered %s", resp.Status)
+	}
+	return nil
 }
 
 // serve runs srv on ln until Shutdown.
