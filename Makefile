@@ -1,5 +1,5 @@
-# Convenience targets; everything here is also a plain go command.
-.PHONY: test ci dist compose-up demo
+# Convenience targets; everything here is also a plain go or docker command.
+.PHONY: test ci demo image compose-dev
 
 test:
 	go test ./...
@@ -10,9 +10,10 @@ ci:
 demo:
 	go run ./cmd/outbox-relay demo
 
-# Static Linux binaries for the Docker image.
-dist:
-	CGO_ENABLED=0 GOOS=linux go build -trimpath -o dist/ ./cmd/outbox-relay ./cmd/fake-talkjs
+# The relay image, built from source (see Dockerfile).
+image:
+	docker build -t outbox-relay .
 
-compose-up: dist
-	docker compose up --build
+# Postgres, the fake TalkJS and two relays delivering to it.
+compose-dev:
+	docker compose --profile dev up --build
