@@ -76,6 +76,7 @@ func parseOptions(args []string, getenv func(string) string, stderr io.Writer) (
 		return nil
 	})
 	fs.BoolVar(&o.faults.Down, "down", false, "start down: close every API connection without answering")
+	fs.BoolVar(&o.faults.Hang, "hang", false, "accept every API request and never answer it (until its client gives up)")
 	fs.BoolVar(&o.refuseWhenDown, "refuse-when-down", false, "while down, also stop listening on -addr so connections are refused (needs -admin-addr)")
 	fs.TextVar(&o.logLevel, "log-level", slog.LevelInfo, "log level: debug, info, warn or error")
 	fs.BoolVar(&o.health, "health", false, "ask the fake serving at -admin-addr (else -addr) on this host for its stats, exit 0 if it answers (a container health check)")

@@ -18,7 +18,7 @@ const DefaultRetryAfter = time.Second
 
 // Faults are the fault-injection knobs. The zero value injects nothing.
 // They apply to API requests under /v1/ only, never to the /_fake/ admin
-// routes, in this order: Down, Latency, RateLimit, TooManyRequests,
+// routes, in this order: Down, Hang, Latency, RateLimit, TooManyRequests,
 // FailBefore, then the request is processed (RejectUserIDs is part of
 // processing), then FailAfter or DropAfter if it succeeded.
 //
@@ -28,7 +28,7 @@ const DefaultRetryAfter = time.Second
 //
 // In JSON (the /_fake/faults admin route) the field names are camelCase
 // (failBefore, failAfter, tooManyRequests, retryAfter, dropAfter, latency,
-// rateLimit, burst, rejectUserIds, down) and durations are either Go
+// rateLimit, burst, rejectUserIds, down, hang) and durations are either Go
 // duration strings ("1.5s", "20ms") or numbers of milliseconds.
 type Faults struct {
 	// FailBefore is the probability of answering 500 without processing the
@@ -64,6 +64,11 @@ type Faults struct {
 	// Down closes every API request's connection at once without
 	// processing it or answering: an outage.
 	Down bool
+	// Hang accepts every API request and never answers it: a black hole
+	// (a stuck load balancer or server). The request is held, unprocessed,
+	// until its client goes away; turning Hang off does not release the
+	// requests already held.
+	Hang bool
 }
 
 // Validate reports the first knob out of range. SetFaults clamps instead;
@@ -136,6 +141,7 @@ type faultsJSON struct {
 	Burst           int          `json:"burst"`
 	RejectUserIDs   []string     `json:"rejectUserIds"`
 	Down            bool         `json:"down"`
+	Hang            bool         `json:"hang"`
 }
 
 // wire converts f to its wire form.
@@ -151,6 +157,7 @@ func (f Faults) wire() faultsJSON {
 		Burst:           f.Burst,
 		RejectUserIDs:   f.RejectUserIDs,
 		Down:            f.Down,
+		Hang:            f.Hang,
 	}
 }
 
@@ -167,6 +174,7 @@ func (w faultsJSON) faults() Faults {
 		Burst:           w.Burst,
 		RejectUserIDs:   w.RejectUserIDs,
 		Down:            w.Down,
+		Hang:            w.Hang,
 	}
 }
 

@@ -77,6 +77,31 @@ func TestFaultsSpareAdminRoutes(t *testing.T) {
 	b.must(t, "PUT", userPath("u1"), aliceJSON)
 }
 
+// Hang holds a request unanswered and unapplied until its client gives up,
+// and lets the handler go then (else the server's Close would wait).
+func TestHangNeverAnswers(t *testing.T) {
+	t.Parallel()
+	b := setup(t, Config{Faults: Faults{Hang: true}})
+	ctx, cancel := context.WithTimeout(t.Context(), 200*time.Millisecond)
+	defer cancel()
+	start := time.Now()
+	rep, err := b.send(t, request{method: "PUT", path: userPath("u1"), body: aliceJSON, ctx: ctx})
+	if err == nil {
+		t.Fatalf("a hung request was answered: status %d", rep.status)
+	}
+	if d := time.Since(start); d < 200*time.Millisecond {
+		t.Fatalf("request failed after %s, before the client's deadline: %v", d, err)
+	}
+	if _, ok := b.fake.User("u1"); ok {
+		t.Fatal("a hung request was applied")
+	}
+	if st := b.fake.Stats(); st.Faults[FaultHang] != 1 || len(st.Statuses) != 0 {
+		t.Fatalf("stats = %+v, want one hang and no status", st)
+	}
+	b.fake.SetFaults(Faults{})
+	b.must(t, "PUT", userPath("u1"), aliceJSON)
+}
+
 func TestLatencyRespectsRequestContext(t *testing.T) {
 	t.Parallel()
 	b := setup(t, Config{Faults: Faults{Latency: time.Hour}})
@@ -170,8 +195,8 @@ func TestAdminAPI(t *testing.T) {
 		t.Fatalf("faults = %+v, want %+v", got, want)
 	}
 
-	rep = b.do(t, "PATCH", "/_fake/faults", `{"down":true}`)
-	want.Down = true
+	rep = b.do(t, "PATCH", "/_fake/faults", `{"down":true,"hang":true}`)
+	want.Down, want.Hang = true, true
 	if got := b.fake.Faults(); rep.status != http.StatusOK || !faultsEqual(got, want) {
 		t.Fatalf("PATCH: %d, faults = %+v, want %+v", rep.status, got, want)
 	}
@@ -225,7 +250,7 @@ func faultsEqual(a, b Faults) bool {
 		a.FailBefore == b.FailBefore && a.FailAfter == b.FailAfter &&
 		a.TooManyRequests == b.TooManyRequests && a.RetryAfter == b.RetryAfter &&
 		a.DropAfter == b.DropAfter && a.Latency == b.Latency &&
-		a.RateLimit == b.RateLimit && a.Burst == b.Burst && a.Down == b.Down
+		a.RateLimit == b.RateLimit && a.Burst == b.Burst && a.Down == b.Down && a.Hang == b.Hang
 }
 
 func TestSetFaultsClampsAndCopies(t *testing.T) {

@@ -223,6 +223,11 @@ func (s *Server) serveAPI(w http.ResponseWriter, r *http.Request) {
 	// Read the body before waiting: net/http notices a client hanging up
 	// (and cancels r.Context()) only once the body has been read.
 	body, bodyErr := readBody(r)
+	if f.Hang {
+		s.count(FaultHang)
+		<-r.Context().Done()
+		return // never answered, never applied
+	}
 	if f.Latency > 0 {
 		s.count(FaultLatency)
 		t := time.NewTimer(f.Latency)

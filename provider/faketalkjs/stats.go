@@ -16,6 +16,7 @@ const (
 // Fault names used as keys of Stats.Faults, one per knob of Faults.
 const (
 	FaultDown            = "down"
+	FaultHang            = "hang"
 	FaultLatency         = "latency"
 	FaultRateLimit       = "rate_limit"
 	FaultTooManyRequests = "too_many_requests"
@@ -33,7 +34,8 @@ type Stats struct {
 	// Routes counts requests by route name (RouteUserPut, ...).
 	Routes map[string]int64 `json:"routes"`
 	// Statuses counts responses by HTTP status code. Connections closed
-	// without a response (FaultDown, FaultDropAfter) are not counted here.
+	// without a response (FaultDown, FaultDropAfter) and requests never
+	// answered (FaultHang) are not counted here.
 	Statuses map[int]int64 `json:"statuses"`
 	// Faults counts injected faults by name (FaultFailBefore, ...).
 	Faults map[string]int64 `json:"faults"`
