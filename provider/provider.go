@@ -57,7 +57,10 @@ type Message struct {
 
 // Provider makes the calls of a conversation start. Each method is one HTTP
 // request; a non-nil error is an *Error (possibly wrapped) or a context
-// error when ctx ended first.
+// error when ctx was cancelled first. A deadline of ctx that passes before
+// the answer is the API not answering in time: a Retryable *Error.
+// A RateLimited *Error with Status 0 is the provider's own rate limiter
+// refusing this one call (nothing was sent), not the API's 429.
 type Provider interface {
 	// PutUser creates or updates a user. Idempotent.
 	PutUser(ctx context.Context, u User) error

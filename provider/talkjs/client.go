@@ -29,8 +29,10 @@ import (
 
 // Defaults of Config.
 const (
-	DefaultBaseURL   = "https://api.talkjs.com"
-	DefaultTimeout   = 10 * time.Second
+	DefaultBaseURL = "https://api.talkjs.com"
+	// DefaultTimeout is half the relay's default lease: a call must end
+	// inside the lease it is made under (see relay.Config.Lease).
+	DefaultTimeout   = 5 * time.Second
 	DefaultMaxConns  = 100
 	DefaultUserAgent = "outbox-relay (+https://github.com/outbox-relay/outbox-relay)"
 )
@@ -51,7 +53,8 @@ type Config struct {
 	// that leaks expires within 30 seconds, the key does not.
 	LegacyAuth bool
 	// Timeout bounds each HTTP request, from sending to reading the
-	// response; waiting for the rate limiter is not included. Default
+	// response; waiting for the rate limiter is not included. A deadline
+	// of the caller's context that comes sooner bounds it too. Default
 	// DefaultTimeout.
 	Timeout time.Duration
 	// MaxConns is the size of the connection pool: the most connections,
@@ -271,6 +274,10 @@ func (c *Client) Close() error {
 	return nil
 }
 
+// Timeout returns the bound on one request (Config.Timeout): the longest
+// the client waits for an answer once a request is sent.
+func (c *Client) Timeout() time.Duration { return c.timeout }
+
 // PutUser creates or updates a user: PUT /v1/{appId}/users/{userId}.
 func (c *Client) PutUser(ctx context.Context, u provider.User) error {
 	path, err := c.resourcePath("users", "user", u.ID)
@@ -361,8 +368,11 @@ func permanentf(format string, args ...any) *provider.Error {
 }
 
 // do sends one JSON request and turns every failure into a *provider.Error,
-// or into an error wrapping ctx.Err() when ctx ended first. path is already
-// escaped; errors quote it as sent, which names the ids but never a secret.
+// or into an error wrapping ctx.Err() when ctx was cancelled. A deadline
+// of ctx is a time budget, not a cancellation: a request still unanswered
+// when it passes is a Retryable "no answer", like one that outlives
+// Timeout. path is already escaped; errors quote it as sent, which names
+// the ids but never a secret.
 func (c *Client) do(ctx context.Context, method, path string, body any) error {
 	payload, err := json.Marshal(body)
 	if err != nil {
@@ -376,6 +386,7 @@ func (c *Client) do(ctx context.Context, method, path string, body any) error {
 		return &provider.Error{Kind: provider.Auth, Err: fmt.Errorf("%s %s: %w", method, path, err)}
 	}
 
+	sent := time.Now()
 	reqCtx, cancel := context.WithTimeout(ctx, c.timeout)
 	defer cancel()
 	// origin+path parses back with RawPath set, so the escaping chosen by
@@ -389,9 +400,16 @@ func (c *Client) do(ctx context.Context, method, path string, body any) error {
 	req.Header.Set("Accept", "application/json")
 	req.Header.Set("User-Agent", c.userAgent)
 
+	// A process frozen (or starved) after its caller checked the deadline
+	// must not send once it has passed: the caller's deadline may protect
+	// a lease another process owns by now. Checked against the clock, as
+	// the context's own timer may not have fired yet on resume.
+	if dl, ok := reqCtx.Deadline(); ok && !time.Now().Before(dl) {
+		return c.transportError(ctx, reqCtx, method, path, sent, context.DeadlineExceeded)
+	}
 	resp, err := c.hc.Do(req)
 	if err != nil {
-		return c.transportError(ctx, reqCtx, method, path, err)
+		return c.transportError(ctx, reqCtx, method, path, sent, err)
 	}
 	defer drainAndClose(resp.Body)
 	if resp.StatusCode >= 200 && resp.StatusCode < 300 {
@@ -400,10 +418,12 @@ func (c *Client) do(ctx context.Context, method, path string, body any) error {
 	return c.statusError(method, path, resp, token)
 }
 
-// waitForSlot waits for the rate limiter. When ctx would end before the
-// slot comes, it gives the slot back at once and returns a RateLimited
-// error with the wait in RetryAfter, instead of sleeping until the
-// deadline for nothing.
+// waitForSlot waits for the rate limiter. When ctx has a deadline and the
+// slot would leave less than Timeout before it, it gives the slot back at
+// once and returns a RateLimited error with Status 0 (no request was
+// sent) and the wait in RetryAfter, instead of waiting for a slot whose
+// request could be cut short. Only this caller is refused: other
+// requests go on taking their slots.
 func (c *Client) waitForSlot(ctx context.Context, method, path string) error {
 	now := time.Now()
 	r := c.limiter.ReserveN(now, 1)
@@ -415,10 +435,11 @@ func (c *Client) waitForSlot(ctx context.Context, method, path string) error {
 	if delay == 0 {
 		return nil
 	}
-	if dl, ok := ctx.Deadline(); ok && now.Add(delay).After(dl) {
+	if dl, ok := ctx.Deadline(); ok && now.Add(delay+c.timeout).After(dl) {
 		r.CancelAt(now)
 		return &provider.Error{Kind: provider.RateLimited, RetryAfter: delay,
-			Err: fmt.Errorf("%s %s: client-side rate limit: next slot in %s, after the context deadline", method, path, delay)}
+			Err: fmt.Errorf("%s %s: client-side rate limit: next slot in %s leaves less than the %s timeout before the caller's deadline",
+				method, path, delay.Round(time.Millisecond), c.timeout)}
 	}
 	t := time.NewTimer(delay)
 	defer t.Stop()
@@ -431,18 +452,24 @@ func (c *Client) waitForSlot(ctx context.Context, method, path string) error {
 	}
 }
 
-// transportError classifies a request that got no response.
-func (c *Client) transportError(ctx, reqCtx context.Context, method, path string, err error) error {
-	if ctx.Err() != nil {
+// transportError classifies a request that got no response. Only a
+// cancelled ctx is the caller giving up; a deadline that passed (the
+// caller's or Timeout) is the API not answering in time.
+func (c *Client) transportError(ctx, reqCtx context.Context, method, path string, sent time.Time, err error) error {
+	if errors.Is(ctx.Err(), context.Canceled) {
 		// The caller gave up; that is not the API's failure.
 		return fmt.Errorf("talkjs: %s %s: %w", method, path, ctx.Err())
 	}
-	if errors.Is(reqCtx.Err(), context.DeadlineExceeded) {
-		// Deliberately not wrapping the context error: the caller's context
-		// is fine, and errors.Is(err, context.DeadlineExceeded) must keep
-		// meaning "the caller's deadline passed".
+	if reqCtx.Err() != nil || errors.Is(err, context.DeadlineExceeded) {
+		// Deliberately not wrapping the context error: errors.Is(err,
+		// context.DeadlineExceeded) would read as "the caller gave up",
+		// and this is a failure of the API to answer.
+		budget := c.timeout
+		if dl, ok := reqCtx.Deadline(); ok {
+			budget = dl.Sub(sent)
+		}
 		return &provider.Error{Kind: provider.Retryable,
-			Err: fmt.Errorf("%s %s: no response within %s", method, path, c.timeout)}
+			Err: fmt.Errorf("%s %s: no answer within %s", method, path, max(budget, 0).Round(time.Millisecond))}
 	}
 	// url.Error repeats the method and URL; keep its cause for errors.Is
 	// (syscall.ECONNREFUSED, io.EOF, ...).

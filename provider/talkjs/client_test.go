@@ -388,15 +388,44 @@ func TestCallerContextEnds(t *testing.T) {
 			t.Fatalf("err = %v, want context.Canceled", err)
 		}
 	})
-	t.Run("deadline during the request", func(t *testing.T) {
+	t.Run("canceled during the request", func(t *testing.T) {
 		t.Parallel()
-		b := setup(t, faketalkjs.Faults{Latency: time.Hour}, nil)
-		ctx, cancel := context.WithTimeout(t.Context(), 50*time.Millisecond)
-		defer cancel()
-		if err := b.client.PutUser(ctx, alice); !errors.Is(err, context.DeadlineExceeded) {
-			t.Fatalf("err = %v, want context.DeadlineExceeded", err)
+		b := setup(t, faketalkjs.Faults{Hang: true}, nil)
+		ctx, cancel := context.WithCancel(t.Context())
+		time.AfterFunc(50*time.Millisecond, cancel)
+		if err := b.client.PutUser(ctx, alice); !errors.Is(err, context.Canceled) {
+			t.Fatalf("err = %v, want context.Canceled", err)
 		}
 	})
+}
+
+// A deadline of the caller's that passes before the API answers is the
+// API's failure to answer in time, as the client's own Timeout is: a
+// Retryable error saying so, not a context error the caller would take
+// for giving up.
+func TestCallerDeadlineIsNoAnswer(t *testing.T) {
+	t.Parallel()
+	b := setup(t, faketalkjs.Faults{Hang: true}, nil) // Timeout 5s
+	ctx, cancel := context.WithTimeout(t.Context(), 100*time.Millisecond)
+	defer cancel()
+	err := b.client.PutUser(ctx, alice)
+	wantError(t, err, provider.Retryable, 0)
+	if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled) {
+		t.Fatalf("the caller's deadline reported as a context error: %v", err)
+	}
+	if !strings.Contains(err.Error(), "no answer within") {
+		t.Fatalf("error %q does not say the API did not answer", err)
+	}
+
+	// A deadline already past when the request would go out: nothing is
+	// sent, and it is the same failure.
+	ctx, cancel = context.WithDeadline(t.Context(), time.Now().Add(-time.Second))
+	defer cancel()
+	before := len(b.rec.all())
+	wantError(t, b.client.PutUser(ctx, alice), provider.Retryable, 0)
+	if n := len(b.rec.all()); n != before {
+		t.Fatalf("%d requests sent after the deadline had passed", n-before)
+	}
 }
 
 func TestConnectionRefusedIsRetryable(t *testing.T) {
@@ -731,7 +760,7 @@ func TestClientRateLimit(t *testing.T) {
 		t.Fatal(err)
 	}
 	// The next slot is 100s away: a caller with a short deadline is told at
-	// once instead of waiting for nothing.
+	// once instead of waiting for nothing, with Status 0 (nothing was sent).
 	ctx, cancel := context.WithTimeout(t.Context(), time.Second)
 	defer cancel()
 	err := b.client.PutUser(ctx, alice)
@@ -749,6 +778,22 @@ func TestClientRateLimit(t *testing.T) {
 	}
 	if n := len(b.rec.all()); n != 1 {
 		t.Fatalf("%d requests reached the server, want 1", n)
+	}
+
+	// A slot that comes before the deadline but would leave the request
+	// less than Timeout is refused too: a request is never cut short for
+	// having waited its turn.
+	b.client.SetRateLimit(10, 1)
+	if err := b.client.PutUser(t.Context(), alice); err != nil { // takes the token
+		t.Fatal(err)
+	}
+	ctx, cancel = context.WithTimeout(t.Context(), b.client.Timeout()) // slot in 100ms + 5s > 5s
+	defer cancel()
+	wantError(t, b.client.PutUser(ctx, alice), provider.RateLimited, 0)
+	ctx, cancel = context.WithTimeout(t.Context(), b.client.Timeout()+time.Second)
+	defer cancel()
+	if err := b.client.PutUser(ctx, alice); err != nil {
+		t.Fatalf("a slot leaving the whole Timeout was refused: %v", err)
 	}
 
 	b.client.SetRateLimit(0, 0) // unlimited
