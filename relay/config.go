@@ -33,8 +33,11 @@ type Config struct {
 
 	// Lease is how long a claimed intent stays reserved without a heartbeat.
 	// A crashed relay's intents are taken over after at most Lease plus one
-	// sweep (Lease/10, at most 1s). Heartbeats renew every Lease/3.
-	// Default 10s.
+	// sweep (Lease/10, at most 1s). Heartbeats renew every Lease/3. A call
+	// ends by the lease's end less a margin of Lease/10; a provider that
+	// bounds its own calls (a Timeout method, as talkjs.Client has) must
+	// bound them to at most Lease/2, so that its timeout, not the lease,
+	// cuts a call that gets no answer. At least 1s. Default 10s.
 	Lease time.Duration
 
 	// MaxAttempts is the retry budget in delivery attempts; an intent that
@@ -151,7 +154,7 @@ func (c Config) validate() error {
 	check(c.Concurrency > 0, "Concurrency must be positive, got %d", c.Concurrency)
 	check(c.BatchSize > 0, "BatchSize must be positive, got %d", c.BatchSize)
 	check(c.PollInterval > 0, "PollInterval must be positive, got %s", c.PollInterval)
-	check(c.Lease >= 100*time.Millisecond, "Lease must be at least 100ms, got %s", c.Lease)
+	check(c.Lease >= MinLease, "Lease must be at least %s, got %s", MinLease, c.Lease)
 	check(c.MaxAttempts > 0, "MaxAttempts must be positive, got %d", c.MaxAttempts)
 	check(c.MaxAge > 0, "MaxAge must be positive, got %s", c.MaxAge)
 	check(c.Retry.Base > 0, "Retry.Base must be positive, got %s", c.Retry.Base)
@@ -164,6 +167,40 @@ func (c Config) validate() error {
 	check(len(c.Name) <= 200, "Name must be at most 200 bytes")
 	if len(errs) > 0 {
 		return fmt.Errorf("relay config: %w", errors.Join(errs...))
+	}
+	return nil
+}
+
+// MinLease is the shortest Lease accepted.
+const MinLease = time.Second
+
+// MaxCallTimeout is the longest a provider's own per-call timeout may be
+// under a lease: half of it. A call starts with at least 2/3 of the lease
+// left (renewals come every third) less the margin (a tenth), so such a
+// timeout fires inside the lease, with room for a late renewal.
+func MaxCallTimeout(lease time.Duration) time.Duration { return lease / 2 }
+
+// leaseMargin is kept between the end of any call and the end of its lease
+// by the local clock: the request then reaches the API before any other
+// relay may take the intent over, with room for clock rate differences.
+// It scales with the lease, so the shortest lease still leaves calls most
+// of their time.
+func leaseMargin(lease time.Duration) time.Duration { return lease / 10 }
+
+// callBudget is how long a call starting with leaseLeft of its lease may
+// take: up to the lease's end less the margin. ok is false when nothing
+// is left: the lease may pass to another relay before any answer.
+func callBudget(leaseLeft, lease time.Duration) (budget time.Duration, ok bool) {
+	budget = leaseLeft - leaseMargin(lease)
+	return budget, budget > 0
+}
+
+// checkCallTimeout refuses a provider timeout that could outlast the
+// lease it is used under.
+func checkCallTimeout(timeout, lease time.Duration) error {
+	if timeout <= 0 || timeout > MaxCallTimeout(lease) {
+		return fmt.Errorf("relay config: the provider's call timeout (%s) must be positive and at most half the Lease (%s), so that a call with no answer ends inside its lease: lower the timeout to %s or raise the Lease to %s",
+			timeout, lease, MaxCallTimeout(lease), max(2*timeout, MinLease))
 	}
 	return nil
 }

@@ -41,10 +41,6 @@ var errPaused = errors.New("delivery paused: TalkJS refused the credentials or k
 // maxErrorLen bounds error text stored in the database.
 const maxErrorLen = 2000
 
-// leaseMargin is kept between the end of any call and the lease's end by
-// the local clock, for clock rate differences and the completion's trip.
-const leaseMargin = time.Second
-
 // callRecord is one row of outbox.attempts.
 type callRecord struct {
 	step     string
@@ -241,14 +237,16 @@ func (r *Relay) call(ctx context.Context, j *job, res *result, step, target stri
 		return errPaused
 	}
 	// The call may not outlive the lease: once another relay may own the
-	// intent, a late upsert from here could overwrite its newer one.
+	// intent, a late upsert from here could overwrite its newer one. The
+	// provider's own timeout (at most half the lease) usually ends it
+	// first; either way an unanswered call is a failure of the API.
 	started := time.Now()
-	leaseLeft := time.Duration(j.deadline.Load()-r.monotonic(started)) - leaseMargin
-	if leaseLeft <= 0 {
+	budget, ok := callBudget(time.Duration(j.deadline.Load()-r.monotonic(started)), r.cfg.Lease)
+	if !ok {
 		return errLeaseExpired
 	}
-	callCtx, cancel := context.WithTimeout(ctx, leaseLeft)
-	err := fn(callCtx)
+	callCtx, cancel := context.WithTimeout(ctx, budget)
+	err := noAnswer(fn(callCtx), ctx.Err() != nil, budget)
 	cancel()
 	d := time.Since(started)
 	rec := callRecord{step: step, target: target, outcome: "ok", duration: d, started: started}
@@ -279,6 +277,34 @@ func (r *Relay) call(ctx context.Context, j *job, res *result, step, target stri
 	return err
 }
 
+// noAnswer turns a call's deadline passing (the lease's end less its
+// margin) into what it is: the API did not answer in time, a Retryable
+// failure that is counted, backs off and feeds the breaker. Only the
+// delivery's own context ending (shutdown, or a renewal that found the
+// intent owned by another relay: jobEnded) leaves a context error, which
+// releases the intent. Providers that already say "no answer" (a
+// *provider.Error) are left alone.
+func noAnswer(err error, jobEnded bool, budget time.Duration) error {
+	var pe *provider.Error
+	if err == nil || jobEnded || errors.As(err, &pe) || !errors.Is(err, context.DeadlineExceeded) {
+		return err
+	}
+	return &provider.Error{Kind: provider.Retryable,
+		Err: fmt.Errorf("no answer within %s (the end of the lease, less its margin)", budget.Round(time.Millisecond))}
+}
+
+// releases reports whether err ends an attempt without it being the
+// intent's or the API's fault: a shutdown, a lease that passed or may
+// have passed to another relay, a pause. The attempt is given back.
+func releases(err error) bool {
+	var pe *provider.Error
+	if errors.As(err, &pe) {
+		return false
+	}
+	return errors.Is(err, errLeaseExpired) || errors.Is(err, errPaused) ||
+		errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded)
+}
+
 // decide turns the error that ended an attempt into its outcome.
 func (r *Relay) decide(res *result, err error, step string) *result {
 	j := res.job
@@ -291,7 +317,7 @@ func (r *Relay) decide(res *result, err error, step string) *result {
 	res.err = truncate(msg)
 	var pe *provider.Error
 	switch {
-	case errors.Is(err, errLeaseExpired), errors.Is(err, errPaused), errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded) && !errors.As(err, &pe):
+	case releases(err):
 		// Shutdown or lost lease: not the intent's fault.
 		res.outcome = outcomeRelease
 	case errors.As(err, &pe):
@@ -313,6 +339,8 @@ func (r *Relay) decide(res *result, err error, step string) *result {
 				r.users.forget(res.skipped)
 			}
 		case provider.RateLimited:
+			// The API's 429, or the client's own limiter refusing this
+			// call (Status 0): back to pending alone, after the wait.
 			res.outcome = outcomeRelease
 			res.delay = max(min(pe.RetryAfter, maxRetryAfter), r.cfg.Retry.Base)
 		case provider.Auth:

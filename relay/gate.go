@@ -30,8 +30,9 @@ const (
 // the credentials are refused (auth) or too many calls fail in a row
 // (circuit breaker); while paused it lets one probe intent through per probe
 // interval, growing from 1s to 30s, until a call succeeds. It also holds a
-// relay-wide "not before" time set by 429 Retry-After, which every call
-// waits for, since a rate limit applies to the whole app.
+// relay-wide "not before" time set by the API's 429 Retry-After, which
+// every call waits for, since a rate limit applies to the whole app (the
+// client's own limiter refusing one call does not set it).
 type gate struct {
 	threshold int
 	clock     func() time.Time
@@ -146,6 +147,13 @@ func (g *gate) observeLocked(err error, gen uint64) (changed bool) {
 			g.scheduleProbeLocked()
 		}
 	case provider.RateLimited:
+		if pe.Status == 0 {
+			// The client's own limiter refused this one call: nothing
+			// was sent, and the other calls keep their slots. That call
+			// goes back to pending alone; holding every call would turn
+			// a queue into stop-and-go.
+			return
+		}
 		// The API answered: the breaker has nothing to fear. Hold every
 		// call until Retry-After has passed (the limit is the app's, not
 		// this call's).

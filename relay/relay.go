@@ -40,7 +40,8 @@ type Relay struct {
 	metrics  *metrics
 	gate     *gate
 
-	epoch time.Time // origin of the monotonic lease clock
+	epoch       time.Time     // origin of the monotonic lease clock
+	callTimeout time.Duration // the longest one call may take
 
 	wake      chan struct{} // something may be claimable now
 	notified  chan struct{} // a producer's NOTIFY arrived
@@ -72,23 +73,39 @@ func New(pool *pgxpool.Pool, p provider.Provider, cfg Config) (*Relay, error) {
 	if err := cfg.validate(); err != nil {
 		return nil, err
 	}
+	// The longest a call may take: the provider's own bound when it has
+	// one, else the lease's (a call never outlives the lease).
+	callTimeout := MaxCallTimeout(cfg.Lease)
+	if ct, ok := p.(callTimeouter); ok {
+		callTimeout = ct.Timeout()
+		if err := checkCallTimeout(callTimeout, cfg.Lease); err != nil {
+			return nil, err
+		}
+	}
 	r := &Relay{
-		cfg:      cfg,
-		pool:     pool,
-		provider: p,
-		log:      cfg.Logger.With("relay", cfg.Name),
-		metrics:  newMetrics(cfg.Registerer),
-		wake:     make(chan struct{}, 1),
-		notified: make(chan struct{}, 1),
-		slots:    make(chan struct{}, cfg.Concurrency),
-		results:  make(chan *result, cfg.Concurrency),
-		held:     newLeaseSet(),
-		users:    newUserSyncs(cfg.UserSyncTTL),
-		epoch:    time.Now(),
-		done:     make(chan struct{}),
+		cfg:         cfg,
+		pool:        pool,
+		provider:    p,
+		log:         cfg.Logger.With("relay", cfg.Name),
+		metrics:     newMetrics(cfg.Registerer),
+		wake:        make(chan struct{}, 1),
+		notified:    make(chan struct{}, 1),
+		slots:       make(chan struct{}, cfg.Concurrency),
+		results:     make(chan *result, cfg.Concurrency),
+		held:        newLeaseSet(),
+		users:       newUserSyncs(cfg.UserSyncTTL),
+		epoch:       time.Now(),
+		callTimeout: callTimeout,
+		done:        make(chan struct{}),
 	}
 	r.gate = newGate(cfg.BreakerThreshold, cfg.Clock, r.onPauseChange)
 	return r, nil
+}
+
+// callTimeouter is implemented by providers that bound each call
+// themselves (provider/talkjs.Client): the bound must fit in the lease.
+type callTimeouter interface {
+	Timeout() time.Duration
 }
 
 // Name returns the relay's name, as recorded in leases and attempts.
@@ -243,7 +260,8 @@ func (r *Relay) onPauseChange(reason string, err error) {
 	switch reason {
 	case pauseAuth:
 		r.log.Error("TalkJS refused the credentials: delivery paused, no intent is failed for it; "+
-			"check TALKJS_APP_ID and TALKJS_SECRET_KEY", "error", err)
+			"check TALKJS_APP_ID and TALKJS_SECRET_KEY, and this host's clock: "+
+			"a clock running behind TalkJS's makes the signed tokens look expired", "error", err)
 	case pauseBreaker:
 		r.log.Error("TalkJS keeps failing: circuit open, probing with one intent at a time", "error", err)
 	default:

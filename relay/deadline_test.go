@@ -1,0 +1,156 @@
+package relay_test
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/outbox-relay/outbox-relay/outbox"
+	"github.com/outbox-relay/outbox-relay/provider/faketalkjs"
+	"github.com/outbox-relay/outbox-relay/provider/talkjs"
+	"github.com/outbox-relay/outbox-relay/relay"
+)
+
+// singleUserIntent has one user of its own, so each intent's first call is
+// independent of the others'.
+func singleUserIntent(conv string, n int) outbox.Intent {
+	u := "user-" + conv
+	return outbox.Intent{
+		Users:        []outbox.User{{ID: u, Name: "User " + conv, Email: []string{u + "@example.com"}}},
+		Conversation: outbox.Conversation{ID: conv},
+		Messages:     []outbox.Message{{Sender: u, Text: fmt.Sprintf("hello %d", n)}},
+	}
+}
+
+// An endpoint that accepts calls and never answers, at the default lease
+// and client timeout: every call ends as "no answer", is counted as an
+// attempt, backs off, opens the breaker, and the retry budget ends in dead
+// letters. (It used to be released at the lease's deadline, before the
+// client's timeout, with the attempt given back: calls for ever.)
+func TestHungEndpointIsCountedAndDeadLettered(t *testing.T) {
+	t.Parallel()
+	b := setup(t, faketalkjs.Faults{Hang: true})
+	client, err := talkjs.New(talkjs.Config{AppID: testAppID, SecretKey: testSecret, BaseURL: b.url}) // default timeout
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = client.Close() })
+	// Defaults, but a budget of 2 attempts so the test sees it spent.
+	cfg := relay.Config{Name: "hung", MaxAttempts: 2, Logger: slogTo(b)}
+	r, err := relay.New(b.pool, client, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const n = relay.DefaultBreakerThreshold // one first call each: enough failures to open the breaker
+	var intents []outbox.Intent
+	for i := range n {
+		intents = append(intents, singleUserIntent(fmt.Sprintf("hung-%d", i), i))
+	}
+	b.insertSQL(t, intents)
+	if err := r.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(r.Stop)
+
+	ctx := context.Background()
+	timeout := talkjs.DefaultTimeout
+	waitFor(t, timeout+15*time.Second, "the breaker to open", func() bool { return r.Health().Paused == "breaker" })
+	waitFor(t, 2*timeout+20*time.Second, "an intent dead after its 2 attempts", func() bool { return b.counts(t)["dead"] > 0 })
+
+	rows, err := b.pool.Query(ctx, `SELECT id, state, attempts, coalesce(last_error, ''),
+	        extract(epoch FROM run_after - updated_at)::float8 FROM outbox.intents ORDER BY id`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var id int64
+		var state, lastErr string
+		var attempts int
+		var backoff float64
+		if err := rows.Scan(&id, &state, &attempts, &lastErr, &backoff); err != nil {
+			t.Fatal(err)
+		}
+		if attempts < 1 || !strings.Contains(lastErr, "no answer within") {
+			t.Errorf("intent %d: %s after %d attempts, last_error %q: want counted attempts saying no answer came", id, state, attempts, lastErr)
+		}
+		switch state {
+		case "dead":
+			if attempts != 2 || !strings.Contains(lastErr, "retry budget spent") {
+				t.Errorf("dead intent %d: %d attempts, last_error %q", id, attempts, lastErr)
+			}
+		case "pending":
+			// The completion sets both in one statement: their gap is the
+			// backoff, at least half of the first one's bound.
+			if min := (relay.DefaultRetryBase / 2).Seconds(); backoff < min {
+				t.Errorf("pending intent %d due again %.3fs after its failure, want a backoff of at least %.1fs", id, backoff, min)
+			}
+		}
+	}
+	if err := rows.Err(); err != nil {
+		t.Fatal(err)
+	}
+	var calls, noAnswer int
+	if err := b.pool.QueryRow(ctx, `SELECT count(*), count(*) FILTER (WHERE outcome = 'retryable' AND error LIKE '%no answer within%')
+	                                  FROM outbox.attempts`).Scan(&calls, &noAnswer); err != nil {
+		t.Fatal(err)
+	}
+	if calls == 0 || noAnswer != calls {
+		t.Errorf("%d of %d recorded calls are retryable failures saying no answer came", noAnswer, calls)
+	}
+	if hung := b.fake.Stats().Faults[faketalkjs.FaultHang]; hung < n+1 {
+		t.Errorf("the fake held %d calls, want at least %d", hung, n+1)
+	}
+	t.Logf("%d calls, each ending after %s with no answer; breaker open; dead after 2 attempts", calls, timeout)
+}
+
+// OUTBOX_LEASE's minimum (1s) with the longest timeout it allows (500ms)
+// delivers: calls get most of the lease (it used to lose a fixed second,
+// the whole lease).
+func TestDeliversAtMinimumLease(t *testing.T) {
+	t.Parallel()
+	b := setup(t, faketalkjs.Faults{})
+	client, err := talkjs.New(talkjs.Config{AppID: testAppID, SecretKey: testSecret, BaseURL: b.url,
+		Timeout: relay.MaxCallTimeout(relay.MinLease)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = client.Close() })
+	cfg := testConfig("min-lease")
+	cfg.Lease = relay.MinLease
+	cfg.Logger = slogTo(b)
+	r, err := relay.New(b.pool, client, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var intents []outbox.Intent
+	for i := range 200 {
+		intents = append(intents, orderIntent(fmt.Sprintf("min-lease-%d", i%50), i))
+	}
+	b.insertSQL(t, intents)
+	if err := r.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(r.Stop)
+	c := b.waitSettled(t, 60*time.Second)
+	if c["done"] != len(intents) {
+		t.Fatalf("states = %v, want %d done", c, len(intents))
+	}
+	b.checkDelivered(t, intents)
+}
+
+// A provider timeout that could outlast the lease is refused at start.
+func TestTimeoutLongerThanLeaseRefused(t *testing.T) {
+	t.Parallel()
+	b := setup(t, faketalkjs.Faults{})
+	client, err := talkjs.New(talkjs.Config{AppID: testAppID, SecretKey: testSecret, BaseURL: b.url, Timeout: 10 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = relay.New(b.pool, client, relay.Config{Lease: 10 * time.Second})
+	if err == nil || !strings.Contains(err.Error(), "Lease") || !strings.Contains(err.Error(), "timeout") {
+		t.Fatalf("relay.New with a 10s timeout under a 10s lease: %v, want an error naming both", err)
+	}
+}
