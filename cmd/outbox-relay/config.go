@@ -26,11 +26,11 @@ type dbConfig struct {
 type runConfig struct {
 	DatabaseURL string `env:"DATABASE_URL, required"`
 
-	TalkJSAppID      string        `env:"TALKJS_APP_ID, required"`
-	TalkJSSecretKey  secret        `env:"TALKJS_SECRET_KEY, required"`
-	TalkJSBaseURL    string        `env:"TALKJS_BASE_URL, default=https://api.talkjs.com"`
-	TalkJSLegacyAuth bool          `env:"TALKJS_LEGACY_AUTH, default=false"`
-	TalkJSTimeout    time.Duration `env:"TALKJS_TIMEOUT, default=10s"`
+	TalkJSAppID      string      `env:"TALKJS_APP_ID, required"`
+	TalkJSSecretKey  secret      `env:"TALKJS_SECRET_KEY, required"`
+	TalkJSBaseURL    string      `env:"TALKJS_BASE_URL, default=https://api.talkjs.com"`
+	TalkJSLegacyAuth bool        `env:"TALKJS_LEGACY_AUTH, default=false"`
+	TalkJSTimeout    callTimeout `env:"TALKJS_TIMEOUT"` // unset: half of OUTBOX_LEASE
 
 	Concurrency      int           `env:"OUTBOX_CONCURRENCY, default=100"`
 	BatchSize        int           `env:"OUTBOX_BATCH_SIZE, default=100"`
@@ -61,6 +61,36 @@ func (secret) String() string                 { return "[redacted]" }
 func (secret) GoString() string               { return "[redacted]" }
 func (secret) LogValue() slog.Value           { return slog.StringValue("[redacted]") }
 func (s secret) MarshalText() ([]byte, error) { return []byte("[redacted]"), nil }
+
+// callTimeout is TALKJS_TIMEOUT, whose default depends on OUTBOX_LEASE:
+// set tells an explicit value (even a wrong one) from none.
+type callTimeout struct {
+	d   time.Duration
+	set bool
+}
+
+// UnmarshalText parses a Go duration ("5s", "750ms").
+func (o *callTimeout) UnmarshalText(b []byte) error {
+	d, err := time.ParseDuration(string(b))
+	if err != nil {
+		// envconfig does not name the variable of a failed UnmarshalText.
+		return fmt.Errorf("TALKJS_TIMEOUT: %w", err)
+	}
+	o.d, o.set = d, true
+	return nil
+}
+
+// minTalkJSTimeout is the shortest TALKJS_TIMEOUT accepted: below it no
+// call to the real API could be expected to answer.
+const minTalkJSTimeout = 100 * time.Millisecond
+
+// talkJSTimeout is TALKJS_TIMEOUT, or half of OUTBOX_LEASE when unset.
+func (c *runConfig) talkJSTimeout() time.Duration {
+	if c.TalkJSTimeout.set {
+		return c.TalkJSTimeout.d
+	}
+	return relay.MaxCallTimeout(c.Lease)
+}
 
 // UnmarshalText lets envconfig fill it without ever echoing the value.
 func (s *secret) UnmarshalText(b []byte) error {
@@ -117,8 +147,8 @@ func (c *runConfig) validate() error {
 	if !strings.HasPrefix(c.TalkJSBaseURL, "http://") && !strings.HasPrefix(c.TalkJSBaseURL, "https://") {
 		bad("TALKJS_BASE_URL", "must start with http:// or https://, got %q", c.TalkJSBaseURL)
 	}
-	if c.TalkJSTimeout <= 0 {
-		bad("TALKJS_TIMEOUT", "must be positive, got %s", c.TalkJSTimeout)
+	if t := c.talkJSTimeout(); c.TalkJSTimeout.set && t < minTalkJSTimeout {
+		bad("TALKJS_TIMEOUT", "must be at least %s, got %s", minTalkJSTimeout, t)
 	}
 	positive := map[string]int{"OUTBOX_CONCURRENCY": c.Concurrency, "OUTBOX_BATCH_SIZE": c.BatchSize,
 		"OUTBOX_MAX_ATTEMPTS": c.MaxAttempts, "OUTBOX_BREAKER_THRESHOLD": c.BreakerThreshold}
@@ -135,8 +165,16 @@ func (c *runConfig) validate() error {
 			bad(name, "must be positive, got %s", durations[name])
 		}
 	}
-	if c.Lease > 0 && c.Lease < time.Second {
-		bad("OUTBOX_LEASE", "must be at least 1s, got %s", c.Lease)
+	if c.Lease > 0 && c.Lease < relay.MinLease {
+		bad("OUTBOX_LEASE", "must be at least %s, got %s", relay.MinLease, c.Lease)
+	}
+	// A call must end inside the lease it is made under (renewed every
+	// third of it, less a tenth kept as margin), so the client's timeout
+	// fires first on an API that does not answer.
+	if t := c.talkJSTimeout(); c.Lease >= relay.MinLease && t > relay.MaxCallTimeout(c.Lease) {
+		errs = append(errs, fmt.Errorf("TALKJS_TIMEOUT (%s) must be at most half of OUTBOX_LEASE (%s): a call must end inside its lease; "+
+			"lower TALKJS_TIMEOUT to %s, raise OUTBOX_LEASE to %s, or leave TALKJS_TIMEOUT unset (half the lease)",
+			t, c.Lease, relay.MaxCallTimeout(c.Lease), 2*t))
 	}
 	if c.RetryMax < c.RetryBase {
 		bad("OUTBOX_RETRY_MAX", "(%s) must be at least OUTBOX_RETRY_BASE (%s)", c.RetryMax, c.RetryBase)
@@ -168,7 +206,7 @@ func (c *runConfig) talkjsConfig() talkjs.Config {
 		SecretKey:  string(c.TalkJSSecretKey),
 		BaseURL:    c.TalkJSBaseURL,
 		LegacyAuth: c.TalkJSLegacyAuth,
-		Timeout:    c.TalkJSTimeout,
+		Timeout:    c.talkJSTimeout(),
 		MaxConns:   c.Concurrency * 2,
 		// The relay divides this among live relays at its first heartbeat.
 		RateLimit: c.RateLimit,

@@ -3,8 +3,10 @@ package main
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/sethvargo/go-envconfig"
 
@@ -75,6 +77,9 @@ func TestConfigErrorsNameTheVariable(t *testing.T) {
 		{"run", with("OUTBOX_CONCURRENCY", "0"), "OUTBOX_CONCURRENCY"},
 		{"run", with("OUTBOX_LEASE", "10"), "OUTBOX_LEASE"},
 		{"run", with("OUTBOX_LEASE", "500ms"), "OUTBOX_LEASE"},
+		{"run", with("TALKJS_TIMEOUT", "soon"), "TALKJS_TIMEOUT"},
+		{"run", with("TALKJS_TIMEOUT", "0s"), "TALKJS_TIMEOUT"},
+		{"run", with("TALKJS_TIMEOUT", "10s"), "OUTBOX_LEASE"}, // longer than half the default lease
 		{"run", with("OUTBOX_RATE_LIMIT", "-1"), "OUTBOX_RATE_LIMIT"},
 		{"run", with("OUTBOX_LOG_LEVEL", "loud"), "OUTBOX_LOG_LEVEL"},
 		{"run", with("OUTBOX_MAX_AGE", "forever"), "OUTBOX_MAX_AGE"},
@@ -168,5 +173,66 @@ func TestStatusAndRetry(t *testing.T) {
 	}
 	if code, _, _ := runCLI(t, env, "retry", "999999"); code != 3 {
 		t.Errorf("retry of a missing id exited %d, want 3", code)
+	}
+}
+
+// Every lease the configuration accepts comes with a timeout that fits in
+// it; a pair that does not fit is refused naming both variables.
+func TestUnitLeaseAndTimeout(t *testing.T) {
+	t.Parallel()
+	base := map[string]string{
+		"DATABASE_URL":      "postgres://postgres@127.0.0.1:1/none",
+		"TALKJS_APP_ID":     "app",
+		"TALKJS_SECRET_KEY": testSecret,
+	}
+	tests := []struct {
+		lease, timeout string // "" unset
+		want           time.Duration
+		wantErr        []string
+	}{
+		{"", "", 5 * time.Second, nil},
+		{"1s", "", 500 * time.Millisecond, nil},
+		{"3s", "", 1500 * time.Millisecond, nil},
+		{"1s", "500ms", 500 * time.Millisecond, nil},
+		{"20s", "10s", 10 * time.Second, nil},
+		{"", "10s", 0, []string{"TALKJS_TIMEOUT", "OUTBOX_LEASE"}},
+		{"1s", "600ms", 0, []string{"TALKJS_TIMEOUT", "OUTBOX_LEASE"}},
+		{"1s", "50ms", 0, []string{"TALKJS_TIMEOUT"}},
+		{"999ms", "", 0, []string{"OUTBOX_LEASE"}},
+	}
+	for _, tt := range tests {
+		env := map[string]string{}
+		for k, v := range base {
+			env[k] = v
+		}
+		if tt.lease != "" {
+			env["OUTBOX_LEASE"] = tt.lease
+		}
+		if tt.timeout != "" {
+			env["TALKJS_TIMEOUT"] = tt.timeout
+		}
+		var cfg runConfig
+		err := loadConfig(t.Context(), envconfig.MapLookuper(env), &cfg)
+		if err == nil {
+			err = cfg.validate()
+		}
+		name := fmt.Sprintf("OUTBOX_LEASE=%q TALKJS_TIMEOUT=%q", tt.lease, tt.timeout)
+		if tt.wantErr == nil {
+			if err != nil {
+				t.Errorf("%s: %v", name, err)
+			} else if got := cfg.talkjsConfig().Timeout; got != tt.want {
+				t.Errorf("%s: client timeout %s, want %s", name, got, tt.want)
+			}
+			continue
+		}
+		if err == nil {
+			t.Errorf("%s: accepted, want an error naming %v", name, tt.wantErr)
+			continue
+		}
+		for _, v := range tt.wantErr {
+			if !strings.Contains(err.Error(), v) {
+				t.Errorf("%s: error %q does not name %s", name, err, v)
+			}
+		}
 	}
 }
