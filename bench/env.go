@@ -289,7 +289,7 @@ func (e *env) clientConfig(rateLimit float64) talkjs.Config {
 		AppID:     fakeAppID,
 		SecretKey: fakeSecret,
 		BaseURL:   e.fakeURL,
-		Timeout:   10 * time.Second,
+		Timeout:   talkjs.DefaultTimeout, // fits the default lease
 		MaxConns:  200,
 		RateLimit: rateLimit,
 	}

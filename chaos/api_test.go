@@ -247,7 +247,7 @@ func runRateLimited(t *testing.T, limit float64) (faketalkjs.Stats, int) {
 		cfg.RateLimit = limit
 		cfg.Lease = 3 * time.Second // heartbeats every second
 		cfg.Concurrency = 20
-		relays = append(relays, b.startRelay(t, nil, cfg, 5*time.Second))
+		relays = append(relays, b.startRelay(t, nil, cfg, relay.MaxCallTimeout(cfg.Lease)))
 	}
 	waitUntil(t, 15*time.Second, "each relay to count three live relays", func() bool {
 		for _, r := range relays {

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/outbox-relay/outbox-relay/provider/faketalkjs"
+	"github.com/outbox-relay/outbox-relay/relay"
 )
 
 // Fault 1, relay crashes. Three relay processes deliver the intents; one of
@@ -158,7 +159,7 @@ func TestStoppedRelayIsFenced(t *testing.T) {
 	cfg.Lease = lease
 	cfg.Concurrency = 20
 	cfg.Clock = func() time.Time { return time.Now().Add(time.Hour) }
-	rb := b.startRelay(t, nil, cfg, 5*time.Second)
+	rb := b.startRelay(t, nil, cfg, relay.MaxCallTimeout(lease))
 	// Both relays run side by side for a few heartbeats: B's skewed clock
 	// must not make it take A's live leases.
 	waitUntil(t, 30*time.Second, "both relays to deliver", func() bool {

@@ -15,6 +15,7 @@ import (
 	"github.com/outbox-relay/outbox-relay/migrations"
 	"github.com/outbox-relay/outbox-relay/outbox"
 	"github.com/outbox-relay/outbox-relay/provider/faketalkjs"
+	"github.com/outbox-relay/outbox-relay/relay"
 )
 
 // producer inserts intents in small transactions while the test injects
@@ -87,7 +88,7 @@ func TestDatabaseConnectionLoss(t *testing.T) {
 	cfg.Concurrency = 20
 	// A long poll, so catching up depends on reconnecting and LISTENing.
 	cfg.PollInterval = 5 * time.Second
-	r := b.startRelay(t, relayPool, cfg, 5*time.Second)
+	r := b.startRelay(t, relayPool, cfg, relay.MaxCallTimeout(cfg.Lease))
 
 	n, rounds := params.connIntents, params.connKills
 	intents := orderIntents("conn", n, max(1, n/4))
