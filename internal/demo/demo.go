@@ -66,7 +66,7 @@ func Run(ctx context.Context, opts Options) error {
 		return err
 	}
 	defer dropDB()
-	say("scratch database %s", pgcluster.Redact(dbURL))
+	say("scratch database:\n  %s", pgcluster.Redact(dbURL))
 
 	if _, err := migrations.Up(ctx, dbURL, nil); err != nil {
 		return err
@@ -89,13 +89,13 @@ func Run(ctx context.Context, opts Options) error {
 	go func() { _ = srv.Serve(ln) }()
 	defer srv.Close()
 	baseURL := "http://" + ln.Addr().String()
-	say("fake TalkJS at %s (20%% of calls answer 500 after being applied; user %q is refused)", baseURL, rejectedUser)
+	say("fake TalkJS at %s\n  (20%% of calls answer 500 after being applied; user %q is refused)", baseURL, rejectedUser)
 
 	ids, err := placeOrders(ctx, pool)
 	if err != nil {
 		return err
 	}
-	say("placed %d orders, each with its conversation-start intent in the same transaction", len(ids))
+	say("placed %d orders, each with its conversation-start intent\n  in the same transaction", len(ids))
 
 	client, err := talkjs.New(talkjs.Config{AppID: demoAppID, SecretKey: demoSecret, BaseURL: baseURL})
 	if err != nil {
@@ -131,7 +131,7 @@ func findServer(ctx context.Context, given string, say func(string, ...any)) (st
 		if err := pgcluster.Ping(ctx, given, 5*time.Second); err != nil {
 			return "", nothing, fmt.Errorf("DATABASE_URL: cannot connect to %s: %w", pgcluster.Redact(given), err)
 		}
-		say("using DATABASE_URL (%s)", pgcluster.Redact(given))
+		say("using DATABASE_URL:\n  %s", pgcluster.Redact(given))
 		return given, nothing, nil
 	}
 	if err := pgcluster.Ping(ctx, pgcluster.DefaultURL, 3*time.Second); err == nil {
@@ -143,7 +143,7 @@ func findServer(ctx context.Context, given string, say func(string, ...any)) (st
 			"start one at 127.0.0.1:5432 (user postgres), or install the PostgreSQL server binaries " +
 			"(Debian/Ubuntu: apt-get install postgresql; macOS: brew install postgresql) so the demo can start a throwaway one")
 	}
-	say("no server at 127.0.0.1:5432; starting a throwaway cluster with initdb/pg_ctl")
+	say("no server at 127.0.0.1:5432;\n  starting a throwaway cluster with initdb/pg_ctl")
 	c, err := pgcluster.Start(ctx)
 	if err != nil {
 		return "", nothing, err
@@ -261,46 +261,59 @@ func report(ctx context.Context, w io.Writer, pool *pgxpool.Pool, fake *faketalk
 	if err != nil {
 		return err
 	}
-	fmt.Fprintln(w, "Intents (SELECT id, key, state, attempts, last_error FROM outbox.intents):")
+	fmt.Fprintln(w, "Intents (outbox.intents; latency is commit to done):")
 	rows, err := pool.Query(ctx, `
-SELECT i.id, i.key, i.state, i.attempts,
+SELECT i.id, coalesce(i.key, ''), i.state, i.attempts,
        (SELECT count(*) FROM outbox.attempts a WHERE a.intent_id = i.id) AS calls,
+       i.done_at - i.created_at AS latency,
        coalesce(i.last_error, '')
   FROM outbox.intents i ORDER BY i.id`)
 	if err != nil {
 		return err
 	}
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "  ID\tKEY\tSTATE\tATTEMPTS\tCALLS\tLAST ERROR")
+	fmt.Fprintln(tw, "  ID\tKEY\tSTATE\tATTEMPTS\tCALLS\tLATENCY")
+	type failure struct{ key, err string }
+	var failures []failure
 	for rows.Next() {
 		var id, calls int64
-		var key *string
-		var state, lastErr string
+		var key, state, lastErr string
 		var attempts int
-		if err := rows.Scan(&id, &key, &state, &attempts, &calls, &lastErr); err != nil {
+		var latency *time.Duration
+		if err := rows.Scan(&id, &key, &state, &attempts, &calls, &latency, &lastErr); err != nil {
 			rows.Close()
 			return err
 		}
-		k := ""
-		if key != nil {
-			k = *key
+		lat := "-"
+		if latency != nil {
+			lat = latency.Round(time.Millisecond).String()
 		}
-		fmt.Fprintf(tw, "  %d\t%s\t%s\t%d\t%d\t%s\n", id, k, state, attempts, calls, shorten(lastErr, 90))
+		fmt.Fprintf(tw, "  %d\t%s\t%s\t%d\t%d\t%s\n", id, key, state, attempts, calls, lat)
+		if state == "dead" {
+			failures = append(failures, failure{key, lastErr})
+		}
 	}
 	rows.Close()
 	if err := rows.Err(); err != nil {
 		return err
 	}
 	_ = tw.Flush()
+	for _, f := range failures {
+		fmt.Fprintf(w, "\n%s is dead; its last_error:\n", f.key)
+		for _, line := range wrap(shorten(f.err, 300), width-4) {
+			fmt.Fprintf(w, "    %s\n", line)
+		}
+	}
 
 	fmt.Fprintf(w, "\nStatus: pending %d, delivering %d, done %d, dead %d\n",
 		st.Counts["pending"], st.Counts["delivering"], st.Counts["done"], st.Counts["dead"])
 
 	stats := fake.Stats()
-	fmt.Fprintf(w, "\nThe fake TalkJS received %d requests (%d answered 500 after applying them) and holds:\n",
+	fmt.Fprintf(w, "\nThe fake TalkJS received %d requests (%d answered 500 after applying\n",
 		stats.Requests, stats.Faults[faketalkjs.FaultFailAfter])
-	fmt.Fprintf(w, "  %d users, %d conversations, %d messages (%d duplicate posts suppressed by idempotencyKey)\n",
+	fmt.Fprintf(w, "them) and holds %d users, %d conversations, %d messages (%d duplicate\n",
 		stats.Users, stats.Conversations, stats.Messages, stats.DuplicatesSuppressed)
+	fmt.Fprintln(w, "posts suppressed by idempotencyKey):")
 	tw = tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(tw, "  CONVERSATION\tSENDER\tTEXT")
 	for _, m := range fake.AllMessages() {
@@ -313,8 +326,41 @@ SELECT i.id, i.key, i.state, i.attempts,
 	_ = tw.Flush()
 	fmt.Fprintln(w, "\nAsk the database what happened to one order:")
 	fmt.Fprintln(w, "  SELECT step, target, status, outcome, error FROM outbox.attempts")
-	fmt.Fprintln(w, "   WHERE intent_id = (SELECT id FROM outbox.intents WHERE key = 'order-1004') ORDER BY id;")
+	fmt.Fprintln(w, "   WHERE intent_id = (SELECT id FROM outbox.intents")
+	fmt.Fprintln(w, "                       WHERE key = 'order-1004')")
+	fmt.Fprintln(w, "   ORDER BY id;")
 	return nil
+}
+
+// width is the terminal width the report fits in.
+const width = 80
+
+// wrap breaks s at spaces into lines of at most n runes (a longer word
+// is cut).
+func wrap(s string, n int) []string {
+	var lines []string
+	var cur []rune
+	for _, word := range strings.Fields(s) {
+		r := []rune(word)
+		for len(r) > n {
+			if len(cur) > 0 {
+				lines, cur = append(lines, string(cur)), nil
+			}
+			lines, r = append(lines, string(r[:n])), r[n:]
+		}
+		switch {
+		case len(cur) == 0:
+			cur = r
+		case len(cur)+1+len(r) <= n:
+			cur = append(append(cur, ' '), r...)
+		default:
+			lines, cur = append(lines, string(cur)), r
+		}
+	}
+	if len(cur) > 0 {
+		lines = append(lines, string(cur))
+	}
+	return lines
 }
 
 func shorten(s string, n int) string {
