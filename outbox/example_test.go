@@ -7,6 +7,7 @@ import (
 	"log"
 	"os"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/outbox-relay/outbox-relay/outbox"
@@ -53,7 +54,48 @@ func ExampleEnqueue() {
 	if err := tx.Commit(ctx); err != nil {
 		log.Fatal(err)
 	}
-	fmt.Println("queued intent", id)
+	fmt.Println("queued intent", id > 0)
+
+	// The relay delivers it; until then it is pending.
+	var state string
+	if err := pool.QueryRow(ctx, `SELECT state FROM outbox.intents WHERE key = 'order-123'`).Scan(&state); err != nil {
+		log.Fatal(err)
+	}
+	fmt.Println(state)
+	// Output:
+	// queued intent true
+	// pending
+}
+
+// An application retry cannot queue a second conversation start: the key
+// is taken, and the transaction that tried is rolled back with its order.
+func ExampleErrDuplicateKey() {
+	ctx := context.Background()
+	pool, err := pgxpool.New(ctx, os.Getenv("DATABASE_URL"))
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer pool.Close()
+
+	placeOrder := func(order string) error {
+		return pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
+			if _, err := tx.Exec(ctx, `INSERT INTO orders (id, buyer, seller) VALUES ($1, 'u1', 'u2')
+			                           ON CONFLICT (id) DO NOTHING`, order); err != nil {
+				return err
+			}
+			_, err := outbox.Enqueue(ctx, tx, outbox.Intent{
+				Conversation: outbox.Conversation{ID: "order_" + order, Participants: []string{"u1", "u2"}},
+				Messages:     []outbox.Message{{Type: outbox.SystemMessage, Text: "Order #" + order + " placed"}},
+			}, outbox.WithKey("order-"+order))
+			return err
+		})
+	}
+	fmt.Println(placeOrder("200"))
+	err = placeOrder("200") // the client retried
+	fmt.Println(errors.Is(err, outbox.ErrDuplicateKey))
+	// Output:
+	// <nil>
+	// true
 }
 
 // Queue many intents in one round trip.
@@ -83,7 +125,9 @@ func ExampleEnqueueBatch() {
 	if err != nil {
 		log.Fatal(err)
 	}
-	fmt.Println("queued intents", ids)
+	fmt.Println("queued", len(ids), "intents")
+	// Output:
+	// queued 3 intents
 }
 
 func ExampleIntent_Validate() {

@@ -14,7 +14,11 @@ import (
 	"github.com/outbox-relay/outbox-relay/outbox"
 )
 
-func TestMain(m *testing.M) { pgtest.Main(m) }
+// The Example functions connect to DATABASE_URL, as an application does:
+// a fresh migrated database with the orders table they write to.
+func TestMain(m *testing.M) {
+	pgtest.MainWithDatabase(m, `CREATE TABLE orders (id text PRIMARY KEY, buyer text NOT NULL, seller text NOT NULL)`)
+}
 
 // Everything an application may pass as the DB.
 var (

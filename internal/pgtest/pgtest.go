@@ -15,6 +15,7 @@ import (
 	"log"
 	"net/url"
 	"os"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -224,4 +225,68 @@ func withDatabase(u, db string) string {
 	}
 	parsed.Path = "/" + db
 	return parsed.String()
+}
+
+// MainWithDatabase is Main for a package whose Example functions need a
+// database: they have no testing.TB, so before the tests run it creates one
+// fresh migrated database, runs setupSQL in it (e.g. the application's own
+// tables), and sets DATABASE_URL to it, as an application's environment
+// would. The database is dropped after the run.
+func MainWithDatabase(m *testing.M, setupSQL string) {
+	code := runWithDatabase(m, setupSQL)
+	if srv.cluster != nil {
+		if err := srv.cluster.Remove(); err != nil {
+			log.Printf("pgtest: remove cluster: %v", err)
+		}
+	}
+	os.Exit(code)
+}
+
+func runWithDatabase(m *testing.M, setupSQL string) int {
+	srv.once.Do(srv.setup)
+	if srv.err != nil {
+		log.Printf("pgtest: %v", srv.err)
+		return 1
+	}
+	var b [6]byte
+	_, _ = rand.Read(b[:])
+	name := pgx.Identifier{"outbox_relay_example_" + hex.EncodeToString(b[:])}.Sanitize()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	admin, err := pgx.Connect(ctx, srv.adminURL)
+	if err != nil {
+		log.Printf("pgtest: connect: %v", err)
+		return 1
+	}
+	defer admin.Close(context.Background())
+	if _, err := admin.Exec(ctx, `CREATE DATABASE `+name+` TEMPLATE `+pgx.Identifier{srv.template}.Sanitize()); err != nil {
+		log.Printf("pgtest: create database: %v", err)
+		return 1
+	}
+	defer func() {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		if _, err := admin.Exec(ctx, `DROP DATABASE IF EXISTS `+name+` WITH (FORCE)`); err != nil {
+			log.Printf("pgtest: drop database: %v", err)
+		}
+	}()
+	dbURL := withDatabase(srv.adminURL, strings.Trim(name, `"`))
+	if setupSQL != "" {
+		conn, err := pgx.Connect(ctx, dbURL)
+		if err != nil {
+			log.Printf("pgtest: connect: %v", err)
+			return 1
+		}
+		_, err = conn.Exec(ctx, setupSQL)
+		_ = conn.Close(context.Background())
+		if err != nil {
+			log.Printf("pgtest: set up the example database: %v", err)
+			return 1
+		}
+	}
+	if err := os.Setenv("DATABASE_URL", dbURL); err != nil {
+		log.Printf("pgtest: %v", err)
+		return 1
+	}
+	return m.Run()
 }
