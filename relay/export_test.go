@@ -40,3 +40,6 @@ func (r *Relay) Prepare(ctx context.Context) error {
 
 // CleanUp applies retention now.
 func (r *Relay) CleanUp(ctx context.Context) { r.cleanUp(ctx) }
+
+// ExpireLeases runs one sweep for expired leases now.
+func (r *Relay) ExpireLeases(ctx context.Context) { r.expireLeases(ctx) }

@@ -140,9 +140,10 @@ func (r *Relay) beat(ctx context.Context) {
 	}
 }
 
-// expireLeases takes back intents whose relay stopped renewing its lease.
+// expireLeases takes back intents whose relay stopped renewing its lease,
+// and wakes every relay to claim them.
 func (r *Relay) expireLeases(ctx context.Context) {
-	rows, err := r.pool.Query(ctx, expireLeases, planFresh, r.cfg.MaxAttempts, r.cfg.MaxAge)
+	rows, err := r.pool.Query(ctx, expireLeases, planFresh, r.cfg.MaxAttempts, r.cfg.MaxAge, r.callTimeout)
 	if err != nil {
 		r.setDB(false, "expire_leases", err)
 		return
@@ -167,6 +168,11 @@ func (r *Relay) expireLeases(ctx context.Context) {
 	if n > 0 {
 		r.metrics.leasesExpired.Add(float64(n))
 		r.signal()
+		// Other relays may have free slots when this one has none. A
+		// lost notification costs them a poll interval, nothing more.
+		if _, err := r.pool.Exec(ctx, wakeRelays); err != nil {
+			r.log.Warn("could not wake the other relays after taking back expired leases", "error", err)
+		}
 	}
 }
 

@@ -87,14 +87,23 @@ UPDATE outbox.intents i
 RETURNING i.id`
 
 	// expireLeases puts intents whose lease ran out (their relay crashed,
-	// hung or lost the database) back to pending, or dead when the attempt
-	// that was lost was the last of the budget.
+	// hung or lost the database) back to pending, in their place in the
+	// queue (run_after unchanged: the lease already spaced the attempts),
+	// or dead when the attempt that was lost was the last of the budget
+	// ($1 attempts, $2 of age). An intent that goes dead stays delivering
+	// until its lease is $3 (the longest call) past its end: a call its
+	// frozen holder sent before the lease ended may still land until then,
+	// and its conversation's next intent must not overtake it. (An intent
+	// put back to pending is delivered again before its successors, and
+	// its messages are deduplicated by key.)
 	expireLeases = `
 WITH expired AS (
     SELECT id
       FROM outbox.intents
      WHERE state = 'delivering'
        AND lease_expires_at < now()
+       AND (lease_expires_at < now() - $3::interval
+            OR (attempts < $1 AND greatest(created_at, retried_at) >= now() - $2::interval))
      ORDER BY id
        FOR UPDATE SKIP LOCKED -- a relay completing it now wins
 )
@@ -105,14 +114,17 @@ UPDATE outbox.intents
                            attempts, lease_owner, lease_expires_at),
        lease_owner = NULL,
        lease_expires_at = NULL,
-       -- A short backoff growing with attempts, so an intent that crashes
-       -- its relay every time does not crash the next one at once.
-       run_after = now() + least(attempts, 60) * interval '1 second',
        updated_at = now()
  WHERE id IN (SELECT id FROM expired)
    AND state = 'delivering'
    AND lease_expires_at < now()
+   AND (lease_expires_at < now() - $3::interval
+        OR (attempts < $1 AND greatest(created_at, retried_at) >= now() - $2::interval))
 RETURNING id, state`
+
+	// wakeRelays wakes every relay's claimer (they all LISTEN), after the
+	// sweep made intents claimable: takeover must not wait for a poll.
+	wakeRelays = `SELECT pg_notify('` + notifyChannel + `', '')`
 
 	// completeBatch records the outcome of delivered intents in one
 	// statement (one round trip, one commit), fenced by lease token.
