@@ -49,6 +49,7 @@ func TestHungEndpointIsCountedAndDeadLettered(t *testing.T) {
 		intents = append(intents, singleUserIntent(fmt.Sprintf("hung-%d", i), i))
 	}
 	b.insertSQL(t, intents)
+	started := time.Now()
 	if err := r.Start(context.Background()); err != nil {
 		t.Fatal(err)
 	}
@@ -57,7 +58,9 @@ func TestHungEndpointIsCountedAndDeadLettered(t *testing.T) {
 	ctx := context.Background()
 	timeout := talkjs.DefaultTimeout
 	waitFor(t, timeout+15*time.Second, "the breaker to open", func() bool { return r.Health().Paused == "breaker" })
+	opened := time.Since(started)
 	waitFor(t, 2*timeout+20*time.Second, "an intent dead after its 2 attempts", func() bool { return b.counts(t)["dead"] > 0 })
+	dead := time.Since(started)
 
 	rows, err := b.pool.Query(ctx, `SELECT id, state, attempts, coalesce(last_error, ''),
 	        extract(epoch FROM run_after - updated_at)::float8 FROM outbox.intents ORDER BY id`)
@@ -103,7 +106,8 @@ func TestHungEndpointIsCountedAndDeadLettered(t *testing.T) {
 	if hung := b.fake.Stats().Faults[faketalkjs.FaultHang]; hung < n+1 {
 		t.Errorf("the fake held %d calls, want at least %d", hung, n+1)
 	}
-	t.Logf("%d calls, each ending after %s with no answer; breaker open; dead after 2 attempts", calls, timeout)
+	t.Logf("%d calls, each ending after %s with no answer; breaker open after %s, first dead letter after %s",
+		calls, timeout, opened.Round(100*time.Millisecond), dead.Round(100*time.Millisecond))
 }
 
 // OUTBOX_LEASE's minimum (1s) with the longest timeout it allows (500ms)
