@@ -290,3 +290,52 @@ func runWithDatabase(m *testing.M, setupSQL string) int {
 	}
 	return m.Run()
 }
+
+// NewLoginRole creates a LOGIN role with no privileges and a name unique
+// to tb, and returns the name and a URL connecting to the database at
+// dbURL as it. Roles are global to the cluster: when tb ends, what the
+// role owns and was granted in that database is dropped, then the role.
+func NewLoginRole(tb testing.TB, dbURL string) (role, roleURL string) {
+	tb.Helper()
+	var b [6]byte
+	_, _ = rand.Read(b[:])
+	role = "outbox_test_role_" + hex.EncodeToString(b[:])
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	conn, err := pgx.Connect(ctx, dbURL)
+	if err != nil {
+		tb.Fatalf("pgtest: connect: %v", err)
+	}
+	defer conn.Close(context.Background())
+	if _, err := conn.Exec(ctx, `CREATE ROLE `+pgx.Identifier{role}.Sanitize()+` LOGIN`); err != nil {
+		tb.Fatalf("pgtest: create role: %v", err)
+	}
+	tb.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		conn, err := pgx.Connect(ctx, dbURL)
+		if err != nil {
+			tb.Errorf("pgtest: drop role: %v", err)
+			return
+		}
+		defer conn.Close(context.Background())
+		r := pgx.Identifier{role}.Sanitize()
+		if _, err := conn.Exec(ctx, `DROP OWNED BY `+r+` CASCADE`); err != nil {
+			tb.Errorf("pgtest: drop role: %v", err)
+		}
+		if _, err := conn.Exec(ctx, `DROP ROLE `+r); err != nil {
+			tb.Errorf("pgtest: drop role: %v", err)
+		}
+	})
+	return role, WithUser(dbURL, role)
+}
+
+// WithUser returns u connecting as user, with no password.
+func WithUser(u, user string) string {
+	parsed, err := url.Parse(u)
+	if err != nil {
+		return u
+	}
+	parsed.User = url.User(user)
+	return parsed.String()
+}
