@@ -44,6 +44,7 @@ Commands:
   retry     put dead intents back to pending: retry ID... | --key K | --all-dead
   cancel    stop pending intents (they go dead): cancel ID... | --key K
   purge     delete old dead letters: purge --dead --older-than 720h
+  grant     grant a role what a producer, relay or auditor needs: grant PARTY ROLE
   demo      run an end-to-end demo against a local Postgres and a fake TalkJS
   health    ask the local relay's /healthz (or /readyz); for container checks
   version   print the version and what is known of the build
@@ -92,6 +93,8 @@ func run(ctx context.Context, args []string, env envconfig.Lookuper, stdout, std
 		err = cmdDemo(ctx, rest, env, stdout, stderr)
 	case "health":
 		err = cmdHealth(ctx, rest, env, stdout, stderr)
+	case "grant":
+		err = cmdGrant(ctx, rest, env, stdout, stderr)
 	case "version", "--version":
 		readBuildInfo().print(stdout)
 		return 0
