@@ -17,6 +17,7 @@ import (
 	"log/slog"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/stdlib"
 	"github.com/pressly/goose/v3"
 	"github.com/pressly/goose/v3/lock"
@@ -53,8 +54,17 @@ func Up(ctx context.Context, connString string, logger *slog.Logger) (Result, er
 	}
 	db := stdlib.OpenDB(*cfg)
 	defer db.Close()
-	return up(ctx, db, logger)
+	res, err := up(ctx, db, logger)
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) && pgErr.Code == codeInsufficientPrivilege {
+		// A relay started with a least-privilege role and migrations on.
+		return res, fmt.Errorf("%w (migrations run as the owner of schema outbox; a relay connecting as another role sets OUTBOX_MIGRATE=false)", err)
+	}
+	return res, err
 }
+
+// codeInsufficientPrivilege is SQLSTATE 42501, "permission denied".
+const codeInsufficientPrivilege = "42501"
 
 func up(ctx context.Context, db *sql.DB, logger *slog.Logger) (Result, error) {
 	if logger == nil {

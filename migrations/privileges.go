@@ -80,8 +80,9 @@ type objectAccess struct {
 //   - Relay: the claim, renewal, sweep and completion update intents; the
 //     retention deletes done intents and their attempts; the completion
 //     records attempts and synced users; heartbeats keep outbox.relays;
-//     an idle relay sets the wake-up flag. retry updates intents; status
-//     reads intents and relays. No sequence: attempts' ids are an identity
+//     an idle relay sets the wake-up flag. retry and cancel update
+//     intents, purge deletes dead ones with their attempts; status reads
+//     intents, attempts, relays and the lag view. No sequence: attempts' ids are an identity
 //     column, which needs no privilege.
 //   - Auditor: SELECT on everything that records what happened (intents,
 //     attempts, synced users, relays, the views). It can therefore run
@@ -107,6 +108,24 @@ var access = []objectAccess{
 		Producer: none, Relay: "SELECT, INSERT, UPDATE, DELETE", Auditor: "SELECT"}},
 	{kind: "TABLE", name: "outbox.wakeup", grants: map[Party]string{
 		Producer: none, Relay: "SELECT, UPDATE", Auditor: none}},
+	// Views (GRANT calls them tables). They read their tables with the
+	// owner's rights, so SELECT on a view is all a reader needs.
+	{kind: "TABLE", name: "outbox.intent_status", grants: map[Party]string{
+		Producer: none, Relay: none, Auditor: "SELECT"}},
+	{kind: "TABLE", name: "outbox.stuck_intents", grants: map[Party]string{
+		Producer: none, Relay: none, Auditor: "SELECT"}},
+	{kind: "TABLE", name: "outbox.dead_letters", grants: map[Party]string{
+		Producer: none, Relay: none, Auditor: "SELECT"}},
+	{kind: "TABLE", name: "outbox.calls_per_minute", grants: map[Party]string{
+		Producer: none, Relay: none, Auditor: "SELECT"}},
+	// status reads the lag.
+	{kind: "TABLE", name: "outbox.lag", grants: map[Party]string{
+		Producer: none, Relay: "SELECT", Auditor: "SELECT"}},
+	{kind: "TABLE", name: "outbox.conversation_history", grants: map[Party]string{
+		Producer: none, Relay: none, Auditor: "SELECT"}},
+	{kind: "TABLE", name: "outbox.user_history", grants: map[Party]string{
+		Producer: none, Relay: none, Auditor: "SELECT"}},
+
 	// goose's bookkeeping: only the owner migrates.
 	{kind: "TABLE", name: "outbox.goose_db_version", grants: map[Party]string{
 		Producer: none, Relay: none, Auditor: none}},

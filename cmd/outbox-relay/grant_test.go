@@ -154,6 +154,12 @@ func TestGrantRefusals(t *testing.T) {
 	if code != 1 || !strings.Contains(stderr, "does not own schema outbox") {
 		t.Errorf("grant as the relay role exited %d with %q", code, stderr)
 	}
+	// Nor migrate: run, migrations on, says what to set.
+	code, _, stderr = runCLI(t, map[string]string{"DATABASE_URL": relayURL, "TALKJS_APP_ID": "app",
+		"TALKJS_SECRET_KEY": testSecret}, "run")
+	if code != 1 || !strings.Contains(stderr, "permission denied") || !strings.Contains(stderr, "sets OUTBOX_MIGRATE=false") {
+		t.Errorf("run as the relay role with migrations on exited %d with %q", code, stderr)
+	}
 }
 
 // privilegeSnapshot is every ACL on schema outbox and its objects and
@@ -410,6 +416,10 @@ func TestAuditorRole(t *testing.T) {
 	if code != 0 || !strings.Contains(stdout, "status 400") {
 		t.Errorf("status as the auditor exited %d:\n%s%s", code, stdout, stderr)
 	}
+	code, stdout, stderr = runCLI(t, env, "inspect", fmt.Sprint(ids[0]))
+	if code != 0 || !strings.Contains(stdout, "status 400") {
+		t.Errorf("inspect as the auditor exited %d:\n%s%s", code, stdout, stderr)
+	}
 	code, _, stderr = runCLI(t, env, "retry", "--all-dead")
 	if code != 1 || !strings.Contains(stderr, "permission denied") {
 		t.Errorf("retry as the auditor exited %d with %q, want permission denied", code, stderr)
@@ -563,6 +573,29 @@ func TestRelayRole(t *testing.T) {
 	code, stdout, stderr = runCLI(t, env, "retry", fmt.Sprint(orphan))
 	if code != 0 || !strings.Contains(stdout, "retried 1 intent(s)") {
 		t.Errorf("retry as the relay exited %d:\n%s%s", code, stdout, stderr)
+	}
+	// The other operator commands run as the relay role too.
+	code, stdout, stderr = runCLI(t, env, "status", "--json")
+	if code != 0 || !strings.Contains(stdout, `"pending"`) {
+		t.Errorf("status --json as the relay exited %d:\n%s%s", code, stdout, stderr)
+	}
+	code, stdout, stderr = runCLI(t, env, "inspect", fmt.Sprint(orphan))
+	if code != 0 || !strings.Contains(stdout, "conv-0") {
+		t.Errorf("inspect as the relay exited %d:\n%s%s", code, stdout, stderr)
+	}
+	if code, stdout, stderr = runCLI(t, env, "cancel", fmt.Sprint(orphan)); code != 0 {
+		t.Errorf("cancel as the relay exited %d:\n%s%s", code, stdout, stderr)
+	}
+	if _, err := admin.Exec(ctx, `UPDATE outbox.intents SET updated_at = now() - interval '2 days' WHERE id = $1 AND state = 'dead'`, orphan); err != nil {
+		t.Fatal(err)
+	}
+	code, stdout, stderr = runCLI(t, env, "purge", "--dead", "--older-than", "24h")
+	var left int
+	if err := admin.QueryRow(ctx, `SELECT count(*) FROM outbox.intents WHERE id = $1`, orphan).Scan(&left); err != nil {
+		t.Fatal(err)
+	}
+	if code != 0 || left != 0 {
+		t.Errorf("purge as the relay exited %d and left %d of the cancelled intent:\n%s%s", code, left, stdout, stderr)
 	}
 
 	relay := mustPool(t, relayURL)
