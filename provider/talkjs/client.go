@@ -419,11 +419,14 @@ func (c *Client) do(ctx context.Context, method, path string, body any) error {
 }
 
 // waitForSlot waits for the rate limiter. When ctx has a deadline and the
-// slot would leave less than Timeout before it, it gives the slot back at
-// once and returns a RateLimited error with Status 0 (no request was
-// sent) and the wait in RetryAfter, instead of waiting for a slot whose
-// request could be cut short. Only this caller is refused: other
-// requests go on taking their slots.
+// slot would leave less than half of Timeout before it, it gives the slot
+// back at once and returns a RateLimited error with Status 0 (no request
+// was sent) and the wait in RetryAfter, instead of waiting for a slot
+// whose request would likely be cut short. Only this caller is refused:
+// other requests go on taking their slots. (Half, not all of Timeout: a
+// caller whose deadline leaves its requests little more than Timeout,
+// as the relay's lease does, would otherwise be refused whenever the
+// limiter has a queue at all.)
 func (c *Client) waitForSlot(ctx context.Context, method, path string) error {
 	now := time.Now()
 	r := c.limiter.ReserveN(now, 1)
@@ -435,10 +438,10 @@ func (c *Client) waitForSlot(ctx context.Context, method, path string) error {
 	if delay == 0 {
 		return nil
 	}
-	if dl, ok := ctx.Deadline(); ok && now.Add(delay+c.timeout).After(dl) {
+	if dl, ok := ctx.Deadline(); ok && now.Add(delay+c.timeout/2).After(dl) {
 		r.CancelAt(now)
 		return &provider.Error{Kind: provider.RateLimited, RetryAfter: delay,
-			Err: fmt.Errorf("%s %s: client-side rate limit: next slot in %s leaves less than the %s timeout before the caller's deadline",
+			Err: fmt.Errorf("%s %s: client-side rate limit: next slot in %s leaves less than half the %s timeout before the caller's deadline",
 				method, path, delay.Round(time.Millisecond), c.timeout)}
 	}
 	t := time.NewTimer(delay)

@@ -418,13 +418,14 @@ func TestCallerDeadlineIsNoAnswer(t *testing.T) {
 	}
 
 	// A deadline already past when the request would go out: nothing is
-	// sent, and it is the same failure.
+	// sent, and it is the same failure. (A server of its own: the hung
+	// request above may reach its server late.)
+	b = setup(t, faketalkjs.Faults{}, nil)
 	ctx, cancel = context.WithDeadline(t.Context(), time.Now().Add(-time.Second))
 	defer cancel()
-	before := len(b.rec.all())
 	wantError(t, b.client.PutUser(ctx, alice), provider.Retryable, 0)
-	if n := len(b.rec.all()); n != before {
-		t.Fatalf("%d requests sent after the deadline had passed", n-before)
+	if n := len(b.rec.all()); n != 0 {
+		t.Fatalf("%d requests sent after the deadline had passed", n)
 	}
 }
 
@@ -781,19 +782,19 @@ func TestClientRateLimit(t *testing.T) {
 	}
 
 	// A slot that comes before the deadline but would leave the request
-	// less than Timeout is refused too: a request is never cut short for
-	// having waited its turn.
+	// less than half its Timeout is refused too: a request is not cut
+	// short for having waited its turn.
 	b.client.SetRateLimit(10, 1)
 	if err := b.client.PutUser(t.Context(), alice); err != nil { // takes the token
 		t.Fatal(err)
 	}
-	ctx, cancel = context.WithTimeout(t.Context(), b.client.Timeout()) // slot in 100ms + 5s > 5s
+	ctx, cancel = context.WithTimeout(t.Context(), b.client.Timeout()/2) // slot in 100ms + 2.5s > 2.5s
 	defer cancel()
 	wantError(t, b.client.PutUser(ctx, alice), provider.RateLimited, 0)
-	ctx, cancel = context.WithTimeout(t.Context(), b.client.Timeout()+time.Second)
+	ctx, cancel = context.WithTimeout(t.Context(), b.client.Timeout()/2+time.Second)
 	defer cancel()
 	if err := b.client.PutUser(ctx, alice); err != nil {
-		t.Fatalf("a slot leaving the whole Timeout was refused: %v", err)
+		t.Fatalf("a slot leaving more than half the Timeout was refused: %v", err)
 	}
 
 	b.client.SetRateLimit(0, 0) // unlimited
