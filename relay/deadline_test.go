@@ -158,3 +158,50 @@ func TestTimeoutLongerThanLeaseRefused(t *testing.T) {
 		t.Fatalf("relay.New with a 10s timeout under a 10s lease: %v, want an error naming both", err)
 	}
 }
+
+// A call the relay's own rate limiter cannot serve in time goes back to
+// pending alone: its attempt is given back, nothing is dead, every intent
+// is delivered, and no relay-wide pause follows (no call waits for it).
+func TestClientLimiterRefusalReleasesOneIntent(t *testing.T) {
+	t.Parallel()
+	b := setup(t, faketalkjs.Faults{})
+	cfg := testConfig("limited")
+	cfg.Lease = 2 * time.Second // calls may wait about 0.6 to 1.3s for a slot
+	cfg.RateLimit, cfg.RateBurst = 4, 1
+	cfg.Retry.Base = 100 * time.Millisecond
+	r := b.newRelay(t, cfg)
+	var intents []outbox.Intent
+	for i := range 8 {
+		intents = append(intents, singleUserIntent(fmt.Sprintf("limited-%d", i), i))
+	}
+	ids := b.insertSQL(t, intents)
+	if err := r.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	c := b.waitSettled(t, 60*time.Second)
+	if c["done"] != len(intents) {
+		t.Fatalf("states = %v, want %d done", c, len(intents))
+	}
+	b.checkDelivered(t, intents)
+	ctx := context.Background()
+	var refused, counted int
+	if err := b.pool.QueryRow(ctx, `SELECT count(*) FROM outbox.attempts
+	                                 WHERE outcome = 'rate_limited' AND status IS NULL AND error LIKE '%client-side rate limit%'`).Scan(&refused); err != nil {
+		t.Fatal(err)
+	}
+	if refused == 0 {
+		t.Fatal("the client's limiter refused no call: the test did not exercise it")
+	}
+	// Each intent's attempts count only its real attempts: one, as no
+	// call failed.
+	if err := b.pool.QueryRow(ctx, `SELECT count(*) FROM outbox.intents WHERE id = ANY($1) AND attempts <> 1`, ids).Scan(&counted); err != nil {
+		t.Fatal(err)
+	}
+	if counted != 0 {
+		t.Errorf("%d intents count a refused call as an attempt", counted)
+	}
+	if strings.Contains(b.logs.String(), "circuit open") || strings.Contains(b.logs.String(), "refused the credentials") {
+		t.Errorf("a client-side refusal paused the relay:\n%s", b.logs.String())
+	}
+	t.Logf("%d calls refused by the client's limiter and their intents sent back alone", refused)
+}
