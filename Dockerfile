@@ -1,5 +1,3 @@
-# syntax=docker/dockerfile:1
-#
 # The outbox-relay image, built from source: `docker build .` on a clone.
 #
 #   docker build -t outbox-relay .                              # the relay
