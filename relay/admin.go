@@ -25,6 +25,8 @@ type Status struct {
 	// FailedCalls counts the failed calls of the last hour by step and
 	// outcome, most first.
 	FailedCalls []FailedCalls
+	// Paused is the operator's pause, nil when delivery is not paused.
+	Paused *OperatorPause
 }
 
 // FailedCalls is how many calls of one step failed one way in the last hour.
@@ -138,6 +140,9 @@ func ReadStatus(ctx context.Context, pool *pgxpool.Pool, deadLimit int) (Status,
 	})
 	if err != nil {
 		return st, fmt.Errorf("status: dead: %w", err)
+	}
+	if st.Paused, err = ReadPause(ctx, pool); err != nil {
+		return st, fmt.Errorf("status: %w", err)
 	}
 	relays, err := pool.Query(ctx, statusRelays)
 	if err != nil {

@@ -27,7 +27,7 @@ type metrics struct {
 // newMetrics creates the collectors, registered with reg unless it is nil.
 func newMetrics(reg prometheus.Registerer) *metrics {
 	f := promauto.With(reg)
-	return &metrics{
+	m := &metrics{
 		claimed: f.NewCounter(prometheus.CounterOpts{
 			Namespace: "outbox_relay", Name: "intents_claimed_total",
 			Help: "Intents leased for delivery.",
@@ -68,7 +68,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		}),
 		paused: f.NewGaugeVec(prometheus.GaugeOpts{
 			Namespace: "outbox_relay", Name: "paused",
-			Help: "1 while delivery is paused, by reason (auth, breaker).",
+			Help: "1 while delivery is paused, by reason (auth, breaker, operator).",
 		}, []string{"reason"}),
 		liveRelays: f.NewGauge(prometheus.GaugeOpts{
 			Namespace: "outbox_relay", Name: "live_relays",
@@ -87,4 +87,9 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Help: "Failed database operations, by operation.",
 		}, []string{"op"}),
 	}
+	// Every reason present from the start, so an alert sees 0, not nothing.
+	for _, reason := range []string{pauseAuth, pauseBreaker, pauseOperator} {
+		m.paused.WithLabelValues(reason)
+	}
+	return m
 }

@@ -50,6 +50,7 @@ type Relay struct {
 	held      *leaseSet
 	users     *userSyncs
 	listening atomic.Bool // the LISTEN connection is up
+	operator  operatorPause
 	dbOK      atomic.Bool // the last database operation succeeded
 	started   atomic.Bool
 	stopping  atomic.Bool  // Stop was called: results are written with a deadline
@@ -132,6 +133,7 @@ func (r *Relay) Start(ctx context.Context) error {
 	// Register before the first claim, so the rate limit is already shared
 	// with the relays running.
 	r.beat(ctx)
+	r.readControl(ctx)
 	r.updateReadyMetric()
 
 	// Claiming stops when runCtx ends; workers, the completer and the
@@ -155,6 +157,11 @@ func (r *Relay) Start(ctx context.Context) error {
 	go func() {
 		defer close(listenerDone)
 		r.listenLoop(runCtx)
+	}()
+	controlDone := make(chan struct{})
+	go func() {
+		defer close(controlDone)
+		r.controlLoop(hbCtx)
 	}()
 	go func() {
 		defer close(completerDone)
@@ -181,6 +188,7 @@ func (r *Relay) Start(ctx context.Context) error {
 		<-completerDone
 		stopHeartbeat()
 		<-heartbeatDone
+		<-controlDone
 		<-listenerDone
 		r.deregister()
 	}()
@@ -200,7 +208,9 @@ func (r *Relay) Stop() {
 		return
 	}
 	r.stopTime.Store(time.Now().UnixNano())
-	r.stopping.Store(true)
+	if !r.stopping.Swap(true) {
+		r.updateReadyMetric()
+	}
 	cancel()
 	<-r.done
 }
@@ -222,8 +232,10 @@ func (r *Relay) Run(ctx context.Context) error {
 
 // Health describes whether the relay can deliver.
 type Health struct {
-	// Ready is true when the database is reachable and TalkJS accepts the
-	// credentials.
+	// Ready is true when the relay is running and not stopping, the
+	// database is reachable, TalkJS accepts the credentials and no
+	// operator has paused delivery. An open circuit breaker leaves it
+	// ready: the relay is probing, and recovers by itself.
 	Ready bool `json:"ready"`
 	// Paused is "auth" when TalkJS refuses the credentials, "breaker" when
 	// TalkJS keeps failing, "" otherwise.
@@ -232,6 +244,17 @@ type Health struct {
 	Database bool `json:"database"`
 	// Listening is true while the LISTEN connection is up.
 	Listening bool `json:"listening"`
+	// AuthPaused is true while TalkJS refuses the credentials.
+	AuthPaused bool `json:"auth_paused"`
+	// BreakerOpen is true while the circuit breaker holds delivery to
+	// one probe intent at a time.
+	BreakerOpen bool `json:"breaker_open"`
+	// OperatorPause is the operator's pause (outbox-relay pause) as this
+	// relay last read it (at most a second ago), nil when there is none.
+	OperatorPause *OperatorPause `json:"operator_pause"`
+	// Draining is true once the relay was told to stop: it claims
+	// nothing more and finishes the deliveries under way.
+	Draining bool `json:"draining"`
 	// InFlight is the number of intents being delivered.
 	InFlight int `json:"in_flight"`
 }
@@ -240,12 +263,18 @@ type Health struct {
 func (r *Relay) Health() Health {
 	paused := r.gate.paused()
 	db := r.dbOK.Load()
+	op := r.operator.get()
+	draining := r.stopping.Load()
 	return Health{
-		Ready:     r.started.Load() && db && paused != pauseAuth,
-		Paused:    paused,
-		Database:  db,
-		Listening: r.listening.Load(),
-		InFlight:  len(r.slots),
+		Ready:         r.started.Load() && !draining && db && paused != pauseAuth && op == nil,
+		Paused:        paused,
+		Database:      db,
+		Listening:     r.listening.Load(),
+		AuthPaused:    paused == pauseAuth,
+		BreakerOpen:   paused == pauseBreaker,
+		OperatorPause: op,
+		Draining:      draining,
+		InFlight:      len(r.slots),
 	}
 }
 

@@ -47,6 +47,7 @@ WITH candidates AS (
             WHERE earlier.conversation_id = i.conversation_id
               AND earlier.id < i.id
               AND earlier.state IN ('pending', 'delivering'))
+       AND NOT EXISTS (SELECT 1 FROM outbox.control WHERE paused_at IS NOT NULL) -- operator pause: control.go
      ORDER BY i.run_after, i.id
      LIMIT $1
        FOR UPDATE SKIP LOCKED

@@ -45,6 +45,8 @@ Commands:
   cancel    stop pending intents (they go dead): cancel ID... | --key K
   purge     delete old dead letters: purge --dead --older-than 720h
   grant     grant a role what a producer, relay or auditor needs: grant PARTY ROLE
+  pause     stop every relay from claiming (deliveries under way finish)
+  resume    end a pause: relays claim again at once
   demo      run an end-to-end demo against a local Postgres and a fake TalkJS
   health    ask the local relay's /healthz (or /readyz); for container checks
   version   print the version and what is known of the build
@@ -89,6 +91,10 @@ func run(ctx context.Context, args []string, env envconfig.Lookuper, stdout, std
 		err = cmdCancel(ctx, rest, env, stdout, stderr)
 	case "purge":
 		err = cmdPurge(ctx, rest, env, stdout, stderr)
+	case "pause":
+		err = cmdPause(ctx, rest, env, stdout, stderr)
+	case "resume":
+		err = cmdResume(ctx, rest, env, stdout, stderr)
 	case "demo":
 		err = cmdDemo(ctx, rest, env, stdout, stderr)
 	case "health":

@@ -31,8 +31,9 @@ Exit codes: 0 done; 1 failed (database unreachable, bad configuration);
 const statusHelp = `Usage: outbox-relay status [--dead N] [--json]
 
 Prints intent counts by state, the lag (age of the next deliverable intent),
-the age of the oldest pending intent, the failed calls of the last hour by
-step, the live relays with their versions, and the most recent dead intents.
+the age of the oldest pending intent, whether an operator paused delivery,
+the failed calls of the last hour by step, the live relays with their
+versions, and the most recent dead intents.
 With --json: one object; counts keyed by state name, durations in seconds.
 
 Environment:
@@ -75,6 +76,8 @@ type statusDoc struct {
 	FailedLastHour []relay.FailedCalls `json:"failed_calls_last_hour"`
 	Relays         []relayDoc          `json:"relays"`
 	Dead           []deadDoc           `json:"dead"`
+	// Paused is the operator's pause, null when there is none.
+	Paused *relay.OperatorPause `json:"paused"`
 }
 
 type relayDoc struct {
@@ -101,6 +104,7 @@ func statusJSON(st relay.Status) statusDoc {
 		FailedLastHour: st.FailedCalls,
 		Relays:         []relayDoc{},
 		Dead:           []deadDoc{},
+		Paused:         st.Paused,
 	}
 	if doc.FailedLastHour == nil {
 		doc.FailedLastHour = []relay.FailedCalls{}
@@ -122,7 +126,12 @@ func printStatus(w io.Writer, st relay.Status) {
 		fmt.Fprintf(tw, "%s\t%d\n", s, st.Counts[s])
 	}
 	_ = tw.Flush()
-	fmt.Fprintf(w, "\nlag: %s\n", st.Lag.Round(time.Millisecond))
+	if st.Paused != nil {
+		fmt.Fprintf(w, "\ndelivery %s\n", describePause(st.Paused))
+	} else {
+		fmt.Fprintln(w, "\ndelivery not paused")
+	}
+	fmt.Fprintf(w, "lag: %s\n", st.Lag.Round(time.Millisecond))
 	fmt.Fprintf(w, "oldest pending: %s\n", st.OldestPending.Round(time.Millisecond))
 	if len(st.FailedCalls) > 0 {
 		fmt.Fprintln(w, "failed calls in the last hour:")

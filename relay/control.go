@@ -1,0 +1,189 @@
+package relay
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync/atomic"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+)
+
+// An operator's pause holds delivery on every relay at once
+// (`outbox-relay pause`), for an incident or a maintenance window.
+//
+// It lives in the one row of outbox.control, which the claim statement
+// reads itself: a claim whose snapshot sees the pause claims nothing, so
+// no relay depends on having noticed it. Pause commits under the table's
+// ACCESS EXCLUSIVE lock. A claim takes ACCESS SHARE on the table when it
+// is parsed, before its snapshot is taken, and holds it until it commits;
+// so a pause waits for the claims already reading the row, and a claim
+// parsed meanwhile waits for the pause and then sees it. Once Pause has
+// returned, no intent is claimed until Resume. Deliveries already under
+// way finish. Resume clears the row and sends the wake-up NOTIFY, so idle
+// relays claim at once rather than at their next poll.
+//
+// Each relay also reads the row every controlInterval, for /readyz, the
+// paused metric and its log; that copy may lag by the interval, the claim
+// never does.
+
+// OperatorPause is an operator's pause of every relay.
+type OperatorPause struct {
+	// Since is when the pause began (database clock).
+	Since time.Time `json:"since"`
+	// By is the database role that paused.
+	By string `json:"by"`
+	// Reason is what the operator gave, possibly "".
+	Reason string `json:"reason"`
+}
+
+// controlInterval is how often a relay reads outbox.control.
+const controlInterval = time.Second
+
+// pauseLockTimeout bounds how long Pause waits for the control table's
+// lock. A claim holds it for milliseconds; a session that read the table
+// in a transaction left open would hold it until it ends, and every claim
+// queues behind a waiting pause, so give up rather than stall them.
+const pauseLockTimeout = 5 * time.Second
+
+const (
+	// readControl reads the pause, if any.
+	readControl = `SELECT paused_at, paused_by, reason FROM outbox.control WHERE paused_at IS NOT NULL`
+
+	lockControl = `LOCK TABLE outbox.control IN ACCESS EXCLUSIVE MODE`
+
+	// pauseDelivery starts a pause unless one is on (it is then left as
+	// it is, so its start and author stay true).
+	pauseDelivery = `
+UPDATE outbox.control
+   SET paused_at = now(), paused_by = session_user, reason = $1
+ WHERE paused_at IS NULL`
+
+	// resumeDelivery ends the pause and wakes idle relays.
+	resumeDelivery = `
+WITH ended AS (
+    UPDATE outbox.control
+       SET paused_at = NULL, paused_by = NULL, reason = NULL
+     WHERE paused_at IS NOT NULL
+    RETURNING 1
+)
+SELECT count(*), pg_notify('` + notifyChannel + `', '') IS NULL FROM ended`
+)
+
+// ReadPause returns the operator's pause, or nil when delivery is not
+// paused.
+func ReadPause(ctx context.Context, q interface {
+	QueryRow(context.Context, string, ...any) pgx.Row
+}) (*OperatorPause, error) {
+	var p OperatorPause
+	var reason *string
+	err := q.QueryRow(ctx, readControl).Scan(&p.Since, &p.By, &reason)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("read pause: %w", err)
+	}
+	if reason != nil {
+		p.Reason = *reason
+	}
+	return &p, nil
+}
+
+// Pause stops every relay from claiming: once it returns, no intent is
+// claimed until Resume. Deliveries under way finish. It returns the pause
+// in force and whether this call started it (false: one was already on,
+// and is left as it was).
+func Pause(ctx context.Context, pool *pgxpool.Pool, reason string) (*OperatorPause, bool, error) {
+	var p *OperatorPause
+	var started bool
+	err := pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
+		if _, err := tx.Exec(ctx, fmt.Sprintf("SET LOCAL lock_timeout = '%dms'", pauseLockTimeout.Milliseconds())); err != nil {
+			return err
+		}
+		if _, err := tx.Exec(ctx, lockControl); err != nil {
+			return fmt.Errorf("lock outbox.control (a session may hold it in an open transaction): %w", err)
+		}
+		tag, err := tx.Exec(ctx, pauseDelivery, reason)
+		if err != nil {
+			return err
+		}
+		started = tag.RowsAffected() == 1
+		p, err = ReadPause(ctx, tx)
+		return err
+	})
+	if err != nil {
+		return nil, false, fmt.Errorf("pause: %w", err)
+	}
+	if p == nil {
+		return nil, false, errors.New("pause: outbox.control has no row (is the database migrated?)")
+	}
+	return p, started, nil
+}
+
+// Resume ends an operator's pause and wakes the relays. It reports whether
+// delivery was paused.
+func Resume(ctx context.Context, pool *pgxpool.Pool) (bool, error) {
+	var n int
+	var ignored bool
+	if err := pool.QueryRow(ctx, resumeDelivery).Scan(&n, &ignored); err != nil {
+		return false, fmt.Errorf("resume: %w", err)
+	}
+	return n > 0, nil
+}
+
+// operatorPause is the relay's copy of outbox.control.
+type operatorPause struct {
+	current atomic.Pointer[OperatorPause]
+}
+
+func (o *operatorPause) get() *OperatorPause { return o.current.Load() }
+
+// controlLoop reads outbox.control every controlInterval until ctx ends.
+func (r *Relay) controlLoop(ctx context.Context) {
+	t := time.NewTicker(controlInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			opCtx, cancel := context.WithTimeout(ctx, controlInterval)
+			r.readControl(opCtx)
+			cancel()
+		}
+	}
+}
+
+// readControl refreshes the relay's copy of the operator's pause, and says
+// so when it changed.
+func (r *Relay) readControl(ctx context.Context) {
+	p, err := ReadPause(ctx, r.pool)
+	if err != nil {
+		if ctx.Err() == nil {
+			r.setDB(false, "read_control", err)
+		}
+		return
+	}
+	r.setDB(true, "", nil)
+	prev := r.operator.current.Swap(p)
+	if (prev == nil) == (p == nil) {
+		return
+	}
+	v := 0.0
+	if p != nil {
+		v = 1
+		r.log.Warn("delivery paused by an operator: claiming nothing until `outbox-relay resume`",
+			"since", p.Since, "by", p.By, "reason", p.Reason)
+	} else {
+		r.log.Info("delivery resumed by an operator")
+	}
+	r.metrics.paused.WithLabelValues(pauseOperator).Set(v)
+	r.updateReadyMetric()
+	r.signal()
+}
+
+// pauseOperator is the paused metric's reason for an operator's pause.
+const pauseOperator = "operator"
