@@ -84,6 +84,9 @@ func TestOperatorPauseHoldsEveryRelay(t *testing.T) {
 
 	during := b.insertSQL(t, []outbox.Intent{orderIntent("pause-new-a", 100), orderIntent("pause-new-b", 101)})
 	waitFor(t, 20*time.Second, "both relays to report the pause and drain", func() bool {
+		if b.counts(t)["delivering"] != 0 {
+			return false
+		}
 		for _, m := range relays {
 			h := m.r.Health()
 			if h.Ready || h.OperatorPause == nil || h.OperatorPause.Reason != "incident 42" || h.InFlight != 0 {
@@ -127,7 +130,9 @@ func TestOperatorPauseHoldsEveryRelay(t *testing.T) {
 		t.Fatal(err)
 	}
 	if unfinished != 0 {
-		t.Errorf("%d of the %d intents under way at the pause did not finish", unfinished, len(inFlight))
+		rows, _ := b.pool.Query(ctx, `SELECT format('%s %s %s %s', id, state, attempts, last_error) FROM outbox.intents WHERE id = ANY($1) AND state <> 'done'`, inFlight)
+		left, _ := pgx.CollectRows(rows, pgx.RowTo[string])
+		t.Errorf("%d of the %d intents under way at the pause did not finish: %q", unfinished, len(inFlight), left)
 	}
 	var pending int
 	if err := b.pool.QueryRow(ctx, `SELECT count(*) FROM outbox.intents WHERE id = ANY($1) AND state = 'pending' AND attempts = 0`, during).Scan(&pending); err != nil {
