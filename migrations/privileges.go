@@ -81,8 +81,9 @@ type objectAccess struct {
 //     retention deletes done intents and their attempts; the completion
 //     records attempts and synced users; heartbeats keep outbox.relays;
 //     an idle relay sets the wake-up flag. retry and cancel update
-//     intents, purge deletes dead ones with their attempts; status reads
-//     intents, attempts, relays and the lag view. No sequence: attempts' ids are an identity
+//     intents, purge deletes dead ones with their attempts; pause and
+//     resume set outbox.control; status reads intents, attempts, relays,
+//     the pause and the lag view. No sequence: attempts' ids are an identity
 //     column, which needs no privilege.
 //   - Auditor: SELECT on everything that records what happened (intents,
 //     attempts, synced users, relays, the views). It can therefore run
@@ -108,6 +109,10 @@ var access = []objectAccess{
 		Producer: none, Relay: "SELECT, INSERT, UPDATE, DELETE", Auditor: "SELECT"}},
 	{kind: "TABLE", name: "outbox.wakeup", grants: map[Party]string{
 		Producer: none, Relay: "SELECT, UPDATE", Auditor: none}},
+	// The claim and status read the operator's pause; pause and resume
+	// change it (pause locks the table, which needs UPDATE).
+	{kind: "TABLE", name: "outbox.control", grants: map[Party]string{
+		Producer: none, Relay: "SELECT, UPDATE", Auditor: "SELECT"}},
 	// Views (GRANT calls them tables). They read their tables with the
 	// owner's rights, so SELECT on a view is all a reader needs.
 	{kind: "TABLE", name: "outbox.intent_status", grants: map[Party]string{
