@@ -20,7 +20,8 @@ const DefaultRetryAfter = time.Second
 // They apply to API requests under /v1/ only, never to the /_fake/ admin
 // routes, in this order: Down, Hang, Latency, RateLimit, TooManyRequests,
 // FailBefore, then the request is processed (RejectUserIDs is part of
-// processing), then FailAfter or DropAfter if it succeeded.
+// processing), then FailAfterUserIDs, FailAfter or DropAfter if it
+// succeeded.
 //
 // Probabilities are in [0, 1]; draws come from a generator seeded with
 // Config.Seed, so a sequence of requests sent one at a time meets the same
@@ -28,7 +29,7 @@ const DefaultRetryAfter = time.Second
 //
 // In JSON (the /_fake/faults admin route) the field names are camelCase
 // (failBefore, failAfter, tooManyRequests, retryAfter, dropAfter, latency,
-// rateLimit, burst, rejectUserIds, down, hang) and durations are either Go
+// rateLimit, burst, rejectUserIds, failAfterUserIds, down, hang) and durations are either Go
 // duration strings ("1.5s", "20ms") or numbers of milliseconds.
 type Faults struct {
 	// FailBefore is the probability of answering 500 without processing the
@@ -61,6 +62,9 @@ type Faults struct {
 	// RejectUserIDs are user ids whose PUT is answered with 400, as if
 	// TalkJS refused their content.
 	RejectUserIDs []string
+	// FailAfterUserIDs are user ids whose PUT is applied and then answered
+	// with 500: the caller cannot tell the new content is stored.
+	FailAfterUserIDs []string
 	// Down closes every API request's connection at once without
 	// processing it or answering: an outage.
 	Down bool
@@ -118,6 +122,7 @@ func (f Faults) normalized() Faults {
 	}
 	f.Burst = max(f.Burst, 0)
 	f.RejectUserIDs = slices.Clone(f.RejectUserIDs)
+	f.FailAfterUserIDs = slices.Clone(f.FailAfterUserIDs)
 	return f
 }
 
@@ -131,50 +136,53 @@ func (f Faults) burst() int {
 
 // faultsJSON is the wire form of Faults.
 type faultsJSON struct {
-	FailBefore      float64      `json:"failBefore"`
-	FailAfter       float64      `json:"failAfter"`
-	TooManyRequests float64      `json:"tooManyRequests"`
-	RetryAfter      jsonDuration `json:"retryAfter"`
-	DropAfter       float64      `json:"dropAfter"`
-	Latency         jsonDuration `json:"latency"`
-	RateLimit       float64      `json:"rateLimit"`
-	Burst           int          `json:"burst"`
-	RejectUserIDs   []string     `json:"rejectUserIds"`
-	Down            bool         `json:"down"`
-	Hang            bool         `json:"hang"`
+	FailBefore       float64      `json:"failBefore"`
+	FailAfter        float64      `json:"failAfter"`
+	TooManyRequests  float64      `json:"tooManyRequests"`
+	RetryAfter       jsonDuration `json:"retryAfter"`
+	DropAfter        float64      `json:"dropAfter"`
+	Latency          jsonDuration `json:"latency"`
+	RateLimit        float64      `json:"rateLimit"`
+	Burst            int          `json:"burst"`
+	RejectUserIDs    []string     `json:"rejectUserIds"`
+	FailAfterUserIDs []string     `json:"failAfterUserIds"`
+	Down             bool         `json:"down"`
+	Hang             bool         `json:"hang"`
 }
 
 // wire converts f to its wire form.
 func (f Faults) wire() faultsJSON {
 	return faultsJSON{
-		FailBefore:      f.FailBefore,
-		FailAfter:       f.FailAfter,
-		TooManyRequests: f.TooManyRequests,
-		RetryAfter:      jsonDuration(f.RetryAfter),
-		DropAfter:       f.DropAfter,
-		Latency:         jsonDuration(f.Latency),
-		RateLimit:       f.RateLimit,
-		Burst:           f.Burst,
-		RejectUserIDs:   f.RejectUserIDs,
-		Down:            f.Down,
-		Hang:            f.Hang,
+		FailBefore:       f.FailBefore,
+		FailAfter:        f.FailAfter,
+		TooManyRequests:  f.TooManyRequests,
+		RetryAfter:       jsonDuration(f.RetryAfter),
+		DropAfter:        f.DropAfter,
+		Latency:          jsonDuration(f.Latency),
+		RateLimit:        f.RateLimit,
+		Burst:            f.Burst,
+		RejectUserIDs:    f.RejectUserIDs,
+		FailAfterUserIDs: f.FailAfterUserIDs,
+		Down:             f.Down,
+		Hang:             f.Hang,
 	}
 }
 
 // faults converts the wire form back.
 func (w faultsJSON) faults() Faults {
 	return Faults{
-		FailBefore:      w.FailBefore,
-		FailAfter:       w.FailAfter,
-		TooManyRequests: w.TooManyRequests,
-		RetryAfter:      time.Duration(w.RetryAfter),
-		DropAfter:       w.DropAfter,
-		Latency:         time.Duration(w.Latency),
-		RateLimit:       w.RateLimit,
-		Burst:           w.Burst,
-		RejectUserIDs:   w.RejectUserIDs,
-		Down:            w.Down,
-		Hang:            w.Hang,
+		FailBefore:       w.FailBefore,
+		FailAfter:        w.FailAfter,
+		TooManyRequests:  w.TooManyRequests,
+		RetryAfter:       time.Duration(w.RetryAfter),
+		DropAfter:        w.DropAfter,
+		Latency:          time.Duration(w.Latency),
+		RateLimit:        w.RateLimit,
+		Burst:            w.Burst,
+		RejectUserIDs:    w.RejectUserIDs,
+		FailAfterUserIDs: w.FailAfterUserIDs,
+		Down:             w.Down,
+		Hang:             w.Hang,
 	}
 }
 
@@ -183,6 +191,9 @@ func (f Faults) MarshalJSON() ([]byte, error) {
 	w := f.wire()
 	if w.RejectUserIDs == nil {
 		w.RejectUserIDs = []string{}
+	}
+	if w.FailAfterUserIDs == nil {
+		w.FailAfterUserIDs = []string{}
 	}
 	return json.Marshal(w)
 }

@@ -31,6 +31,8 @@ func TestFaultKnobs(t *testing.T) {
 		{"down", Faults{Down: true}, 0, false, "", FaultDown},
 		{"rejected user", Faults{RejectUserIDs: []string{"u1"}}, http.StatusBadRequest, false, "", FaultRejectUser},
 		{"other user rejected", Faults{RejectUserIDs: []string{"u9"}}, http.StatusOK, true, "", ""},
+		{"user applied then 500", Faults{FailAfterUserIDs: []string{"u1"}}, http.StatusInternalServerError, true, "", FaultFailAfter},
+		{"other user applied then 500", Faults{FailAfterUserIDs: []string{"u9"}}, http.StatusOK, true, "", ""},
 		{"probability zero", Faults{FailBefore: 0, FailAfter: 0, DropAfter: 0}, http.StatusOK, true, "", ""},
 	}
 	for _, tt := range tests {
@@ -186,11 +188,11 @@ func TestAdminAPI(t *testing.T) {
 	t.Parallel()
 	b := setup(t, Config{})
 
-	rep := b.do(t, "PUT", "/_fake/faults", `{"failBefore":0.25,"latency":"20ms","retryAfter":1500,"rejectUserIds":["u9"],"rateLimit":5}`)
+	rep := b.do(t, "PUT", "/_fake/faults", `{"failBefore":0.25,"latency":"20ms","retryAfter":1500,"rejectUserIds":["u9"],"failAfterUserIds":["u8"],"rateLimit":5}`)
 	if rep.status != http.StatusOK {
 		t.Fatalf("PUT faults: %d %s", rep.status, rep.body)
 	}
-	want := Faults{FailBefore: 0.25, Latency: 20 * time.Millisecond, RetryAfter: 1500 * time.Millisecond, RejectUserIDs: []string{"u9"}, RateLimit: 5}
+	want := Faults{FailBefore: 0.25, Latency: 20 * time.Millisecond, RetryAfter: 1500 * time.Millisecond, RejectUserIDs: []string{"u9"}, FailAfterUserIDs: []string{"u8"}, RateLimit: 5}
 	if got := b.fake.Faults(); !faultsEqual(got, want) {
 		t.Fatalf("faults = %+v, want %+v", got, want)
 	}
@@ -246,7 +248,7 @@ func TestAdminAPI(t *testing.T) {
 }
 
 func faultsEqual(a, b Faults) bool {
-	return slices.Equal(a.RejectUserIDs, b.RejectUserIDs) &&
+	return slices.Equal(a.RejectUserIDs, b.RejectUserIDs) && slices.Equal(a.FailAfterUserIDs, b.FailAfterUserIDs) &&
 		a.FailBefore == b.FailBefore && a.FailAfter == b.FailAfter &&
 		a.TooManyRequests == b.TooManyRequests && a.RetryAfter == b.RetryAfter &&
 		a.DropAfter == b.DropAfter && a.Latency == b.Latency &&

@@ -43,6 +43,7 @@ import (
 	"math/rand/v2"
 	"net/http"
 	"net/url"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -206,7 +207,7 @@ func (s *Server) serveAPI(w http.ResponseWriter, r *http.Request) {
 	s.mu.Lock()
 	s.stats.Requests++
 	s.stats.Routes[rt.statsName(r.Method)]++
-	f := s.faults // RejectUserIDs is only read under mu, so sharing it is fine
+	f := s.faults // the id lists are only read under mu, so sharing them is fine
 	if rt.api && f.Down {
 		s.stats.Faults[FaultDown]++
 	}
@@ -247,7 +248,8 @@ func (s *Server) serveAPI(w http.ResponseWriter, r *http.Request) {
 
 	if res.status == http.StatusOK {
 		s.mu.Lock()
-		failAfter := s.chance(s.faults.FailAfter)
+		failAfter := rt.res == resUser && r.Method == http.MethodPut && slices.Contains(s.faults.FailAfterUserIDs, rt.id) ||
+			s.chance(s.faults.FailAfter)
 		drop := !failAfter && s.chance(s.faults.DropAfter)
 		if drop {
 			s.stats.Faults[FaultDropAfter]++
