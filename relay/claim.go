@@ -16,7 +16,8 @@ type job struct {
 	attempt  int   // this attempt's number (1 for the first)
 	payload  []byte
 	key      string            // delivery_key: namespaces the message idempotency keys
-	synced   map[string][]byte // user id -> content hash synchronised within the TTL
+	hashes   map[string][]byte // user id -> content hash; nil when user syncs are off (TTL 0)
+	skip     map[string]bool   // users TalkJS holds with this content, per outbox.synced_users
 	probe    bool              // let through by a paused gate to test the API
 	claimed  time.Time
 	deadline atomic.Int64 // local monotonic lease deadline, ns since relay.epoch
@@ -155,7 +156,7 @@ func (r *Relay) claim(ctx context.Context, limit int) ([]*job, error) {
 	start := time.Now()
 	qctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), dbTimeout)
 	defer cancel()
-	rows, err := r.pool.Query(qctx, claimBatch, planFresh, limit, r.cfg.Name, r.cfg.Lease, r.syncTTL())
+	rows, err := r.pool.Query(qctx, claimBatch, planFresh, limit, r.cfg.Name, r.cfg.Lease, r.syncTTL(), r.cfg.AppID)
 	if err != nil {
 		return nil, err
 	}
@@ -163,21 +164,12 @@ func (r *Relay) claim(ctx context.Context, limit int) ([]*job, error) {
 	var jobs []*job
 	for rows.Next() {
 		j := &job{claimed: start}
-		var synced []byte
-		if err := rows.Scan(&j.id, &j.token, &j.attempt, &j.payload, &j.key, &synced); err != nil {
+		var hashes []byte
+		var skip []string
+		if err := rows.Scan(&j.id, &j.token, &j.attempt, &j.payload, &j.key, &hashes, &skip); err != nil {
 			return nil, err
 		}
-		if len(synced) > 0 {
-			var hexes map[string]string
-			if err := json.Unmarshal(synced, &hexes); err == nil {
-				j.synced = make(map[string][]byte, len(hexes))
-				for id, h := range hexes {
-					if b, err := hex.DecodeString(h); err == nil {
-						j.synced[id] = b
-					}
-				}
-			}
-		}
+		j.hashes, j.skip = parseUserSyncs(hashes, skip)
 		j.deadline.Store(r.monotonic(start) + int64(r.cfg.Lease))
 		jobs = append(jobs, j)
 	}
@@ -187,6 +179,31 @@ func (r *Relay) claim(ctx context.Context, limit int) ([]*job, error) {
 	r.metrics.claimed.Add(float64(len(jobs)))
 	r.metrics.claimDuration.Observe(time.Since(start).Seconds())
 	return jobs, nil
+}
+
+// parseUserSyncs reads the claim's user hashes and skips. Should the
+// hashes not parse, nothing is skipped or recorded: every user is PUT.
+func parseUserSyncs(hashes []byte, skip []string) (map[string][]byte, map[string]bool) {
+	if len(hashes) == 0 {
+		return nil, nil
+	}
+	var hexes map[string]string
+	if err := json.Unmarshal(hashes, &hexes); err != nil {
+		return nil, nil
+	}
+	byID := make(map[string][]byte, len(hexes))
+	for id, h := range hexes {
+		b, err := hex.DecodeString(h)
+		if err != nil {
+			return nil, nil
+		}
+		byID[id] = b
+	}
+	skipped := make(map[string]bool, len(skip))
+	for _, id := range skip {
+		skipped[id] = true
+	}
+	return byID, skipped
 }
 
 // dispatch starts a worker per job. The caller has checked there are free

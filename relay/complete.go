@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
-	"slices"
 	"strings"
 	"time"
 )
@@ -80,8 +79,7 @@ func (r *Relay) completeBatch(ctx context.Context, batch []*result) error {
 	errs := make([]*string, n)
 	delays := make([]float64, n)
 	var a attemptColumns
-	// user id -> hash, nil hash: forget (expire) the sync.
-	syncedByID := map[string][]byte{}
+	var syncs syncColumns
 	for i, res := range batch {
 		ids[i], tokens[i], outcomes[i] = res.job.id, res.job.token, res.outcome
 		if res.err != "" {
@@ -91,35 +89,18 @@ func (r *Relay) completeBatch(ctx context.Context, batch []*result) error {
 		for _, c := range res.calls {
 			a.add(res.job, c)
 		}
+		for _, s := range res.syncs {
+			syncs.add(res.job, s)
+		}
 		for _, id := range res.forget {
-			if _, ok := syncedByID[id]; !ok {
-				syncedByID[id] = nil
-			}
-		}
-		for _, s := range res.synced {
-			syncedByID[s.id] = s.hash // a PUT that succeeded wins
-		}
-	}
-	// Sorted, so concurrent relays lock synced_users rows in the same order
-	// and cannot deadlock.
-	userIDs := make([]string, 0, len(syncedByID))
-	for id := range syncedByID {
-		userIDs = append(userIDs, id)
-	}
-	slices.Sort(userIDs)
-	hashes := make([][]byte, len(userIDs))
-	ok := make([]bool, len(userIDs))
-	for i, id := range userIDs {
-		hashes[i], ok[i] = syncedByID[id], syncedByID[id] != nil
-		if hashes[i] == nil {
-			hashes[i] = []byte{}
+			syncs.add(res.job, userSync{id: id, hash: []byte{}})
 		}
 	}
 
 	rows, err := r.pool.Query(ctx, completeBatch, planFresh, ids, tokens, outcomes, errs, delays,
 		r.cfg.MaxAttempts, r.cfg.MaxAge, r.cfg.Name,
 		a.intentID, a.attempt, a.step, a.target, a.status, a.outcome, a.err, a.durationMS, a.started,
-		userIDs, hashes, ok)
+		r.cfg.AppID, syncs.userID, syncs.intentID, syncs.hash, syncs.ok)
 	if err != nil {
 		return fmt.Errorf("complete: %w", err)
 	}
@@ -198,4 +179,20 @@ func (a *attemptColumns) add(j *job, c callRecord) {
 	a.err = append(a.err, errText)
 	a.durationMS = append(a.durationMS, float32(c.duration.Seconds()*1000))
 	a.started = append(a.started, c.started)
+}
+
+// syncColumns holds the ends of user PUTs as the columns completeBatch
+// reads to keep outbox.synced_users true.
+type syncColumns struct {
+	userID   []string
+	intentID []int64
+	hash     [][]byte
+	ok       []bool
+}
+
+func (c *syncColumns) add(j *job, s userSync) {
+	c.userID = append(c.userID, s.id)
+	c.intentID = append(c.intentID, j.id)
+	c.hash = append(c.hash, s.hash)
+	c.ok = append(c.ok, s.ok)
 }

@@ -20,6 +20,12 @@ type Config struct {
 	// Version is recorded in the relays table. Default "dev".
 	Version string
 
+	// AppID names the TalkJS app the provider delivers to (TALKJS_APP_ID).
+	// Records of synchronised users are kept per app, so a relay never
+	// skips a user because another app (a staging copy of the database
+	// pointed at its own app) received it. Default "".
+	AppID string
+
 	// Concurrency is the most intents delivered at once. Default 100.
 	Concurrency int
 

@@ -2,7 +2,6 @@ package relay
 
 import (
 	"context"
-	"crypto/sha256"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -52,10 +51,14 @@ type callRecord struct {
 	started  time.Time
 }
 
-// syncedUser is a user whose PUT succeeded with the content hashing to hash.
-type syncedUser struct {
+// userSync is the end of one user PUT, for outbox.synced_users: ok when
+// TalkJS answered 200 for the content hashing to hash. Anything else (no
+// answer, an error, a skip that a later failure put in doubt) leaves
+// TalkJS's copy unknown, and the record goes.
+type userSync struct {
 	id   string
 	hash []byte
+	ok   bool
 }
 
 // result is the outcome of one delivery attempt, written by the completer.
@@ -67,7 +70,7 @@ type result struct {
 
 	mu      sync.Mutex
 	calls   []callRecord
-	synced  []syncedUser
+	syncs   []userSync
 	skipped []string // users not PUT because TalkJS was thought to have them
 	forget  []string // users to drop from synced_users: TalkJS may not have them
 }
@@ -154,12 +157,16 @@ func (r *Relay) deliverSafely(ctx context.Context, j *job) (res *result) {
 	return r.deliver(ctx, j)
 }
 
-// putUsers upserts the intent's users concurrently, skipping those whose
-// identical content was synchronised within the TTL.
+// putUsers upserts the intent's users concurrently, skipping those the
+// claim found synchronised with identical content within the TTL.
 func (r *Relay) putUsers(ctx context.Context, j *job, res *result, users []outbox.User) error {
 	errs := make([]error, len(users))
 	var wg sync.WaitGroup
 	for i, u := range users {
+		if j.skip[u.ID] {
+			r.skipUser(res, u.ID, "unchanged since last synchronised")
+			continue
+		}
 		pu := provider.User{
 			ID:             u.ID,
 			Name:           u.Name,
@@ -169,43 +176,49 @@ func (r *Relay) putUsers(ctx context.Context, j *job, res *result, users []outbo
 			Role:           u.Role,
 			Custom:         u.Custom,
 		}
-		hash := userHash(pu)
-		if prev, ok := j.synced[u.ID]; (ok && string(prev) == string(hash)) || r.users.synced(u.ID, hash) {
-			r.skipUser(res, u.ID, "unchanged since last synchronised")
-			continue
-		}
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			if r.syncTTL() > 0 {
-				// Another delivery of this relay is PUTting the same
-				// content: share its answer instead of repeating it.
-				f, leader := r.users.begin(u.ID, hash)
-				if !leader {
-					select {
-					case <-f.done:
-					case <-ctx.Done():
-					}
-					if f.ok {
-						r.skipUser(res, u.ID, "synchronised by a concurrent delivery")
-						return
-					}
-				} else {
-					defer func() { r.users.end(u.ID, hash, f, errs[i] == nil) }()
-				}
-			}
-			errs[i] = r.call(ctx, j, res, stepUser, u.ID, func(ctx context.Context) error {
-				return r.provider.PutUser(ctx, pu)
-			})
-			if errs[i] == nil {
-				res.mu.Lock()
-				res.synced = append(res.synced, syncedUser{id: u.ID, hash: hash})
-				res.mu.Unlock()
-			}
+			errs[i] = r.putUser(ctx, j, res, pu, j.hashes[u.ID])
 		}()
 	}
 	wg.Wait()
 	return worstError(errs)
+}
+
+// putUser PUTs one user, or shares the answer to the same PUT another
+// delivery of this relay has under way. hash is the content's hash from
+// the claim, nil when user syncs are not recorded (TTL 0): then every PUT
+// is made.
+func (r *Relay) putUser(ctx context.Context, j *job, res *result, pu provider.User, hash []byte) error {
+	put := func() error {
+		return r.call(ctx, j, res, stepUser, pu.ID, func(ctx context.Context) error {
+			return r.provider.PutUser(ctx, pu)
+		})
+	}
+	if hash == nil {
+		return put()
+	}
+	f, leader := r.users.begin(pu.ID, hash)
+	if !leader {
+		ok, err := f.wait(ctx)
+		if err != nil {
+			return err
+		}
+		if ok {
+			r.skipUser(res, pu.ID, "synchronised by a concurrent delivery")
+			return nil
+		}
+		// That PUT failed: make this one's own.
+	}
+	err := put()
+	if leader {
+		r.users.end(pu.ID, hash, f, err == nil)
+	}
+	res.mu.Lock()
+	res.syncs = append(res.syncs, userSync{id: pu.ID, hash: hash, ok: err == nil})
+	res.mu.Unlock()
+	return err
 }
 
 // skipUser records a user PUT not made because TalkJS has that content.
@@ -215,15 +228,6 @@ func (r *Relay) skipUser(res *result, id, why string) {
 	res.skipped = append(res.skipped, id)
 	res.mu.Unlock()
 	r.metrics.calls.WithLabelValues(stepUser, "skipped").Inc()
-}
-
-func userHash(u provider.User) []byte {
-	b, _ := json.Marshal(struct {
-		ID string
-		provider.User
-	}{u.ID, u})
-	h := sha256.Sum256(b)
-	return h[:]
 }
 
 // call makes one API call, after any relay-wide Retry-After and only while
@@ -324,19 +328,20 @@ func (r *Relay) decide(res *result, err error, step string) *result {
 		switch pe.Kind {
 		case provider.Permanent:
 			res.outcome = outcomeDead
-			if len(res.skipped) > 0 && step != stepUser && pe.Status != 0 && j.attempt == 1 {
+			if len(res.skipped) > 0 && step != stepUser && pe.Status != 0 {
 				// A user PUT was skipped on the strength of an earlier
-				// sync; TalkJS may have lost or changed that user since.
-				// Forget the sync and try again with every user PUT
-				// before judging the intent. Only for an answer from
-				// TalkJS (not a request the client refused to send), and
-				// only on the first attempt, so a shared user synced again
+				// sync; TalkJS may have lost or changed that user since,
+				// so the record goes. On the first attempt, try again
+				// with every user PUT before judging the intent. Only for
+				// an answer from TalkJS (not a request the client refused
+				// to send), and only once, so a shared user synced again
 				// meanwhile by other intents cannot keep a poison intent
 				// alive.
-				res.outcome = outcomeRetry
-				res.delay = r.cfg.Retry.backoff(1)
 				res.forget = res.skipped
-				r.users.forget(res.skipped)
+				if j.attempt == 1 {
+					res.outcome = outcomeRetry
+					res.delay = r.cfg.Retry.backoff(1)
+				}
 			}
 		case provider.RateLimited:
 			// The API's 429, or the client's own limiter refusing this

@@ -24,7 +24,7 @@ func (r *Relay) ClaimAndComplete(ctx context.Context, n int) (int, error) {
 			{step: stepUser, target: v, status: 200, outcome: "ok", started: j.claimed},
 			{step: stepConversation, target: "c", status: 200, outcome: "ok", started: j.claimed},
 			{step: stepMessages, target: "c", status: 200, outcome: "ok", started: j.claimed},
-		}, synced: []syncedUser{{id: u, hash: hash[:]}, {id: v, hash: hash[:]}}}
+		}, syncs: []userSync{{id: u, hash: hash[:], ok: true}, {id: v, hash: hash[:], ok: true}}}
 	}
 	if len(batch) == 0 {
 		return 0, nil

@@ -193,13 +193,13 @@ func (r *Relay) monotonic(t time.Time) int64 { return int64(t.Sub(r.epoch)) }
 const cleanInterval = 10 * time.Minute
 
 // cleanUp deletes done intents older than the retention, in batches, and
-// user syncs older than the skip window. Every relay runs it; concurrent
+// user-sync records older than the skip window. Every relay runs it; concurrent
 // runs delete disjoint rows or wait briefly on each other's row locks.
 func (r *Relay) cleanUp(ctx context.Context) {
-	if ttl := r.syncTTL(); ttl > 0 {
-		if _, err := r.pool.Exec(ctx, deleteStaleSyncs, ttl); err != nil {
-			r.log.Warn("clean up synced users", "error", err)
-		}
+	// With skipping off (TTL 0) this deletes every record of the app:
+	// none is read or written any more.
+	if _, err := r.pool.Exec(ctx, deleteStaleSyncs, r.syncTTL(), r.cfg.AppID); err != nil {
+		r.log.Warn("clean up synced users", "error", err)
 	}
 	if r.cfg.Retention <= 0 {
 		return

@@ -48,7 +48,7 @@ type Relay struct {
 	slots     chan struct{} // one token per intent in flight
 	results   chan *result
 	held      *leaseSet
-	users     *userSyncs
+	users     *userFlights
 	listening atomic.Bool // the LISTEN connection is up
 	operator  operatorPause
 	dbOK      atomic.Bool // the last database operation succeeded
@@ -94,7 +94,7 @@ func New(pool *pgxpool.Pool, p provider.Provider, cfg Config) (*Relay, error) {
 		slots:       make(chan struct{}, cfg.Concurrency),
 		results:     make(chan *result, cfg.Concurrency),
 		held:        newLeaseSet(),
-		users:       newUserSyncs(cfg.UserSyncTTL),
+		users:       newUserFlights(),
 		epoch:       time.Now(),
 		callTimeout: callTimeout,
 		done:        make(chan struct{}),

@@ -32,9 +32,25 @@ import "github.com/jackc/pgx/v5"
 const planFresh = pgx.QueryExecModeCacheDescribe
 
 const (
-	// claimBatch leases up to $1 deliverable intents to relay $2 for $3, and
-	// returns with each the content hashes of its users synchronised
-	// within $4 (a JSON object user id -> hex sha256).
+	// claimBatch leases up to $1 deliverable intents to relay $2 for $3.
+	// With a user-sync TTL $4 above zero it also returns, with each intent,
+	// the content hash of each of its users (a JSON object user id -> hex
+	// sha256) and the users TalkJS app $5 holds with exactly that content,
+	// synchronised within $4: their PUTs are skipped. Every other user of
+	// the batch is about to be PUT, so its record is deleted here, before
+	// any call: a PUT that lands but whose result is never recorded (a
+	// crash, a 500 after applying, a result that cannot be written) then
+	// leaves no record claiming the old content. With $4 zero no record is
+	// read or written.
+	//
+	// A user's hash is that of its object in the payload, in jsonb's
+	// canonical text form: the body the relay PUTs is made from it alone.
+	// Change the 'user-v1:' prefix when that mapping changes, so records of
+	// bodies sent before are not trusted.
+	//
+	// Locks: the claimed intents (SKIP LOCKED, never waited for), then the
+	// records to delete in user id order, the order completeBatch locks
+	// them in too.
 	claimBatch = `
 WITH candidates AS (
     SELECT i.id
@@ -61,12 +77,34 @@ WITH candidates AS (
            updated_at = now()
      WHERE i.id = ANY (ARRAY(SELECT id FROM candidates)) -- by primary key, whatever the estimates
     RETURNING i.id, i.lease_token, i.attempts, i.payload, i.delivery_key
+), users AS (
+    SELECT c.id AS intent_id, u ->> 'id' AS user_id,
+           sha256(convert_to('user-v1:' || u::text, 'UTF8')) AS hash
+      FROM claimed c, jsonb_array_elements(c.payload -> 'users') u
+     WHERE $4::interval > interval '0'
+), skips AS (
+    SELECT x.intent_id, x.user_id
+      FROM users x
+      JOIN outbox.synced_users s
+        ON s.app_id = $5 AND s.user_id = x.user_id AND s.content_hash = x.hash
+     WHERE s.synced_at > now() - $4::interval
+), doubted AS (
+    SELECT s.user_id
+      FROM outbox.synced_users s
+     WHERE s.app_id = $5
+       AND s.user_id IN (SELECT x.user_id FROM users x
+                          WHERE NOT EXISTS (SELECT 1 FROM skips k
+                                             WHERE k.intent_id = x.intent_id AND k.user_id = x.user_id))
+     ORDER BY s.user_id
+       FOR UPDATE
+), unsynced AS (
+    DELETE FROM outbox.synced_users s
+     WHERE s.app_id = $5
+       AND s.user_id IN (SELECT user_id FROM doubted)
 )
 SELECT c.id, c.lease_token, c.attempts, c.payload, c.delivery_key::text,
-       (SELECT jsonb_object_agg(s.user_id, encode(s.content_hash, 'hex'))
-          FROM outbox.synced_users s
-         WHERE s.user_id = ANY (ARRAY(SELECT u ->> 'id' FROM jsonb_array_elements(c.payload -> 'users') u))
-           AND s.synced_at > now() - $4::interval)
+       (SELECT jsonb_object_agg(x.user_id, encode(x.hash, 'hex')) FROM users x WHERE x.intent_id = c.id),
+       ARRAY(SELECT k.user_id FROM skips k WHERE k.intent_id = c.id)
   FROM claimed c
  ORDER BY c.id`
 
@@ -135,17 +173,22 @@ RETURNING id, state`
 	// back). The same statement records the attempts, gives the pending
 	// successors of an intent put back to wait that same wait (they cannot
 	// go before it, and a parked intent is not walked by the claim), and
-	// records synced users: a PUT that succeeded, or an expired sync whose
-	// skipped PUT may have caused a failure, so the next attempt sends it.
+	// keeps outbox.synced_users true for app $18: a user gets a record only
+	// when every PUT of it in the batch was answered 200 for one content
+	// and its intent's result was recorded here (not fenced: a relay that
+	// lost its lease may have PUT after the new owner). Any other PUT of it
+	// (no answer, an error, two contents), or a skipped PUT that a later
+	// permanent failure put in doubt, deletes its record.
 	// Parking sees the rows as they were before the statement, so a
 	// successor put back by the same batch is not parked; the claim still
 	// keeps it behind its predecessor.
 	//
 	// Locks, in this order in every relay: the batch's intents in id order
 	// (locked, read by the main query), their pending successors (parked),
-	// then the synced users in user id order. Sub-statements the main query
-	// does not read run after it, in an order Postgres does not promise, so
-	// synced waits for parked explicitly.
+	// then the existing records of the batch's users in user id order
+	// (sync_locked), before any record is deleted or inserted. Sub-statements
+	// the main query does not read run after it, in an order Postgres does
+	// not promise, so each waits for what must come first explicitly.
 	completeBatch = `
 WITH r AS (
     SELECT *
@@ -203,13 +246,36 @@ WITH r AS (
       FROM unnest($9::bigint[], $10::int[], $11::text[], $12::text[], $13::int[], $14::text[], $15::text[],
                   $16::real[], $17::timestamptz[])
            AS a(intent_id, attempt, step, target, status, outcome, error, duration_ms, started_at)
+), sync_verdict AS (
+    SELECT u.user_id,
+           (array_agg(u.hash))[1] AS hash,
+           bool_and(u.ok AND c.id IS NOT NULL) AND count(DISTINCT u.hash) = 1 AS trusted
+      FROM unnest($19::text[], $20::bigint[], $21::bytea[], $22::boolean[]) AS u(user_id, intent_id, hash, ok)
+      LEFT JOIN completed c ON c.id = u.intent_id
+     GROUP BY u.user_id
+), sync_locked AS (
+    SELECT s.user_id
+      FROM outbox.synced_users s
+     WHERE s.app_id = $18
+       AND s.user_id IN (SELECT user_id FROM sync_verdict)
+       AND (SELECT count(*) FROM parked) >= 0 -- after parked: see above
+     ORDER BY s.user_id
+       FOR UPDATE
+), unsynced AS (
+    DELETE FROM outbox.synced_users s
+     USING sync_verdict v
+     WHERE s.app_id = $18
+       AND s.user_id = v.user_id
+       AND NOT v.trusted
+       AND s.user_id IN (SELECT user_id FROM sync_locked)
 ), synced AS (
-    INSERT INTO outbox.synced_users (user_id, content_hash, synced_at)
-    SELECT u.id, u.hash, CASE WHEN u.ok THEN now() ELSE '-infinity' END
-      FROM unnest($18::text[], $19::bytea[], $20::boolean[]) AS u(id, hash, ok)
-     WHERE (SELECT count(*) FROM parked) >= 0 -- after parked: see above
-     ORDER BY u.id
-    ON CONFLICT (user_id) DO UPDATE
+    INSERT INTO outbox.synced_users (app_id, user_id, content_hash, synced_at)
+    SELECT $18, v.user_id, v.hash, now()
+      FROM sync_verdict v
+     WHERE v.trusted
+       AND (SELECT count(*) FROM sync_locked) >= 0 -- after every existing record is locked
+     ORDER BY v.user_id
+    ON CONFLICT (app_id, user_id) DO UPDATE
        SET content_hash = excluded.content_hash,
            synced_at = excluded.synced_at
 )
@@ -258,8 +324,14 @@ WITH gone AS (
 )
 SELECT count(*) FROM gone`
 
-	// deleteStaleSyncs forgets user syncs older than the skip window.
-	deleteStaleSyncs = `DELETE FROM outbox.synced_users WHERE synced_at < now() - $1::interval`
+	// deleteStaleSyncs deletes the records of app $2 older than the skip
+	// window $1 (all of them when it is zero: skipping is off), and those
+	// of other apps (a database cloned from another installation) older
+	// than a day or the window, whichever is longer.
+	deleteStaleSyncs = `
+DELETE FROM outbox.synced_users
+ WHERE synced_at < now() - CASE WHEN app_id = $2 THEN $1::interval
+                                ELSE greatest($1::interval, interval '1 day') END`
 
 	// schemaCheck fails unless the outbox schema is migrated.
 	schemaCheck = `SELECT waiting FROM outbox.wakeup`

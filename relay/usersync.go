@@ -1,65 +1,42 @@
 package relay
 
 import (
+	"context"
 	"sync"
-	"time"
 )
 
-// maxRecentUsers bounds the relay's memory of recent user syncs; past it
-// the memory starts over (the database's synced_users still applies).
-const maxRecentUsers = 100_000
-
-// userSyncs lets deliveries in one relay share user PUTs: a user whose
-// identical content this relay PUT within the TTL is skipped even before
-// that result reaches outbox.synced_users, and a PUT of the same content
-// already under way is waited for rather than repeated.
-type userSyncs struct {
-	ttl time.Duration
-
+// userFlights lets the deliveries of one relay share a user PUT under way:
+// a delivery about to PUT the same content as one already in flight waits
+// for that answer instead of repeating the call.
+//
+// It remembers nothing once a PUT has ended. Whether TalkJS holds a user's
+// content is for outbox.synced_users to say, read when the intent is
+// claimed: another relay may have PUT other content since this one's last
+// PUT, and only the database knows.
+type userFlights struct {
 	mu       sync.Mutex
-	recent   map[string]recentSync // user id -> last successful PUT
-	inflight map[string]*userFlight
+	inflight map[string]*userFlight // user id + content hash -> the PUT under way
 }
 
-type recentSync struct {
-	hash string
-	at   time.Time
-}
-
+// userFlight is one user PUT under way. ok is written before done is
+// closed and read only after.
 type userFlight struct {
 	done chan struct{}
 	ok   bool
 }
 
-func newUserSyncs(ttl time.Duration) *userSyncs {
-	return &userSyncs{ttl: ttl, recent: map[string]recentSync{}, inflight: map[string]*userFlight{}}
-}
-
-// synced reports whether this relay PUT exactly this content within the TTL.
-func (s *userSyncs) synced(id string, hash []byte) bool {
-	if s.ttl <= 0 {
-		return false
-	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	r, ok := s.recent[id]
-	return ok && r.hash == string(hash) && time.Since(r.at) < s.ttl
+func newUserFlights() *userFlights {
+	return &userFlights{inflight: map[string]*userFlight{}}
 }
 
 // begin returns the flight already under way for this content (the caller
 // waits on it), or registers the caller as the one making the PUT (leader
 // true; it must call end).
-func (s *userSyncs) begin(id string, hash []byte) (f *userFlight, leader bool) {
+func (s *userFlights) begin(id string, hash []byte) (f *userFlight, leader bool) {
 	key := id + "\x00" + string(hash)
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if f, ok := s.inflight[key]; ok {
-		return f, false
-	}
-	// A flight that ended between the caller's synced check and now.
-	if r, ok := s.recent[id]; ok && r.hash == string(hash) && time.Since(r.at) < s.ttl {
-		f := &userFlight{done: make(chan struct{}), ok: true}
-		close(f.done)
 		return f, false
 	}
 	f = &userFlight{done: make(chan struct{})}
@@ -68,26 +45,23 @@ func (s *userSyncs) begin(id string, hash []byte) (f *userFlight, leader bool) {
 }
 
 // end finishes the leader's flight with its outcome.
-func (s *userSyncs) end(id string, hash []byte, f *userFlight, ok bool) {
+func (s *userFlights) end(id string, hash []byte, f *userFlight, ok bool) {
 	key := id + "\x00" + string(hash)
 	s.mu.Lock()
 	delete(s.inflight, key)
-	if ok && s.ttl > 0 {
-		if len(s.recent) >= maxRecentUsers {
-			s.recent = map[string]recentSync{}
-		}
-		s.recent[id] = recentSync{hash: string(hash), at: time.Now()}
-	}
 	s.mu.Unlock()
 	f.ok = ok
 	close(f.done)
 }
 
-// forget drops users from the relay's memory: TalkJS may not have them.
-func (s *userSyncs) forget(ids []string) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	for _, id := range ids {
-		delete(s.recent, id)
+// wait returns the flight's outcome once it ends, or ctx's error if ctx
+// ends first; the outcome is then not read, as the leader may still be
+// writing it.
+func (f *userFlight) wait(ctx context.Context) (ok bool, err error) {
+	select {
+	case <-f.done:
+		return f.ok, nil
+	case <-ctx.Done():
+		return false, ctx.Err()
 	}
 }

@@ -218,6 +218,7 @@ func (c *runConfig) relayConfig(logger *slog.Logger) relay.Config {
 	return relay.Config{
 		Name:             c.RelayName,
 		Version:          readBuildInfo().Version,
+		AppID:            c.TalkJSAppID,
 		Concurrency:      c.Concurrency,
 		BatchSize:        c.BatchSize,
 		PollInterval:     c.PollInterval,
