@@ -365,7 +365,7 @@ func TestAuditorRole(t *testing.T) {
 		`INSERT INTO outbox.attempts (intent_id, attempt, step, target, status, outcome, error, duration_ms, relay, started_at)
 		 VALUES (` + fmt.Sprint(ids[0]) + `, 1, 'user', 'u1', 400, 'permanent', 'status 400', 12, 'relay-a', now())`,
 		`INSERT INTO outbox.relays (id) VALUES ('relay-a')`,
-		`INSERT INTO outbox.synced_users (user_id, content_hash, synced_at) VALUES ('u1', '\x00', now())`,
+		`INSERT INTO outbox.synced_users (app_id, user_id, content_hash, synced_at) VALUES ('app', 'u1', '\x00', now())`,
 	} {
 		if _, err := admin.Exec(ctx, stmt); err != nil {
 			t.Fatal(err)
