@@ -58,7 +58,7 @@ func (b *bundle) client(t testing.TB, secret string) *talkjs.Client {
 
 func newClient(baseURL, secret string, legacy bool) (*talkjs.Client, error) {
 	return talkjs.New(talkjs.Config{AppID: testAppID, SecretKey: secret, BaseURL: baseURL,
-		LegacyAuth: legacy, Timeout: 2 * time.Second})
+		LegacyAuth: legacy, Timeout: relay.MaxCallTimeout(relay.DefaultLease)}) // the longest the default lease allows: a loaded test machine answers slowly
 }
 
 // testConfig is fast enough for tests: short backoff.
