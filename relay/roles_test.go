@@ -36,7 +36,7 @@ func TestRetentionAsRelayRole(t *testing.T) {
 		`UPDATE outbox.intents SET state = 'done', done_at = now() - interval '2 days' WHERE id = $1`,
 		`INSERT INTO outbox.attempts (intent_id, attempt, step, target, outcome, duration_ms, relay, started_at)
 		 VALUES ($1, 1, 'user', 'u', 'ok', 1, 'r', now())`,
-		`INSERT INTO outbox.synced_users (user_id, content_hash, synced_at) VALUES ('stale' || $1::bigint, '\x00', now() - interval '2 days')`,
+		`INSERT INTO outbox.synced_users (app_id, user_id, content_hash, synced_at) VALUES ('', 'stale' || $1::bigint, '\x00', now() - interval '2 days')`,
 	} {
 		if _, err := b.pool.Exec(ctx, stmt, ids[0]); err != nil {
 			t.Fatal(err)
