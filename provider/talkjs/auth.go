@@ -13,9 +13,12 @@ const (
 	// token is worth little.
 	tokenLifetime = 30 * time.Second
 	// tokenRefreshMargin is how long before expiry a cached token is
-	// replaced, so a token never expires between signing and arrival (clock
-	// skew, a slow request, a rate limiter wait).
-	tokenRefreshMargin = 10 * time.Second
+	// replaced, so a token never expires between signing and arrival: a
+	// slow request, a rate limiter wait, and above all a clock running
+	// behind TalkJS's, which makes a token expire early by TalkJS's clock.
+	// Tokens are used for their first 10 s, so a clock up to 20 s behind
+	// still works (less a request's time); signing one takes microseconds.
+	tokenRefreshMargin = 20 * time.Second
 )
 
 // credentials produce the bearer token of a request.
@@ -31,7 +34,7 @@ func (c legacyCredentials) bearer() (string, error) { return c.secretKey, nil }
 
 // appTokenSource signs app-scoped HS256 JWTs with the secret key and
 // caches each one until it nears expiry, so a busy relay signs about one
-// token every 20 seconds rather than one per request. Safe for concurrent
+// token every 10 seconds rather than one per request. Safe for concurrent
 // use.
 type appTokenSource struct {
 	appID string

@@ -1,6 +1,7 @@
 package talkjs
 
 import (
+	"net/http/httptest"
 	"sync"
 	"testing"
 	"time"
@@ -51,14 +52,14 @@ func TestAppTokenIsReusedUntilNearExpiry(t *testing.T) {
 	if second := call(); second != first {
 		t.Fatal("a second call within the token's lifetime signed a new token")
 	}
-	clock.Advance(15 * time.Second) // 15s before expiry: still reused
+	clock.Advance(9 * time.Second) // 21s before expiry: still reused
 	if again := call(); again != first {
-		t.Fatal("token replaced 15s before expiry")
+		t.Fatal("token replaced 21s before expiry")
 	}
-	clock.Advance(6 * time.Second) // under 10s before expiry: replaced
+	clock.Advance(2 * time.Second) // under 20s before expiry: replaced
 	renewed := call()
 	if renewed == first {
-		t.Fatal("token reused within 10s of expiry")
+		t.Fatal("token reused within 20s of expiry")
 	}
 
 	claims := jwt.MapClaims{}
@@ -71,7 +72,7 @@ func TestAppTokenIsReusedUntilNearExpiry(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	wantExp := start.Add(21*time.Second + tokenLifetime)
+	wantExp := start.Add(11*time.Second + tokenLifetime)
 	if claims["tokenType"] != "app" || claims["iss"] != testAppID || exp.After(wantExp) || exp.Before(wantExp.Add(-time.Second)) {
 		t.Fatalf("claims = %v; want tokenType app, iss %s, exp %s", claims, testAppID, wantExp)
 	}
@@ -86,6 +87,33 @@ func TestExpiredTokenIsRefused(t *testing.T) {
 	// by the fake's clock: the failure is Auth, as with a wrong key.
 	b := setup(t, faketalkjs.Faults{}, func(c *Config) { c.Now = func() time.Time { return time.Now().Add(-time.Minute) } })
 	wantError(t, b.client.PutUser(t.Context(), alice), provider.Auth, 401)
+}
+
+// skewedSetup serves a fake whose clock is skew ahead of the client's,
+// both driven by clock.
+func skewedSetup(t *testing.T, clock *fakeClock, skew time.Duration) *Client {
+	t.Helper()
+	fake := faketalkjs.New(faketalkjs.Config{AppID: testAppID, SecretKey: testSecret,
+		Now: func() time.Time { return clock.Now().Add(skew) }})
+	srv := httptest.NewServer(fake)
+	t.Cleanup(srv.Close)
+	return newClient(t, srv.URL, func(c *Config) { c.Now = clock.Now })
+}
+
+// A client clock 15s behind TalkJS's still works: a token is used only
+// while TalkJS would accept it from a clock up to 20s slow. (Tokens used
+// until 10s before expiry failed from 10s of skew.)
+func TestAppTokenToleratesClockBehindTalkJS(t *testing.T) {
+	t.Parallel()
+	clock := &fakeClock{now: time.Now()}
+	c := skewedSetup(t, clock, 15*time.Second)
+	start := clock.Now()
+	for range 4 {
+		if err := c.PutUser(t.Context(), alice); err != nil {
+			t.Fatalf("at %s into the run: %v", clock.Now().Sub(start), err)
+		}
+		clock.Advance(8 * time.Second)
+	}
 }
 
 func TestAppTokenSourceConcurrentUse(t *testing.T) {
