@@ -83,11 +83,11 @@ type objectAccess struct {
 //     an idle relay sets the wake-up flag. retry and cancel update
 //     intents, purge deletes dead ones with their attempts; pause and
 //     resume set outbox.control; status reads intents, attempts, relays,
-//     the pause and the lag view. No sequence: attempts' ids are an identity
-//     column, which needs no privilege.
+//     the pause and the lag view. No sequence: attempts' ids are an
+//     identity column, which needs no privilege.
 //   - Auditor: SELECT on everything that records what happened (intents,
 //     attempts, synced users, relays, the views). It can therefore run
-//     `outbox-relay status` too.
+//     `outbox-relay status` and `inspect` too.
 var access = []objectAccess{
 	{kind: "SCHEMA", name: "outbox", grants: map[Party]string{
 		Producer: "USAGE", Relay: "USAGE", Auditor: "USAGE"}},
