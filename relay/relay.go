@@ -193,7 +193,7 @@ func (r *Relay) Start(ctx context.Context) error {
 		r.deregister()
 	}()
 	r.log.Info("relay started", "concurrency", r.cfg.Concurrency, "lease", r.cfg.Lease,
-		"max_attempts", r.cfg.MaxAttempts, "max_age", r.cfg.MaxAge)
+		"call_timeout", r.callTimeout, "max_attempts", r.cfg.MaxAttempts, "max_age", r.cfg.MaxAge)
 	return nil
 }
 
