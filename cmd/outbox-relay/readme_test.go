@@ -84,7 +84,7 @@ func TestReadmeConfigTable(t *testing.T) {
 	}
 }
 
-// The CLI table in README.md has a row for every command of the usage text.
+// The CLI table in README.md names every command of the usage text.
 func TestReadmeCLITable(t *testing.T) {
 	t.Parallel()
 	var rows []string
@@ -97,7 +97,11 @@ func TestReadmeCLITable(t *testing.T) {
 	}
 	commands, _, _ = strings.Cut(commands, "\n\n")
 	for _, m := range regexp.MustCompile(`(?m)^  (\w+) `).FindAllStringSubmatch(commands, -1) {
-		if !slices.ContainsFunc(rows, func(r string) bool { return strings.HasPrefix(r, "`outbox-relay "+m[1]) }) {
+		// A row may name two commands: "`outbox-relay pause` / `resume`".
+		names := func(r string) bool {
+			return strings.Contains(r, "`outbox-relay "+m[1]) || strings.Contains(r, "/ `"+m[1]+"`")
+		}
+		if !slices.ContainsFunc(rows, names) {
 			t.Errorf("README's command table has no row for %s", m[1])
 		}
 	}
