@@ -24,6 +24,7 @@ import (
 // required variables, so every other setting is at its default.
 type defaultRelay struct {
 	name   string
+	cmd    *exec.Cmd
 	logs   *relaytest.SyncBuffer
 	exited chan error // receives the result of Wait, then is closed
 	addrs  chan string
@@ -40,7 +41,7 @@ func startDefaultRelay(t *testing.T, name string, env ...string) *defaultRelay {
 	}
 	cmd.Env = append(cmd.Env, env...)
 	cmd.Env = append(cmd.Env, "OUTBOX_RELAY_NAME="+name, "OUTBOX_LOG_FORMAT=json")
-	r := &defaultRelay{name: name, logs: &relaytest.SyncBuffer{}, exited: make(chan error, 1), addrs: make(chan string, 1)}
+	r := &defaultRelay{name: name, cmd: cmd, logs: &relaytest.SyncBuffer{}, exited: make(chan error, 1), addrs: make(chan string, 1)}
 	pr, pw := io.Pipe()
 	cmd.Stdout, cmd.Stderr = pw, pw
 	if err := cmd.Start(); err != nil {
