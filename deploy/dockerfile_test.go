@@ -210,7 +210,7 @@ func TestDockerBuildContextBuilds(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, leaked := range []string{".env", ".git", "dist"} {
+	for _, leaked := range []string{".env", ".git", "dist", "bench", "README.md"} {
 		if _, err := os.Stat(filepath.Join(ctxDir, leaked)); err == nil {
 			t.Errorf(".dockerignore admits %s", leaked)
 		}
