@@ -50,7 +50,10 @@ func cmdHealth(ctx context.Context, args []string, env envconfig.Lookuper, stdou
 	if err != nil {
 		return err
 	}
-	resp, err := http.DefaultClient.Do(req)
+	// Straight to the relay: a proxy from the environment has no business here.
+	client := &http.Client{Transport: &http.Transport{Proxy: nil}}
+	defer client.CloseIdleConnections()
+	resp, err := client.Do(req)
 	if err != nil {
 		return fmt.Errorf("ask %s: %w", path, err)
 	}
