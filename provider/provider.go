@@ -15,6 +15,10 @@ import (
 // (a TalkJS limit).
 const MaxMessagesPerPost = 10
 
+// MaxUsersPerPut is the most users one batch users upsert may carry (a
+// TalkJS limit).
+const MaxUsersPerPut = 100
+
 // Message types accepted by PostMessages.
 const (
 	UserMessage   = "UserMessage"

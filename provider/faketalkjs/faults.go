@@ -18,10 +18,10 @@ const DefaultRetryAfter = time.Second
 
 // Faults are the fault-injection knobs. The zero value injects nothing.
 // They apply to API requests under /v1/ only, never to the /_fake/ admin
-// routes, in this order: Down, Hang, Latency, RateLimit, TooManyRequests,
-// FailBefore, then the request is processed (RejectUserIDs is part of
-// processing), then FailAfterUserIDs, FailAfter or DropAfter if it
-// succeeded.
+// routes, in this order: Down, Hang, Latency, RateLimit (with its
+// QueueLength), TooManyRequests, FailBefore, then the request is processed
+// (BatchUnsupported and RejectUserIDs are part of processing), then
+// FailAfterUserIDs, FailAfter or DropAfter if it succeeded.
 //
 // Probabilities are in [0, 1]; draws come from a generator seeded with
 // Config.Seed, so a sequence of requests sent one at a time meets the same
@@ -29,8 +29,9 @@ const DefaultRetryAfter = time.Second
 //
 // In JSON (the /_fake/faults admin route) the field names are camelCase
 // (failBefore, failAfter, tooManyRequests, retryAfter, dropAfter, latency,
-// rateLimit, burst, rejectUserIds, failAfterUserIds, down, hang) and durations are either Go
-// duration strings ("1.5s", "20ms") or numbers of milliseconds.
+// rateLimit, burst, queueLength, rejectUserIds, failAfterUserIds,
+// batchUnsupported, down, hang) and durations are either Go duration
+// strings ("1.5s", "20ms") or numbers of milliseconds.
 type Faults struct {
 	// FailBefore is the probability of answering 500 without processing the
 	// request.
@@ -54,17 +55,28 @@ type Faults struct {
 	Latency time.Duration
 	// RateLimit is a sustained rate in requests per second across all
 	// clients, 0 for none. Requests over it get 429 with a Retry-After
-	// saying when the bucket has a token again (whole seconds, at least 1).
+	// saying when the bucket has a token again (whole seconds, at least 1),
+	// unless QueueLength lets them wait.
 	RateLimit float64
 	// Burst is the token bucket size for RateLimit; 0 means
 	// max(1, ceil(RateLimit)).
 	Burst int
+	// QueueLength is how many requests over RateLimit may wait for their
+	// turn at once, as TalkJS queues before it refuses: a queued request is
+	// answered late (when the bucket has its token), and only a request
+	// finding the queue full gets 429. 0 (the default) queues nothing:
+	// every request over the rate gets 429 at once.
+	QueueLength int
 	// RejectUserIDs are user ids whose PUT is answered with 400, as if
 	// TalkJS refused their content.
 	RejectUserIDs []string
 	// FailAfterUserIDs are user ids whose PUT is applied and then answered
 	// with 500: the caller cannot tell the new content is stored.
 	FailAfterUserIDs []string
+	// BatchUnsupported, when 404 or 405, answers every request to the batch
+	// users route (/v1/{appId}/users) with that status, as an API without
+	// the route would; 0 serves it.
+	BatchUnsupported int
 	// Down closes every API request's connection at once without
 	// processing it or answering: an outage.
 	Down bool
@@ -99,6 +111,10 @@ func (f Faults) Validate() error {
 		return fmt.Errorf("faketalkjs: rateLimit must be a finite number >= 0, got %v", f.RateLimit)
 	case f.Burst < 0:
 		return fmt.Errorf("faketalkjs: burst must not be negative, got %d", f.Burst)
+	case f.QueueLength < 0:
+		return fmt.Errorf("faketalkjs: queueLength must not be negative, got %d", f.QueueLength)
+	case f.BatchUnsupported != 0 && f.BatchUnsupported != http.StatusNotFound && f.BatchUnsupported != http.StatusMethodNotAllowed:
+		return fmt.Errorf("faketalkjs: batchUnsupported must be 0, 404 or 405, got %d", f.BatchUnsupported)
 	}
 	return nil
 }
@@ -121,6 +137,10 @@ func (f Faults) normalized() Faults {
 		f.RateLimit = 0
 	}
 	f.Burst = max(f.Burst, 0)
+	f.QueueLength = max(f.QueueLength, 0)
+	if f.BatchUnsupported != http.StatusNotFound && f.BatchUnsupported != http.StatusMethodNotAllowed {
+		f.BatchUnsupported = 0
+	}
 	f.RejectUserIDs = slices.Clone(f.RejectUserIDs)
 	f.FailAfterUserIDs = slices.Clone(f.FailAfterUserIDs)
 	return f
@@ -144,8 +164,10 @@ type faultsJSON struct {
 	Latency          jsonDuration `json:"latency"`
 	RateLimit        float64      `json:"rateLimit"`
 	Burst            int          `json:"burst"`
+	QueueLength      int          `json:"queueLength"`
 	RejectUserIDs    []string     `json:"rejectUserIds"`
 	FailAfterUserIDs []string     `json:"failAfterUserIds"`
+	BatchUnsupported int          `json:"batchUnsupported"`
 	Down             bool         `json:"down"`
 	Hang             bool         `json:"hang"`
 }
@@ -161,8 +183,10 @@ func (f Faults) wire() faultsJSON {
 		Latency:          jsonDuration(f.Latency),
 		RateLimit:        f.RateLimit,
 		Burst:            f.Burst,
+		QueueLength:      f.QueueLength,
 		RejectUserIDs:    f.RejectUserIDs,
 		FailAfterUserIDs: f.FailAfterUserIDs,
+		BatchUnsupported: f.BatchUnsupported,
 		Down:             f.Down,
 		Hang:             f.Hang,
 	}
@@ -179,8 +203,10 @@ func (w faultsJSON) faults() Faults {
 		Latency:          time.Duration(w.Latency),
 		RateLimit:        w.RateLimit,
 		Burst:            w.Burst,
+		QueueLength:      w.QueueLength,
 		RejectUserIDs:    w.RejectUserIDs,
 		FailAfterUserIDs: w.FailAfterUserIDs,
+		BatchUnsupported: w.BatchUnsupported,
 		Down:             w.Down,
 		Hang:             w.Hang,
 	}

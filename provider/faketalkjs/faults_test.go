@@ -160,6 +160,79 @@ func TestRateLimit(t *testing.T) {
 	b.must(t, "PUT", userPath("u1"), aliceJSON)
 }
 
+// With QueueLength, requests over the rate wait their turn (answered late)
+// while the queue has room; only a request finding it full gets 429.
+func TestRateLimitQueue(t *testing.T) {
+	t.Parallel()
+	// A frozen clock: the bucket never refills, so the first queued request
+	// waits 100ms and the second 200ms, in real time.
+	now := time.Now()
+	clock := func() time.Time { return now }
+	b := setup(t, Config{Faults: Faults{RateLimit: 10, Burst: 1, QueueLength: 2}, Now: clock})
+	b.must(t, "PUT", userPath("u1"), aliceJSON) // takes the token
+
+	queued := make(chan reply, 2)
+	for range 2 {
+		go func() {
+			rep, _ := b.send(t, request{method: "PUT", path: userPath("u1"), body: aliceJSON})
+			queued <- rep
+		}()
+	}
+	waitFor(t, "two requests queued", func() bool {
+		b.fake.mu.Lock()
+		defer b.fake.mu.Unlock()
+		return b.fake.queued == 2
+	})
+	rep := b.do(t, "PUT", userPath("u1"), aliceJSON)
+	if rep.status != http.StatusTooManyRequests || rep.header.Get("Retry-After") != "1" {
+		t.Fatalf("queue full: status %d, Retry-After %q; want 429 with 1", rep.status, rep.header.Get("Retry-After"))
+	}
+	for range 2 {
+		if rep := <-queued; rep.status != http.StatusOK {
+			t.Fatalf("queued request: status %d, want 200", rep.status)
+		}
+	}
+	st := b.fake.Stats()
+	if st.Faults[FaultRateQueued] != 2 || st.Faults[FaultRateLimit] != 1 || st.Statuses[200] != 3 {
+		t.Fatalf("stats = %+v; want 2 queued, 1 rate limited, 3 answered 200", st)
+	}
+
+	// A client that gives up while queued leaves the queue.
+	ctx, cancel := context.WithCancel(t.Context())
+	done := make(chan error, 1)
+	go func() {
+		_, err := b.send(t, request{method: "PUT", path: userPath("u2"), body: aliceJSON, ctx: ctx})
+		done <- err
+	}()
+	waitFor(t, "a request queued", func() bool {
+		b.fake.mu.Lock()
+		defer b.fake.mu.Unlock()
+		return b.fake.queued == 1
+	})
+	cancel()
+	<-done
+	waitFor(t, "the queue empty", func() bool {
+		b.fake.mu.Lock()
+		defer b.fake.mu.Unlock()
+		return b.fake.queued == 0
+	})
+	if _, stored := b.fake.User("u2"); stored {
+		t.Fatal("a request abandoned in the queue was applied")
+	}
+}
+
+// waitFor polls cond until it holds, failing the test after 5s.
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
 func TestSeedMakesFaultsDeterministic(t *testing.T) {
 	t.Parallel()
 	statuses := func(seed uint64) []int {
@@ -188,11 +261,12 @@ func TestAdminAPI(t *testing.T) {
 	t.Parallel()
 	b := setup(t, Config{})
 
-	rep := b.do(t, "PUT", "/_fake/faults", `{"failBefore":0.25,"latency":"20ms","retryAfter":1500,"rejectUserIds":["u9"],"failAfterUserIds":["u8"],"rateLimit":5}`)
+	rep := b.do(t, "PUT", "/_fake/faults", `{"failBefore":0.25,"latency":"20ms","retryAfter":1500,"rejectUserIds":["u9"],"failAfterUserIds":["u8"],"rateLimit":5,"queueLength":7,"batchUnsupported":405}`)
 	if rep.status != http.StatusOK {
 		t.Fatalf("PUT faults: %d %s", rep.status, rep.body)
 	}
-	want := Faults{FailBefore: 0.25, Latency: 20 * time.Millisecond, RetryAfter: 1500 * time.Millisecond, RejectUserIDs: []string{"u9"}, FailAfterUserIDs: []string{"u8"}, RateLimit: 5}
+	want := Faults{FailBefore: 0.25, Latency: 20 * time.Millisecond, RetryAfter: 1500 * time.Millisecond, RejectUserIDs: []string{"u9"}, FailAfterUserIDs: []string{"u8"}, RateLimit: 5,
+		QueueLength: 7, BatchUnsupported: 405}
 	if got := b.fake.Faults(); !faultsEqual(got, want) {
 		t.Fatalf("faults = %+v, want %+v", got, want)
 	}
@@ -252,7 +326,8 @@ func faultsEqual(a, b Faults) bool {
 		a.FailBefore == b.FailBefore && a.FailAfter == b.FailAfter &&
 		a.TooManyRequests == b.TooManyRequests && a.RetryAfter == b.RetryAfter &&
 		a.DropAfter == b.DropAfter && a.Latency == b.Latency &&
-		a.RateLimit == b.RateLimit && a.Burst == b.Burst && a.Down == b.Down && a.Hang == b.Hang
+		a.RateLimit == b.RateLimit && a.Burst == b.Burst && a.Down == b.Down && a.Hang == b.Hang &&
+		a.QueueLength == b.QueueLength && a.BatchUnsupported == b.BatchUnsupported
 }
 
 func TestSetFaultsClampsAndCopies(t *testing.T) {

@@ -12,12 +12,17 @@
 //
 // PUTs are upserts as in TalkJS: fields given replace the stored ones,
 // custom fields are merged key by key (null removes a key), and
-// participants given are added to a conversation, never removed. A message
+// participants given are added to a conversation, never removed. The batch
+// users PUT takes a body keyed by user id, 1 to provider.MaxUsersPerPut
+// users merged as the single PUT does, all or nothing: a batch with any
+// invalid entry stores none and is answered 400 with an object keyed by
+// the invalid entries' ids, each holding its error message. A message
 // whose idempotencyKey is already stored for its conversation is not
 // stored again. Everything is kept in memory until Clear.
 //
 // Routes (TalkJS, authenticated with the app's secret key):
 //
+//	PUT  /v1/{appId}/users              (batch: {"u1": {...}, "u2": {...}})
 //	PUT  /v1/{appId}/users/{userId}
 //	GET  /v1/{appId}/users/{userId}
 //	PUT  /v1/{appId}/conversations/{conversationId}
@@ -36,6 +41,7 @@
 package faketalkjs
 
 import (
+	"context"
 	"crypto/subtle"
 	"encoding/json"
 	"errors"
@@ -87,6 +93,7 @@ type Server struct {
 	secret   string
 	faults   Faults
 	limiter  *rate.Limiter // nil when faults.RateLimit is 0
+	queued   int           // requests waiting in the rate limit's queue
 	rng      *rand.Rand
 	users    map[string]*User
 	convs    map[string]*Conversation
@@ -187,6 +194,7 @@ type result struct {
 	body   any    // JSON-encoded; nil writes {}
 	fault  string // the Fault* name when the answer is injected
 	header http.Header
+	users  []string // ids of the users a successful PUT stored
 }
 
 func ok(body any) result { return result{status: http.StatusOK, body: body} }
@@ -239,6 +247,12 @@ func (s *Server) serveAPI(w http.ResponseWriter, r *http.Request) {
 			return // the client is gone: nobody to answer, nothing applied
 		}
 	}
+	if res, refused, gone := s.admit(r.Context()); gone {
+		return // left the queue: nobody to answer, nothing applied
+	} else if refused {
+		s.finish(w, res)
+		return
+	}
 	if res, faulted := s.faultBefore(); faulted {
 		s.finish(w, res)
 		return
@@ -248,7 +262,7 @@ func (s *Server) serveAPI(w http.ResponseWriter, r *http.Request) {
 
 	if res.status == http.StatusOK {
 		s.mu.Lock()
-		failAfter := rt.res == resUser && r.Method == http.MethodPut && slices.Contains(s.faults.FailAfterUserIDs, rt.id) ||
+		failAfter := slices.ContainsFunc(res.users, func(id string) bool { return slices.Contains(s.faults.FailAfterUserIDs, id) }) ||
 			s.chance(s.faults.FailAfter)
 		drop := !failAfter && s.chance(s.faults.DropAfter)
 		if drop {
@@ -266,20 +280,55 @@ func (s *Server) serveAPI(w http.ResponseWriter, r *http.Request) {
 	s.finish(w, res)
 }
 
+// admit applies RateLimit and QueueLength. A request within the rate
+// goes on at once; one over it waits for its token in the queue when the
+// queue has room, else it is refused with a 429 result. gone reports a
+// client that went away while queued (its token is given back).
+func (s *Server) admit(ctx context.Context) (res result, refused, gone bool) {
+	s.mu.Lock()
+	if s.limiter == nil {
+		s.mu.Unlock()
+		return result{}, false, false
+	}
+	now := s.now()
+	rv := s.limiter.ReserveN(now, 1)
+	delay := rv.DelayFrom(now)
+	switch {
+	case delay == 0:
+		s.mu.Unlock()
+		return result{}, false, false
+	case s.queued >= s.faults.QueueLength:
+		rv.CancelAt(now) // a refused request must not use up a token
+		s.mu.Unlock()
+		res := injected(http.StatusTooManyRequests, FaultRateLimit)
+		res.header = http.Header{"Retry-After": {retryAfterSeconds(delay)}}
+		return res, true, false
+	}
+	s.queued++
+	s.mu.Unlock()
+
+	t := time.NewTimer(delay)
+	defer t.Stop()
+	select {
+	case <-t.C:
+	case <-ctx.Done():
+		gone = true
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.queued--
+	if gone {
+		rv.CancelAt(s.now())
+		return result{}, false, true
+	}
+	s.stats.Faults[FaultRateQueued]++
+	return result{}, false, false
+}
+
 // faultBefore decides the faults that answer instead of processing.
 func (s *Server) faultBefore() (result, bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.limiter != nil {
-		now := s.now()
-		rv := s.limiter.ReserveN(now, 1)
-		if delay := rv.DelayFrom(now); delay > 0 {
-			rv.CancelAt(now) // a refused request must not use up a token
-			res := injected(http.StatusTooManyRequests, FaultRateLimit)
-			res.header = http.Header{"Retry-After": {retryAfterSeconds(delay)}}
-			return res, true
-		}
-	}
 	if s.chance(s.faults.TooManyRequests) {
 		res := injected(http.StatusTooManyRequests, FaultTooManyRequests)
 		switch ra := s.faults.RetryAfter; {
@@ -348,6 +397,9 @@ func (s *Server) process(r *http.Request, rt route, body []byte, bodyErr error) 
 	if rt.res == resNone {
 		return reject(http.StatusNotFound, "no such route: %s", r.URL.EscapedPath())
 	}
+	if rt.res == resUsers {
+		return s.serveUsersBatch(r, rt, body, bodyErr)
+	}
 	switch r.Method {
 	case http.MethodGet:
 		return s.get(r, rt)
@@ -375,10 +427,38 @@ func (s *Server) process(r *http.Request, rt route, body []byte, bodyErr error) 
 	}
 }
 
+// serveUsersBatch answers the batch users route, or plays an API without
+// it (Faults.BatchUnsupported).
+func (s *Server) serveUsersBatch(r *http.Request, rt route, body []byte, bodyErr error) result {
+	s.mu.Lock()
+	unsupported := s.faults.BatchUnsupported
+	s.mu.Unlock()
+	switch {
+	case unsupported == http.StatusMethodNotAllowed:
+		res := reject(unsupported, "method not allowed; allowed: GET")
+		res.header = http.Header{"Allow": {"GET"}}
+		res.fault = FaultBatchUnsupported
+		return res
+	case unsupported != 0:
+		res := reject(unsupported, "no such route: %s", r.URL.EscapedPath())
+		res.fault = FaultBatchUnsupported
+		return res
+	case r.Method != http.MethodPut:
+		return methodNotAllowed(rt)
+	}
+	if res, bad := checkJSONBody(r, body, bodyErr); bad {
+		return res
+	}
+	return s.putUsers(body)
+}
+
 func methodNotAllowed(rt route) result {
 	allow := "GET, PUT"
-	if rt.res == resMessages {
+	switch rt.res {
+	case resMessages:
 		allow = "GET, POST"
+	case resUsers:
+		allow = "PUT"
 	}
 	res := reject(http.StatusMethodNotAllowed, "method not allowed; allowed: %s", allow)
 	res.header = http.Header{"Allow": {allow}}
@@ -461,6 +541,7 @@ const (
 	resUser
 	resConversation
 	resMessages
+	resUsers // the batch users route
 )
 
 // route is a parsed API path. Ids are unescaped per segment from the
@@ -487,6 +568,8 @@ func parseRoute(r *http.Request) route {
 	}
 	rt := route{api: true, app: segs[0]}
 	switch {
+	case len(segs) == 2 && segs[1] == "users":
+		rt.res = resUsers
 	case len(segs) == 3 && segs[1] == "users" && segs[2] != "":
 		rt.res, rt.id = resUser, segs[2]
 	case len(segs) == 3 && segs[1] == "conversations" && segs[2] != "":
@@ -505,6 +588,8 @@ func (rt route) statsName(method string) string {
 		return RouteGet
 	case rt.res == resUser && method == http.MethodPut:
 		return RouteUserPut
+	case rt.res == resUsers && method == http.MethodPut:
+		return RouteUsersPut
 	case rt.res == resConversation && method == http.MethodPut:
 		return RouteConversationPut
 	case rt.res == resMessages && method == http.MethodPost:

@@ -4,7 +4,9 @@ import "maps"
 
 // Route names used as keys of Stats.Routes.
 const (
-	RouteUserPut         = "user_put"
+	RouteUserPut = "user_put"
+	// RouteUsersPut is the batch users upsert, PUT /v1/{appId}/users.
+	RouteUsersPut        = "users_put"
 	RouteConversationPut = "conversation_put"
 	RouteMessagePost     = "message_post"
 	RouteGet             = "get"
@@ -15,15 +17,21 @@ const (
 
 // Fault names used as keys of Stats.Faults, one per knob of Faults.
 const (
-	FaultDown            = "down"
-	FaultHang            = "hang"
-	FaultLatency         = "latency"
-	FaultRateLimit       = "rate_limit"
+	FaultDown      = "down"
+	FaultHang      = "hang"
+	FaultLatency   = "latency"
+	FaultRateLimit = "rate_limit"
+	// FaultRateQueued counts requests over RateLimit that waited in the
+	// queue (Faults.QueueLength) and were then served.
+	FaultRateQueued      = "rate_queued"
 	FaultTooManyRequests = "too_many_requests"
 	FaultFailBefore      = "fail_before"
 	FaultFailAfter       = "fail_after"
 	FaultDropAfter       = "drop_after"
 	FaultRejectUser      = "reject_user"
+	// FaultBatchUnsupported counts batch users requests answered 404 or
+	// 405 by Faults.BatchUnsupported.
+	FaultBatchUnsupported = "batch_unsupported"
 )
 
 // Stats counts what the fake has seen since it was created or last Reset.

@@ -273,27 +273,40 @@ type userBody struct {
 	Custom         map[string]*string `json:"custom"`
 }
 
-// putUser upserts a user as a merge: the fields given replace the stored
-// ones, null clears a field, custom is merged key by key. email is
-// optional, but a null email is refused: it would clear the user's email
-// in TalkJS, which no relay means to do.
-func (s *Server) putUser(id string, body []byte) result {
+// rejectedUserReason is the message of a user refused by
+// Faults.RejectUserIDs.
+const rejectedUserReason = "injected fault: user rejected"
+
+// decodeUser decodes and checks one user's body. email is optional, but a
+// null email is refused: it would clear the user's email in TalkJS, which
+// no relay means to do.
+func decodeUser(body []byte) (userBody, error) {
 	var b userBody
 	if err := decodeStrict(body, &b); err != nil {
-		return reject(http.StatusBadRequest, "%v", err)
+		return b, err
 	}
 	switch {
 	case b.Name == nil || *b.Name == "":
-		return reject(http.StatusBadRequest, "name is required")
+		return b, errors.New("name is required")
 	case b.Email.null:
-		return reject(http.StatusBadRequest, "email is null, which would clear the user's email: send a non-empty array of strings or leave it out")
+		return b, errors.New("email is null, which would clear the user's email: send a non-empty array of strings or leave it out")
 	case b.Email.set && len(b.Email.v) == 0:
-		return reject(http.StatusBadRequest, "email must be a non-empty array of strings")
+		return b, errors.New("email must be a non-empty array of strings")
 	}
 	for i, e := range b.Email.v {
 		if e == "" {
-			return reject(http.StatusBadRequest, "email[%d] is empty", i)
+			return b, fmt.Errorf("email[%d] is empty", i)
 		}
+	}
+	return b, nil
+}
+
+// putUser upserts a user as a merge: the fields given replace the stored
+// ones, null clears a field, custom is merged key by key.
+func (s *Server) putUser(id string, body []byte) result {
+	b, err := decodeUser(body)
+	if err != nil {
+		return reject(http.StatusBadRequest, "%v", err)
 	}
 
 	s.mu.Lock()
@@ -301,10 +314,109 @@ func (s *Server) putUser(id string, body []byte) result {
 	if slices.Contains(s.faults.RejectUserIDs, id) {
 		return result{
 			status: http.StatusBadRequest,
-			body:   errorBody(http.StatusBadRequest, "injected fault: user rejected"),
+			body:   errorBody(http.StatusBadRequest, rejectedUserReason),
 			fault:  FaultRejectUser,
 		}
 	}
+	s.applyUserLocked(id, b)
+	res := ok(nil)
+	res.users = []string{id}
+	return res
+}
+
+// batchEntry is one user of a batch users PUT, in body order.
+type batchEntry struct {
+	id   string
+	body json.RawMessage
+}
+
+// decodeUserBatch reads a batch users body: a JSON object keyed by user
+// id. A key given twice is refused, as the caller's intent is unclear.
+func decodeUserBatch(body []byte) ([]batchEntry, error) {
+	const want = "body must be a JSON object keyed by user id"
+	dec := json.NewDecoder(bytes.NewReader(body))
+	if tok, err := dec.Token(); err != nil || tok != json.Delim('{') {
+		return nil, errors.New(want)
+	}
+	var entries []batchEntry
+	seen := map[string]bool{}
+	for dec.More() {
+		tok, err := dec.Token()
+		if err != nil {
+			return nil, fmt.Errorf("invalid JSON body: %w", err)
+		}
+		id, _ := tok.(string) // object keys are always strings
+		if seen[id] {
+			return nil, fmt.Errorf("user id %q is given twice", id)
+		}
+		seen[id] = true
+		var raw json.RawMessage
+		if err := dec.Decode(&raw); err != nil {
+			return nil, fmt.Errorf("invalid JSON body: %w", err)
+		}
+		entries = append(entries, batchEntry{id: id, body: raw})
+	}
+	if _, err := dec.Token(); err != nil { // the closing brace
+		return nil, fmt.Errorf("invalid JSON body: %w", err)
+	}
+	if _, err := dec.Token(); err != io.EOF {
+		return nil, errors.New("invalid JSON body: data after the JSON value")
+	}
+	return entries, nil
+}
+
+// putUsers upserts 1 to provider.MaxUsersPerPut users, each merged as
+// putUser does, all or nothing: when any entry is invalid (or refused by
+// Faults.RejectUserIDs) none is stored and the answer is a 400 whose body
+// maps each invalid entry's id to its error message.
+func (s *Server) putUsers(body []byte) result {
+	entries, err := decodeUserBatch(body)
+	if err != nil {
+		return reject(http.StatusBadRequest, "%v", err)
+	}
+	if n := len(entries); n == 0 || n > provider.MaxUsersPerPut {
+		return reject(http.StatusBadRequest, "body must hold 1 to %d users, got %d", provider.MaxUsersPerPut, n)
+	}
+	invalid := map[string]string{}
+	bodies := make([]userBody, len(entries))
+	for i, e := range entries {
+		if e.id == "" {
+			invalid[e.id] = "user id is empty"
+			continue
+		}
+		b, err := decodeUser(e.body)
+		if err != nil {
+			invalid[e.id] = err.Error()
+		}
+		bodies[i] = b
+	}
+
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	injectedOnly := len(invalid) == 0
+	for _, e := range entries {
+		if _, bad := invalid[e.id]; !bad && slices.Contains(s.faults.RejectUserIDs, e.id) {
+			invalid[e.id] = rejectedUserReason
+		}
+	}
+	if len(invalid) > 0 {
+		res := result{status: http.StatusBadRequest, body: invalid}
+		if injectedOnly {
+			res.fault = FaultRejectUser
+		}
+		return res
+	}
+	res := ok(nil)
+	for i, e := range entries {
+		s.applyUserLocked(e.id, bodies[i])
+		res.users = append(res.users, e.id)
+	}
+	return res
+}
+
+// applyUserLocked merges a checked user body into the stored user,
+// creating it. Caller holds mu.
+func (s *Server) applyUserLocked(id string, b userBody) {
 	u, found := s.users[id]
 	if !found {
 		u = &User{ID: id, CreatedAt: s.now()}
@@ -317,7 +429,6 @@ func (s *Server) putUser(id string, body []byte) result {
 	b.WelcomeMessage.apply(&u.WelcomeMessage)
 	b.Role.apply(&u.Role)
 	u.Custom = mergeCustom(u.Custom, b.Custom)
-	return ok(nil)
 }
 
 type conversationBody struct {
