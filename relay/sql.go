@@ -82,25 +82,32 @@ WITH candidates AS (
            sha256(convert_to('user-v1:' || u::text, 'UTF8')) AS hash
       FROM claimed c, jsonb_array_elements(c.payload -> 'users') u
      WHERE $4::interval > interval '0'
+), records AS (
+    -- By primary key, whatever the estimates (a join or IN here may be
+    -- planned as a scan of the whole table).
+    SELECT s.user_id, s.content_hash
+      FROM outbox.synced_users s
+     WHERE s.app_id = $5
+       AND s.user_id = ANY (ARRAY(SELECT user_id FROM users))
+       AND s.synced_at > now() - $4::interval
 ), skips AS (
     SELECT x.intent_id, x.user_id
       FROM users x
-      JOIN outbox.synced_users s
-        ON s.app_id = $5 AND s.user_id = x.user_id AND s.content_hash = x.hash
-     WHERE s.synced_at > now() - $4::interval
+      JOIN records s ON s.user_id = x.user_id AND s.content_hash = x.hash
 ), doubted AS (
     SELECT s.user_id
       FROM outbox.synced_users s
      WHERE s.app_id = $5
-       AND s.user_id IN (SELECT x.user_id FROM users x
-                          WHERE NOT EXISTS (SELECT 1 FROM skips k
-                                             WHERE k.intent_id = x.intent_id AND k.user_id = x.user_id))
+       AND s.user_id = ANY (ARRAY(
+               SELECT x.user_id FROM users x
+                WHERE NOT EXISTS (SELECT 1 FROM skips k
+                                   WHERE k.intent_id = x.intent_id AND k.user_id = x.user_id)))
      ORDER BY s.user_id
        FOR UPDATE
 ), unsynced AS (
     DELETE FROM outbox.synced_users s
      WHERE s.app_id = $5
-       AND s.user_id IN (SELECT user_id FROM doubted)
+       AND s.user_id = ANY (ARRAY(SELECT user_id FROM doubted))
 )
 SELECT c.id, c.lease_token, c.attempts, c.payload, c.delivery_key::text,
        (SELECT jsonb_object_agg(x.user_id, encode(x.hash, 'hex')) FROM users x WHERE x.intent_id = c.id),
@@ -257,17 +264,16 @@ WITH r AS (
     SELECT s.user_id
       FROM outbox.synced_users s
      WHERE s.app_id = $18
-       AND s.user_id IN (SELECT user_id FROM sync_verdict)
+       AND s.user_id = ANY (ARRAY(SELECT user_id FROM sync_verdict)) -- by primary key
        AND (SELECT count(*) FROM parked) >= 0 -- after parked: see above
      ORDER BY s.user_id
        FOR UPDATE
 ), unsynced AS (
     DELETE FROM outbox.synced_users s
-     USING sync_verdict v
      WHERE s.app_id = $18
-       AND s.user_id = v.user_id
-       AND NOT v.trusted
-       AND s.user_id IN (SELECT user_id FROM sync_locked)
+       AND s.user_id = ANY (ARRAY(SELECT v.user_id FROM sync_verdict v
+                                   WHERE NOT v.trusted
+                                     AND v.user_id IN (SELECT user_id FROM sync_locked)))
 ), synced AS (
     INSERT INTO outbox.synced_users (app_id, user_id, content_hash, synced_at)
     SELECT $18, v.user_id, v.hash, now()
