@@ -29,6 +29,11 @@ const (
 	dbTimeout  = 30 * time.Second
 	dbRetryMin = 100 * time.Millisecond
 	dbRetryMax = 2 * time.Second
+
+	// parkBatch bounds how many blocked intents one claim parks (see
+	// claimBatch), so that the first claim to meet a long queue behind a
+	// failing intent stays short; the next claims park the rest.
+	parkBatch = 1000
 )
 
 // claimLoop claims intents while there are free slots and starts a worker
@@ -156,7 +161,7 @@ func (r *Relay) claim(ctx context.Context, limit int) ([]*job, error) {
 	start := time.Now()
 	qctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), dbTimeout)
 	defer cancel()
-	rows, err := r.pool.Query(qctx, claimBatch, planFresh, limit, r.cfg.Name, r.cfg.Lease, r.syncTTL(), r.cfg.AppID)
+	rows, err := r.pool.Query(qctx, claimBatch, append([]any{planFresh}, r.claimArgs(limit)...)...)
 	if err != nil {
 		return nil, err
 	}
@@ -204,6 +209,11 @@ func parseUserSyncs(hashes []byte, skip []string) (map[string][]byte, map[string
 		skipped[id] = true
 	}
 	return byID, skipped
+}
+
+// claimArgs are claimBatch's arguments for a claim of up to limit intents.
+func (r *Relay) claimArgs(limit int) []any {
+	return []any{limit, r.cfg.Name, r.cfg.Lease, r.syncTTL(), r.cfg.AppID, parkBatch}
 }
 
 // dispatch starts a worker per job. The caller has checked there are free

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"fmt"
+	"time"
 )
 
 // ClaimAndComplete claims up to n intents and records them all done, as a
@@ -43,3 +44,28 @@ func (r *Relay) CleanUp(ctx context.Context) { r.cleanUp(ctx) }
 
 // ExpireLeases runs one sweep for expired leases now.
 func (r *Relay) ExpireLeases(ctx context.Context) { r.expireLeases(ctx) }
+
+// Job is a claimed intent, for tests that drive claims and completions.
+type Job = job
+
+// ID is the claimed intent's id.
+func (j *job) ID() int64 { return j.id }
+
+// Claim claims up to n intents as the claimer would, without delivering them.
+func (r *Relay) Claim(ctx context.Context, n int) ([]*Job, error) { return r.claim(ctx, n) }
+
+// Complete records jobs with one outcome (done, dead, retry, release) and
+// no calls, the next attempt due after delay.
+func (r *Relay) Complete(ctx context.Context, jobs []*Job, outcome string, delay time.Duration) error {
+	batch := make([]*result, len(jobs))
+	for i, j := range jobs {
+		batch[i] = &result{job: j, outcome: outcome, delay: delay}
+		if outcome != outcomeDone {
+			batch[i].err = "test: " + outcome
+		}
+	}
+	return r.completeBatch(ctx, batch)
+}
+
+// ClaimStatement is the claim statement and its arguments for n intents.
+func (r *Relay) ClaimStatement(n int) (string, []any) { return claimBatch, r.claimArgs(n) }

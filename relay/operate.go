@@ -153,6 +153,7 @@ WITH retried AS (
        SET state = 'pending',
            attempts = 0,
            run_after = now(),
+           parked = false, -- the claim parks it again if it waits behind another
            retried_at = now(),
            updated_at = now()
      WHERE id IN (` + selectWhere + `)
@@ -171,7 +172,23 @@ WITH cancelled AS (
            updated_at = now()
      WHERE id IN (` + selectWhere + `)
        AND state = 'pending'
-    RETURNING id
+    RETURNING id, conversation_id
+), unparked AS (
+    -- As in the relay's completion: the next intent of each conversation
+    -- may go now (see claimBatch).
+    UPDATE outbox.intents s
+       SET parked = false
+      FROM cancelled c
+     CROSS JOIN LATERAL (
+           SELECT n.id
+             FROM outbox.intents n
+            WHERE n.conversation_id = c.conversation_id
+              AND n.id > c.id
+              AND n.state IN ('pending', 'delivering')
+            ORDER BY n.conversation_id, n.id
+            LIMIT 1) nx
+     WHERE s.id = nx.id
+       AND s.state = 'pending'
 )
 SELECT id, pg_notify('` + notifyChannel + `', '') IS NULL AS notified FROM cancelled ORDER BY id`
 

@@ -51,11 +51,30 @@ const (
 	// Locks: the claimed intents (SKIP LOCKED, never waited for), then the
 	// records to delete in user id order, the order completeBatch locks
 	// them in too.
+	//
+	// It also parks (at most $6 of) the pending intents its scan walked past
+	// because an earlier intent of their conversation is pending or
+	// delivering, so that no later claim walks them again: the claim scan
+	// (intents_claimable_idx) leaves parked intents out. Parking locks the
+	// blocking predecessor FOR KEY SHARE first and gives up when it cannot:
+	// a predecessor ending right now would miss the mark. Every statement
+	// that ends an intent (completion, expiry, cancel) rewrites the next
+	// intent whatever its mark, so one that reaches it after this
+	// statement locked it waits and clears the mark; one that got there
+	// first holds the row, which is skipped; one that committed since this
+	// statement's snapshot left a predecessor that fails the recheck of
+	// its state under the lock. (KEY SHARE lets renewals and claims of the
+	// predecessor go on.) Parking takes every lock SKIP LOCKED: it never
+	// makes a claim wait.
+	//
+	// Order does not depend on parking: the NOT EXISTS below is what keeps
+	// a successor behind its predecessor.
 	claimBatch = `
 WITH candidates AS (
-    SELECT i.id
+    SELECT i.id, i.run_after
       FROM outbox.intents i
      WHERE i.state = 'pending'
+       AND NOT i.parked
        AND i.run_after <= now()
        AND NOT EXISTS (
            SELECT 1
@@ -67,6 +86,42 @@ WITH candidates AS (
      ORDER BY i.run_after, i.id
      LIMIT $1
        FOR UPDATE SKIP LOCKED
+), walked AS (
+    -- How far the candidate scan went: to its last candidate, or through
+    -- every due intent when it found fewer than it was asked for.
+    SELECT coalesce(l.run_after, 'infinity') AS run_after, coalesce(l.id, 0) AS id
+      FROM (SELECT) one
+      LEFT JOIN (SELECT run_after, id FROM candidates ORDER BY run_after DESC, id DESC LIMIT 1) l
+        ON (SELECT count(*) FROM candidates) >= $1
+), blocked AS (
+    SELECT i.id, p.id AS behind
+      FROM outbox.intents i
+     CROSS JOIN LATERAL (
+           SELECT earlier.id
+             FROM outbox.intents earlier
+            WHERE earlier.conversation_id = i.conversation_id
+              AND earlier.id < i.id
+              AND earlier.state IN ('pending', 'delivering')
+            ORDER BY earlier.conversation_id DESC, earlier.id DESC -- intents_active_conversation_idx
+            LIMIT 1) p
+     WHERE i.state = 'pending'
+       AND NOT i.parked
+       AND i.run_after <= now()
+       AND (i.run_after, i.id) < ((SELECT run_after FROM walked), (SELECT id FROM walked))
+       AND i.id <> ALL (ARRAY(SELECT id FROM candidates))
+     ORDER BY i.run_after, i.id
+     LIMIT $6
+       FOR UPDATE OF i SKIP LOCKED
+), predecessors AS (
+    SELECT p.id
+      FROM outbox.intents p
+     WHERE p.id = ANY (ARRAY(SELECT behind FROM blocked)) -- by primary key, whatever the estimates
+       AND p.state IN ('pending', 'delivering')
+       FOR KEY SHARE SKIP LOCKED
+), parked AS (
+    UPDATE outbox.intents i
+       SET parked = true
+     WHERE i.id = ANY (ARRAY(SELECT b.id FROM blocked b JOIN predecessors p ON p.id = b.behind))
 ), claimed AS (
     UPDATE outbox.intents i
        SET state = 'delivering',
@@ -152,21 +207,39 @@ WITH expired AS (
             OR (attempts < $1 AND greatest(created_at, retried_at) >= now() - $2::interval))
      ORDER BY id
        FOR UPDATE SKIP LOCKED -- a relay completing it now wins
+), taken AS (
+    UPDATE outbox.intents
+       SET state = CASE WHEN attempts >= $1 OR greatest(created_at, retried_at) < now() - $2::interval
+                        THEN 'dead' ELSE 'pending' END,
+           last_error = format('attempt %s: lease held by %s expired at %s without a result',
+                               attempts, lease_owner, lease_expires_at),
+           lease_owner = NULL,
+           lease_expires_at = NULL,
+           updated_at = now()
+     WHERE id IN (SELECT id FROM expired)
+       AND state = 'delivering'
+       AND lease_expires_at < now()
+       AND (lease_expires_at < now() - $3::interval
+            OR (attempts < $1 AND greatest(created_at, retried_at) >= now() - $2::interval))
+    RETURNING id, state, conversation_id
+), unparked AS (
+    -- As in completeBatch: a dead intent lets its next intent be claimed.
+    UPDATE outbox.intents s
+       SET parked = false
+      FROM taken c
+     CROSS JOIN LATERAL (
+           SELECT n.id
+             FROM outbox.intents n
+            WHERE n.conversation_id = c.conversation_id
+              AND n.id > c.id
+              AND n.state IN ('pending', 'delivering')
+            ORDER BY n.conversation_id, n.id -- intents_active_conversation_idx
+            LIMIT 1) nx
+     WHERE c.state = 'dead'
+       AND s.id = nx.id
+       AND s.state = 'pending'
 )
-UPDATE outbox.intents
-   SET state = CASE WHEN attempts >= $1 OR greatest(created_at, retried_at) < now() - $2::interval
-                    THEN 'dead' ELSE 'pending' END,
-       last_error = format('attempt %s: lease held by %s expired at %s without a result',
-                           attempts, lease_owner, lease_expires_at),
-       lease_owner = NULL,
-       lease_expires_at = NULL,
-       updated_at = now()
- WHERE id IN (SELECT id FROM expired)
-   AND state = 'delivering'
-   AND lease_expires_at < now()
-   AND (lease_expires_at < now() - $3::interval
-        OR (attempts < $1 AND greatest(created_at, retried_at) >= now() - $2::interval))
-RETURNING id, state`
+SELECT id, state FROM taken`
 
 	// wakeRelays wakes every relay's claimer (they all LISTEN), after the
 	// sweep made intents claimable: takeover must not wait for a poll.
@@ -177,25 +250,25 @@ RETURNING id, state`
 	// Outcomes: done; dead (permanent failure); retry (a counted failure:
 	// pending after a backoff, or dead when the budget is spent); release
 	// (not the intent's fault: pending after a delay, the attempt given
-	// back). The same statement records the attempts, gives the pending
-	// successors of an intent put back to wait that same wait (they cannot
-	// go before it, and a parked intent is not walked by the claim), and
-	// keeps outbox.synced_users true for app $18: a user gets a record only
-	// when every PUT of it in the batch was answered 200 for one content
-	// and its intent's result was recorded here (not fenced: a relay that
-	// lost its lease may have PUT after the new owner). Any other PUT of it
-	// (no answer, an error, two contents), or a skipped PUT that a later
-	// permanent failure put in doubt, deletes its record.
-	// Parking sees the rows as they were before the statement, so a
-	// successor put back by the same batch is not parked; the claim still
-	// keeps it behind its predecessor.
+	// back). The same statement records the attempts, clears the parked
+	// mark of the next intent of each conversation whose intent ended (see
+	// claimBatch; an intent put back to wait changes no other row: its
+	// successors stay parked, or are parked by the next claim that walks
+	// past them), and keeps outbox.synced_users true for app $18: a user
+	// gets a record only when every PUT of it in the batch was answered 200
+	// for one content and its intent's result was recorded here (not
+	// fenced: a relay that lost its lease may have PUT after the new
+	// owner). Any other PUT of it (no answer, an error, two contents), or a
+	// skipped PUT that a later permanent failure put in doubt, deletes its
+	// record.
 	//
 	// Locks, in this order in every relay: the batch's intents in id order
-	// (locked, read by the main query), their pending successors (parked),
-	// then the existing records of the batch's users in user id order
-	// (sync_locked), before any record is deleted or inserted. Sub-statements
-	// the main query does not read run after it, in an order Postgres does
-	// not promise, so each waits for what must come first explicitly.
+	// (locked, read by the main query), the next intents of those that
+	// ended (unparked), then the existing records of the batch's users in
+	// user id order (sync_locked), before any record is deleted or
+	// inserted. Sub-statements the main query does not read run after it,
+	// in an order Postgres does not promise, so each waits for what must
+	// come first explicitly.
 	completeBatch = `
 WITH r AS (
     SELECT *
@@ -236,16 +309,26 @@ WITH r AS (
      WHERE i.id = d.id
        AND i.lease_token = d.token
        AND i.state = 'delivering'
-    RETURNING i.id, i.state, i.conversation_id, i.run_after
-), parked AS (
+    RETURNING i.id, i.state, i.conversation_id
+), unparked AS (
+    -- An intent that ended (done or dead) lets its conversation's next
+    -- intent be claimed: clear that one's parked mark. Only that one: the
+    -- intents behind it are still behind it. Chosen from the rows as they
+    -- were, whatever its mark then, since a claim may have parked it since.
     UPDATE outbox.intents s
-       SET run_after = c.run_after
+       SET parked = false
       FROM completed c
-     WHERE c.state = 'pending'
-       AND s.conversation_id = c.conversation_id
-       AND s.id > c.id
+     CROSS JOIN LATERAL (
+           SELECT n.id
+             FROM outbox.intents n
+            WHERE n.conversation_id = c.conversation_id
+              AND n.id > c.id
+              AND n.state IN ('pending', 'delivering')
+            ORDER BY n.conversation_id, n.id -- intents_active_conversation_idx
+            LIMIT 1) nx
+     WHERE c.state IN ('done', 'dead')
+       AND s.id = nx.id
        AND s.state = 'pending'
-       AND s.run_after < c.run_after
     RETURNING s.id
 ), recorded AS (
     INSERT INTO outbox.attempts (intent_id, attempt, step, target, status, outcome, error, duration_ms, relay, started_at)
@@ -265,7 +348,7 @@ WITH r AS (
       FROM outbox.synced_users s
      WHERE s.app_id = $18
        AND s.user_id = ANY (ARRAY(SELECT user_id FROM sync_verdict)) -- by primary key
-       AND (SELECT count(*) FROM parked) >= 0 -- after parked: see above
+       AND (SELECT count(*) FROM unparked) >= 0 -- after unparked: see above
      ORDER BY s.user_id
        FOR UPDATE
 ), unsynced AS (
