@@ -25,8 +25,6 @@ type job struct {
 }
 
 const (
-	// dbTimeout bounds one database statement of the relay's own.
-	dbTimeout  = 30 * time.Second
 	dbRetryMin = 100 * time.Millisecond
 	dbRetryMax = 2 * time.Second
 
@@ -159,7 +157,7 @@ func (r *Relay) claim(ctx context.Context, limit int) ([]*job, error) {
 		return nil, err
 	}
 	start := time.Now()
-	qctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), dbTimeout)
+	qctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), r.cfg.statementDeadline())
 	defer cancel()
 	rows, err := r.pool.Query(qctx, claimBatch, append([]any{planFresh}, r.claimArgs(limit)...)...)
 	if err != nil {

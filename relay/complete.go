@@ -46,7 +46,7 @@ func (r *Relay) completeLoop() {
 func (r *Relay) writeResults(batch []*result) {
 	retry := dbRetryMin
 	for {
-		ctx, cancel := context.WithTimeout(context.Background(), dbTimeout)
+		ctx, cancel := context.WithTimeout(context.Background(), r.cfg.statementDeadline())
 		err := r.completeBatch(ctx, batch)
 		cancel()
 		if err == nil {

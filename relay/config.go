@@ -6,7 +6,10 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"strconv"
 	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/prometheus/client_golang/prometheus"
 )
@@ -216,3 +219,42 @@ func (c Config) heartbeatInterval() time.Duration { return c.Lease / 3 }
 
 // sweepInterval is how often expired leases are looked for.
 func (c Config) sweepInterval() time.Duration { return min(c.Lease/10, time.Second) }
+
+// statementTimeout bounds each statement of the relay on the server (the
+// statement_timeout of its sessions, see ConfigurePool): a quarter of the
+// lease, at least 250ms, at most 5s. A statement stuck behind a lock held
+// by another session then fails well before the lease runs out, instead of
+// holding the completer, the renewals or the claim.
+func (c Config) statementTimeout() time.Duration {
+	return min(max(c.Lease/4, 250*time.Millisecond), 5*time.Second)
+}
+
+// lockTimeout bounds a wait for a lock (the lock_timeout of the relay's
+// sessions): half the statement timeout, at most 1s. The relay's own
+// statements hold row locks for milliseconds; a longer wait is a lock held
+// by someone else.
+func (c Config) lockTimeout() time.Duration {
+	return min(c.statementTimeout()/2, time.Second)
+}
+
+// statementDeadline bounds a statement on the client: the server's timeout
+// plus a second, for a server that does not answer at all.
+func (c Config) statementDeadline() time.Duration {
+	return c.statementTimeout() + time.Second
+}
+
+// ConfigurePool sets the statement and lock timeouts the relay configured
+// by cfg needs on the sessions of a pool made from pc (a quarter of the
+// lease for a statement, at most 5s; at most 1s for a lock wait). Give the
+// relay a pool of its own made this way: a statement stuck behind a row
+// lock that another session holds then fails in time and the relay sets
+// the result it carries aside, instead of waiting as long as the lock is
+// held. Start logs a warning when the pool's sessions have no such bound.
+func ConfigurePool(pc *pgxpool.Config, cfg Config) {
+	cfg = cfg.withDefaults()
+	if pc.ConnConfig.RuntimeParams == nil {
+		pc.ConnConfig.RuntimeParams = map[string]string{}
+	}
+	pc.ConnConfig.RuntimeParams["statement_timeout"] = strconv.FormatInt(cfg.statementTimeout().Milliseconds(), 10)
+	pc.ConnConfig.RuntimeParams["lock_timeout"] = strconv.FormatInt(cfg.lockTimeout().Milliseconds(), 10)
+}

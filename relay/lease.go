@@ -93,16 +93,18 @@ func (r *Relay) renewLeases(ctx context.Context) {
 		r.setDB(false, "renew_leases", err)
 		return
 	}
-	kept := make(map[int64]bool, len(jobs))
+	kept := make(map[int64]bool, len(jobs))    // still ours
+	renewed := make(map[int64]bool, len(jobs)) // and extended
 	for rows.Next() {
 		var id int64
-		if err := rows.Scan(&id); err != nil {
+		var ok bool
+		if err := rows.Scan(&id, &ok); err != nil {
 			// Nothing is known about the rest: cancel nothing.
 			rows.Close()
 			r.setDB(false, "renew_leases", err)
 			return
 		}
-		kept[id] = true
+		kept[id], renewed[id] = true, ok
 	}
 	rows.Close()
 	if err := rows.Err(); err != nil {
@@ -112,14 +114,18 @@ func (r *Relay) renewLeases(ctx context.Context) {
 	r.setDB(true, "", nil)
 	deadline := r.monotonic(start) + int64(r.cfg.Lease)
 	for _, j := range jobs {
-		if kept[j.id] {
+		switch {
+		case renewed[j.id]:
 			j.deadline.Store(deadline)
-			continue
-		}
-		// Completed meanwhile, or lost. Either way no more calls for it.
-		j.deadline.Store(0)
-		if j.cancel != nil {
-			j.cancel()
+		case kept[j.id]:
+			// Its row is locked right now (being completed, or by another
+			// session): the lease runs on, and so does the call's deadline.
+		default:
+			// Completed meanwhile, or lost. Either way no more calls for it.
+			j.deadline.Store(0)
+			if j.cancel != nil {
+				j.cancel()
+			}
 		}
 	}
 }
@@ -206,7 +212,7 @@ func (r *Relay) cleanUp(ctx context.Context) {
 	}
 	const batch = 1000
 	for ctx.Err() == nil {
-		opCtx, cancel := context.WithTimeout(ctx, dbTimeout)
+		opCtx, cancel := context.WithTimeout(ctx, r.cfg.statementDeadline())
 		var n int
 		err := r.pool.QueryRow(opCtx, deleteDone, planFresh, r.cfg.Retention, batch).Scan(&n)
 		cancel()

@@ -122,6 +122,15 @@ func (r *Relay) Start(ctx context.Context) error {
 	if err := r.pool.QueryRow(ctx, schemaCheck).Scan(&waiting); err != nil {
 		return fmt.Errorf("relay: read the outbox schema (is the database migrated?): %w", err)
 	}
+	var statementTimeout, lockTimeout string
+	if err := r.pool.QueryRow(ctx, sessionTimeouts).Scan(&statementTimeout, &lockTimeout); err != nil {
+		return fmt.Errorf("relay: read session timeouts: %w", err)
+	}
+	if statementTimeout == "0" || lockTimeout == "0" {
+		r.log.Warn("the relay's database sessions have no statement or lock timeout: a row lock held by "+
+			"another session can hold up the relay; make its pool with relay.ConfigurePool",
+			"statement_timeout", statementTimeout, "lock_timeout", lockTimeout)
+	}
 	var taken bool
 	if err := r.pool.QueryRow(ctx, liveRelayNamed, r.cfg.Name, r.cfg.Lease).Scan(&taken); err != nil {
 		return fmt.Errorf("relay: check relay name: %w", err)

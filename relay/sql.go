@@ -170,22 +170,33 @@ SELECT c.id, c.lease_token, c.attempts, c.payload, c.delivery_key::text,
   FROM claimed c
  ORDER BY c.id`
 
-	// renewLeases extends the leases this relay still holds and returns them.
+	// renewLeases extends the leases this relay still holds. It returns
+	// every intent of ($1, $2) still held, with whether its lease was
+	// extended: a held intent whose row another session has locked is
+	// skipped, not waited for, so one locked row cannot hold up the
+	// renewal of every other lease. An intent not returned is no longer
+	// held.
 	renewLeases = `
-WITH held AS (
+WITH asked AS (
+    SELECT * FROM unnest($1::bigint[], $2::bigint[]) AS h(id, token)
+), held AS (
     SELECT i.id
       FROM outbox.intents i
-      JOIN unnest($1::bigint[], $2::bigint[]) AS h(id, token)
-        ON i.id = h.id AND i.lease_token = h.token
+      JOIN asked h ON i.id = h.id AND i.lease_token = h.token
      WHERE i.state = 'delivering'
      ORDER BY i.id
-       FOR UPDATE
+       FOR UPDATE SKIP LOCKED
+), renewed AS (
+    UPDATE outbox.intents i
+       SET lease_expires_at = now() + $3::interval
+      FROM held
+     WHERE i.id = held.id
+    RETURNING i.id
 )
-UPDATE outbox.intents i
-   SET lease_expires_at = now() + $3::interval
-  FROM held
- WHERE i.id = held.id
-RETURNING i.id`
+SELECT i.id, EXISTS (SELECT 1 FROM renewed r WHERE r.id = i.id)
+  FROM outbox.intents i
+  JOIN asked h ON i.id = h.id AND i.lease_token = h.token
+ WHERE i.state = 'delivering'`
 
 	// expireLeases puts intents whose lease ran out (their relay crashed,
 	// hung or lost the database) back to pending, in their place in the
@@ -421,6 +432,9 @@ SELECT count(*) FROM gone`
 DELETE FROM outbox.synced_users
  WHERE synced_at < now() - CASE WHEN app_id = $2 THEN $1::interval
                                 ELSE greatest($1::interval, interval '1 day') END`
+
+	// sessionTimeouts reads the statement and lock timeouts of a session.
+	sessionTimeouts = `SELECT current_setting('statement_timeout'), current_setting('lock_timeout')`
 
 	// schemaCheck fails unless the outbox schema is migrated.
 	schemaCheck = `SELECT waiting FROM outbox.wakeup`

@@ -232,7 +232,14 @@ func cmdRun(ctx context.Context, args []string, env envconfig.Lookuper, _, stder
 		logger.Info("schema ready", "version", res.Version, "applied", len(res.Applied))
 	}
 
-	pool, err := newPool(ctx, cfg.DatabaseURL)
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	rcfg := cfg.relayConfig(logger)
+	rcfg.Registerer = reg
+
+	// The relay's own sessions, with statement and lock timeouts inside
+	// its lease.
+	pool, err := newPool(ctx, cfg.DatabaseURL, func(pc *pgxpool.Config) { relay.ConfigurePool(pc, rcfg) })
 	if err != nil {
 		return err
 	}
@@ -244,10 +251,6 @@ func cmdRun(ctx context.Context, args []string, env envconfig.Lookuper, _, stder
 	}
 	defer client.Close()
 
-	reg := prometheus.NewRegistry()
-	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	rcfg := cfg.relayConfig(logger)
-	rcfg.Registerer = reg
 	r, err := relay.New(pool, client, rcfg)
 	if err != nil {
 		return err
@@ -324,16 +327,21 @@ func dbPool(ctx context.Context, env envconfig.Lookuper) (*pgxpool.Pool, error) 
 	if err := checkDatabaseURL(cfg.DatabaseURL); err != nil {
 		return nil, err
 	}
-	return newPool(ctx, cfg.DatabaseURL)
+	return newPool(ctx, cfg.DatabaseURL, nil)
 }
 
-func newPool(ctx context.Context, url string) (*pgxpool.Pool, error) {
+// newPool connects to url; configure, when not nil, adjusts the pool's
+// configuration first.
+func newPool(ctx context.Context, url string, configure func(*pgxpool.Config)) (*pgxpool.Pool, error) {
 	cfg, err := pgxpool.ParseConfig(url)
 	if err != nil {
 		return nil, fmt.Errorf("DATABASE_URL: %w", err)
 	}
 	if !strings.Contains(url, "pool_max_conns") {
 		cfg.MaxConns = 10
+	}
+	if configure != nil {
+		configure(cfg)
 	}
 	pool, err := pgxpool.NewWithConfig(ctx, cfg)
 	if err != nil {
