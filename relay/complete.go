@@ -2,10 +2,13 @@ package relay
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"strings"
 	"time"
+
+	"github.com/jackc/pgx/v5/pgconn"
 )
 
 const levelDebug = slog.LevelDebug
@@ -22,53 +25,204 @@ func (r *Relay) completeLoop() {
 		if !ok {
 			return
 		}
-		batch := []*result{res}
-	more:
-		for len(batch) < maxCompletionBatch {
-			select {
-			case res, ok := <-r.results:
-				if !ok {
-					break more
-				}
-				batch = append(batch, res)
-			default:
-				break more
-			}
-		}
-		r.writeResults(batch)
+		r.writeResults(r.moreResults([]*result{res}))
 	}
 }
 
-// writeResults records a batch, retrying while the database is unreachable.
-// A result is kept until written: its attempts happened and must be
-// recorded, and its lease is only given up by the write. Should the lease
-// expire first, the fenced update simply changes nothing.
+// moreResults adds the results ready now to batch, up to a full batch.
+func (r *Relay) moreResults(batch []*result) []*result {
+	for len(batch) < maxCompletionBatch {
+		select {
+		case res, ok := <-r.results:
+			if !ok {
+				return batch
+			}
+			batch = append(batch, res)
+		default:
+			return batch
+		}
+	}
+	return batch
+}
+
+// writeResults records a batch. A result is kept until written: its
+// attempts happened and must be recorded, and its lease is only given up by
+// the write. Should the lease expire first, the fenced update simply
+// changes nothing.
+//
+// A batch the database refuses is split in halves until the results it
+// refuses are alone, and the others are written. A result refused alone
+// (its row locked by a session that does not let go, data the database
+// will not take) is tried again a few times, then dropped: its lease is no
+// longer renewed, so it expires and the intent is delivered again, its
+// messages deduplicated by their idempotency keys. While the database does
+// not answer at all, nothing is split or dropped: the batch is tried again
+// with backoff, and results that arrive meanwhile join it.
 func (r *Relay) writeResults(batch []*result) {
+	rejections := map[*result]int{}
+	writesBefore := map[*result]int64{} // r.writes when the result was first refused
 	retry := dbRetryMin
-	for {
-		ctx, cancel := context.WithTimeout(context.Background(), r.cfg.statementDeadline())
-		err := r.completeBatch(ctx, batch)
-		cancel()
-		if err == nil {
-			r.setDB(true, "", nil)
+	for len(batch) > 0 {
+		var failed []failedWrite
+		r.writeSplitting(batch, &failed)
+		if len(failed) == 0 {
 			break
 		}
-		r.setDB(false, "complete", err)
-		// While running, keep trying: workers wait for the completer,
-		// which stops claiming (back-pressure). Only a shutdown gives up,
-		// once its timeout has passed since Stop.
-		if r.stopping.Load() && time.Since(r.stoppedAt()) > r.cfg.ShutdownTimeout {
-			r.log.Error("shutting down without recording results; the intents will be redelivered after their lease",
-				"intents", len(batch), "error", err)
+		shutdownOver := r.stopping.Load() && time.Since(r.stoppedAt()) > r.cfg.ShutdownTimeout
+		batch = batch[:0]
+		for _, f := range failed {
+			cause := writeErrorCause(f.err)
+			if cause == writeRejected {
+				if rejections[f.res] == 0 {
+					writesBefore[f.res] = r.writes.Load()
+				}
+				rejections[f.res]++
+			}
+			verdict := afterFailedWrite(writeFailure{
+				cause:        cause,
+				rejections:   rejections[f.res],
+				othersOK:     rejections[f.res] > 0 && r.writes.Load() > writesBefore[f.res],
+				shutdownOver: shutdownOver,
+			})
+			if verdict == writeAgain {
+				batch = append(batch, f.res)
+				continue
+			}
+			r.dropResult(f.res, f.err, shutdownOver)
+		}
+		if len(batch) == 0 {
 			break
 		}
 		time.Sleep(retry)
 		retry = min(2*retry, dbRetryMax)
-	}
-	for _, res := range batch {
-		r.held.remove(res.job)
+		// Results that arrived meanwhile go with the next try, so that
+		// they are not held up behind these.
+		batch = r.moreResults(batch)
 	}
 	r.signal()
+}
+
+// failedWrite is a result whose write failed, with the error.
+type failedWrite struct {
+	res *result
+	err error
+}
+
+// writeSplitting writes batch, splitting it while the database refuses it
+// (see splitWrite), and appends the results it could not write to failed.
+func (r *Relay) writeSplitting(batch []*result, failed *[]failedWrite) {
+	ctx, cancel := context.WithTimeout(context.Background(), r.cfg.statementDeadline())
+	err := r.completeBatch(ctx, batch)
+	cancel()
+	if err == nil {
+		r.setDB(true, "", nil)
+		r.writes.Add(1)
+		for _, res := range batch {
+			r.held.remove(res.job)
+		}
+		return
+	}
+	r.setDB(false, "complete", err)
+	if !splitWrite(len(batch), writeErrorCause(err)) {
+		for _, res := range batch {
+			*failed = append(*failed, failedWrite{res, err})
+		}
+		return
+	}
+	mid := len(batch) / 2
+	r.writeSplitting(batch[:mid], failed)
+	r.writeSplitting(batch[mid:], failed)
+}
+
+// dropResult gives up writing a result: its lease is no longer renewed, so
+// it expires and the intent is delivered again.
+func (r *Relay) dropResult(res *result, err error, shutdown bool) {
+	r.held.remove(res.job)
+	r.metrics.dropped.Inc()
+	if shutdown {
+		r.log.Error("shutting down without recording a result; the intent will be delivered again after its lease",
+			"intent_id", res.job.id, "attempt", res.job.attempt, "outcome", res.outcome, "error", err)
+		return
+	}
+	r.log.Error("result dropped: the database refuses to record it; the intent will be delivered again after its lease",
+		"intent_id", res.job.id, "attempt", res.job.attempt, "outcome", res.outcome, "error", err)
+}
+
+// writeCause is why a completion write failed.
+type writeCause int
+
+const (
+	// writeUnavailable: the database did not run the statement (no
+	// connection, shutting down, out of resources, read-only, a schema it
+	// does not know): no write would succeed, whichever results it holds.
+	writeUnavailable writeCause = iota
+	// writeRejected: the database ran the statement and refused it for
+	// something in it: a row's data, a lock it waited for too long, a
+	// deadlock. Smaller batches may succeed.
+	writeRejected
+)
+
+// writeErrorCause classifies a completion error by its SQLSTATE class.
+func writeErrorCause(err error) writeCause {
+	var pgErr *pgconn.PgError
+	if !errors.As(err, &pgErr) {
+		return writeUnavailable
+	}
+	switch pgErr.Code[:2] {
+	case "22", // data exception
+		"23", // integrity constraint violation
+		"40", // deadlock, serialization failure
+		"54", // program limit exceeded (a value too large)
+		"55", // lock not available (lock_timeout)
+		"P0": // raised by a trigger
+		return writeRejected
+	}
+	if pgErr.Code == "57014" { // query_canceled: statement_timeout
+		return writeRejected
+	}
+	return writeUnavailable
+}
+
+// splitWrite reports whether a failed write of n results is worth trying
+// again in halves: only when the database refused something in it.
+func splitWrite(n int, cause writeCause) bool {
+	return n > 1 && cause == writeRejected
+}
+
+// maxWriteRejections is how many times a result alone may be refused
+// before it is dropped.
+const maxWriteRejections = 3
+
+// writeFailure describes a result whose write just failed, alone or with
+// the database unavailable.
+type writeFailure struct {
+	cause        writeCause
+	rejections   int  // times it was refused alone
+	othersOK     bool // other writes succeeded since it was first refused
+	shutdownOver bool // Stop was called and its timeout has passed
+}
+
+type writeVerdict int
+
+const (
+	writeAgain writeVerdict = iota
+	writeDrop
+)
+
+// afterFailedWrite decides whether to try a failed result again or drop it.
+// A result is dropped only when the database refused it alone several
+// times while accepting other writes: a database that refuses everything
+// is a database in trouble, and the result waits for it. A shutdown whose
+// timeout has passed drops everything.
+func afterFailedWrite(f writeFailure) writeVerdict {
+	switch {
+	case f.shutdownOver:
+		return writeDrop
+	case f.cause == writeRejected && f.rejections >= maxWriteRejections && f.othersOK:
+		return writeDrop
+	default:
+		return writeAgain
+	}
 }
 
 func (r *Relay) completeBatch(ctx context.Context, batch []*result) error {

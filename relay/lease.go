@@ -138,6 +138,7 @@ func (r *Relay) beat(ctx context.Context) {
 		return
 	}
 	r.setDB(true, "", nil)
+	r.writes.Add(1)
 	r.metrics.liveRelays.Set(float64(live))
 	if rl, ok := r.provider.(rateLimiter); ok && r.cfg.RateLimit > 0 {
 		share := r.cfg.RateLimit / float64(live)

@@ -12,6 +12,7 @@ type metrics struct {
 	claimDuration  prometheus.Histogram
 	completed      *prometheus.CounterVec // by resulting state/outcome
 	fenced         prometheus.Counter
+	dropped        prometheus.Counter
 	leasesExpired  prometheus.Counter
 	calls          *prometheus.CounterVec   // by step and outcome
 	callDuration   *prometheus.HistogramVec // by step
@@ -44,6 +45,10 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		fenced: f.NewCounter(prometheus.CounterOpts{
 			Namespace: "outbox_relay", Name: "completions_fenced_total",
 			Help: "Results discarded because the intent's lease had passed to another relay.",
+		}),
+		dropped: f.NewCounter(prometheus.CounterOpts{
+			Namespace: "outbox_relay", Name: "completions_dropped_total",
+			Help: "Results the database refused to record; their intents are delivered again after the lease.",
 		}),
 		leasesExpired: f.NewCounter(prometheus.CounterOpts{
 			Namespace: "outbox_relay", Name: "leases_expired_total",

@@ -51,7 +51,8 @@ type Relay struct {
 	users     *userFlights
 	listening atomic.Bool // the LISTEN connection is up
 	operator  operatorPause
-	dbOK      atomic.Bool // the last database operation succeeded
+	dbOK      atomic.Bool  // the last database operation succeeded
+	writes    atomic.Int64 // completions and heartbeats the database accepted
 	started   atomic.Bool
 	stopping  atomic.Bool  // Stop was called: results are written with a deadline
 	stopTime  atomic.Int64 // when Stop was called, unix ns
