@@ -81,7 +81,7 @@ func TestLockedSuccessorDoesNotStallTheRelay(t *testing.T) {
 	prov := &failingConversation{Provider: b.client(t, testSecret), id: "stuck"}
 	prov.failing.Store(true)
 	cfg := withLogs(testConfig("locked-successor"), b)
-	cfg.Lease = 3 * time.Second
+	cfg.Lease = 4 * time.Second
 	cfg.MaxAttempts = 1000
 	cfg.Retry = relay.RetryPolicy{Base: 200 * time.Millisecond, Max: 400 * time.Millisecond}
 	r, err := relay.New(relayPool(t, b.dbURL, cfg), prov, cfg)
@@ -166,7 +166,7 @@ func TestUnwritableResultIsDroppedToItsLease(t *testing.T) {
 	b := setup(t, faketalkjs.Faults{})
 	ctx := context.Background()
 	cfg := withLogs(testConfig("unwritable"), b)
-	cfg.Lease = 3 * time.Second
+	cfg.Lease = 4 * time.Second
 	cfg.MaxAttempts = 1000
 	r, err := relay.New(relayPool(t, b.dbURL, cfg), b.client(t, testSecret), cfg)
 	if err != nil {
