@@ -15,6 +15,7 @@ import (
 	"github.com/outbox-relay/outbox-relay/outbox"
 	"github.com/outbox-relay/outbox-relay/provider"
 	"github.com/outbox-relay/outbox-relay/provider/faketalkjs"
+	"github.com/outbox-relay/outbox-relay/provider/talkjs"
 	"github.com/outbox-relay/outbox-relay/relay"
 )
 
@@ -31,6 +32,19 @@ func (f *failingConversation) PutConversation(ctx context.Context, c provider.Co
 		return &provider.Error{Kind: provider.Retryable, Status: 503, Err: errors.New("test: unavailable")}
 	}
 	return f.Provider.PutConversation(ctx, c)
+}
+
+// leaseClient is a TalkJS client for the bundle's fake whose timeout fits
+// lease.
+func leaseClient(t *testing.T, b *bundle, lease time.Duration) *talkjs.Client {
+	t.Helper()
+	c, err := talkjs.New(talkjs.Config{AppID: testAppID, SecretKey: testSecret, BaseURL: b.url,
+		Timeout: relay.MaxCallTimeout(lease)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = c.Close() })
+	return c
 }
 
 // relayPool is a pool made for the relay configured by cfg, with its
@@ -78,10 +92,10 @@ func TestLockedSuccessorDoesNotStallTheRelay(t *testing.T) {
 	t.Parallel()
 	b := setup(t, faketalkjs.Faults{})
 	ctx := context.Background()
-	prov := &failingConversation{Provider: b.client(t, testSecret), id: "stuck"}
-	prov.failing.Store(true)
 	cfg := withLogs(testConfig("locked-successor"), b)
 	cfg.Lease = 4 * time.Second
+	prov := &failingConversation{Provider: leaseClient(t, b, cfg.Lease), id: "stuck"}
+	prov.failing.Store(true)
 	cfg.MaxAttempts = 1000
 	cfg.Retry = relay.RetryPolicy{Base: 200 * time.Millisecond, Max: 400 * time.Millisecond}
 	r, err := relay.New(relayPool(t, b.dbURL, cfg), prov, cfg)
@@ -168,7 +182,7 @@ func TestUnwritableResultIsDroppedToItsLease(t *testing.T) {
 	cfg := withLogs(testConfig("unwritable"), b)
 	cfg.Lease = 4 * time.Second
 	cfg.MaxAttempts = 1000
-	r, err := relay.New(relayPool(t, b.dbURL, cfg), b.client(t, testSecret), cfg)
+	r, err := relay.New(relayPool(t, b.dbURL, cfg), leaseClient(t, b, cfg.Lease), cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
