@@ -166,8 +166,11 @@ func TestClientLimiterRefusalReleasesOneIntent(t *testing.T) {
 	t.Parallel()
 	b := setup(t, faketalkjs.Faults{})
 	cfg := testConfig("limited")
-	cfg.Lease = 2 * time.Second // calls may wait about 0.6 to 1.3s for a slot
-	cfg.RateLimit, cfg.RateBurst = 4, 1
+	// A 2s call timeout leaves room for a slow fake on a loaded machine;
+	// at 3 calls/s the eight intents' first calls queue for up to 2.7s, so
+	// the limiter must refuse the slots that would leave under 1s.
+	cfg.Lease = 4 * time.Second
+	cfg.RateLimit, cfg.RateBurst = 3, 1
 	cfg.Retry.Base = 100 * time.Millisecond
 	r := b.newRelay(t, cfg)
 	var intents []outbox.Intent
