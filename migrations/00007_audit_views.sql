@@ -125,7 +125,7 @@ COMMENT ON VIEW outbox.calls_per_minute IS
 
 -- Lag: how far behind delivery is. The oldest intent a relay could claim
 -- now (pending, due, first of its conversation), taken in the claim's own
--- order, so it reads the pending index like the claim does.
+-- order, so it reads the claim's index (intents_claimable_idx).
 CREATE VIEW outbox.lag AS
 SELECT (SELECT count(*) FROM outbox.intents WHERE state = 'pending') AS pending,
        (SELECT count(*) FROM outbox.intents WHERE state = 'delivering') AS delivering,
@@ -136,6 +136,7 @@ SELECT (SELECT count(*) FROM outbox.intents WHERE state = 'pending') AS pending,
         SELECT i.id, i.created_at
           FROM outbox.intents i
          WHERE i.state = 'pending'
+           AND NOT i.parked -- parked: behind an earlier intent (see the claim)
            AND i.run_after <= now()
            AND NOT EXISTS (
                SELECT 1
