@@ -78,7 +78,8 @@ type objectAccess struct {
 //     functions. The wake-up flag is the relay's: the after-insert trigger
 //     is SECURITY DEFINER instead of granting it.
 //   - Relay: the claim, renewal, sweep and completion update intents; the
-//     retention deletes done intents and their attempts; the completion
+//     retention deletes done intents and their attempts, retiring their
+//     keys into outbox.retired_keys, and forgets old retired keys; the completion
 //     records attempts and synced users; heartbeats keep outbox.relays;
 //     an idle relay sets the wake-up flag. retry and cancel update
 //     intents, purge deletes dead ones with their attempts; pause and
@@ -106,6 +107,9 @@ var access = []objectAccess{
 	{kind: "TABLE", name: "outbox.synced_users", grants: map[Party]string{
 		Producer: none, Relay: "SELECT, INSERT, UPDATE, DELETE", Auditor: "SELECT"}},
 	{kind: "TABLE", name: "outbox.relays", grants: map[Party]string{
+		Producer: none, Relay: "SELECT, INSERT, UPDATE, DELETE", Auditor: "SELECT"}},
+	{kind: "TABLE", name: "outbox.retired_keys", grants: map[Party]string{
+		// Retention retires keys and forgets them past their horizon.
 		Producer: none, Relay: "SELECT, INSERT, UPDATE, DELETE", Auditor: "SELECT"}},
 	{kind: "TABLE", name: "outbox.wakeup", grants: map[Party]string{
 		Producer: none, Relay: "SELECT, UPDATE", Auditor: none}},
@@ -143,6 +147,9 @@ var access = []objectAccess{
 	{kind: "FUNCTION", name: "outbox.intents_after_insert()", grants: map[Party]string{
 		Producer: none, Relay: none, Auditor: none},
 		definer: "clears the relays' wake-up flag, which producers are not granted"},
+	{kind: "FUNCTION", name: "outbox.intents_refuse_retired_key()", grants: map[Party]string{
+		Producer: none, Relay: none, Auditor: none},
+		definer: "reads retired keys and other intents' keys, which producers are not granted"},
 	{kind: "FUNCTION", name: "outbox.intents_before_update()", grants: map[Party]string{
 		Producer: none, Relay: none, Auditor: none}},
 	// Called by the insert trigger, as the producer.

@@ -79,10 +79,10 @@ type Config struct {
 	// Default 10.
 	BreakerThreshold int
 
-	// Retention deletes done intents (and their attempts) this long after
-	// they were done. Dead intents are never deleted. Zero keeps
-	// everything. Default 0.
-	Retention time.Duration
+	// Retention tunes the retention service: done intents, retired
+	// idempotency keys, stale user syncs and the rows of relays long
+	// silent. Done intents are kept unless Retention.Done is set.
+	Retention RetentionConfig
 
 	// ShutdownTimeout bounds how long Stop waits for in-flight deliveries
 	// before cancelling them (they go back to pending). Default 10s.
@@ -142,6 +142,7 @@ func (c Config) withDefaults() Config {
 		c.RateBurst = max(1, int(c.RateLimit))
 	}
 	c.BreakerThreshold = cmp.Or(c.BreakerThreshold, DefaultBreakerThreshold)
+	c.Retention = c.Retention.withDefaults()
 	c.ShutdownTimeout = cmp.Or(c.ShutdownTimeout, DefaultShutdownTimeout)
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
@@ -171,7 +172,7 @@ func (c Config) validate() error {
 	check(c.RateLimit >= 0, "RateLimit must not be negative, got %g", c.RateLimit)
 	check(c.RateBurst >= 0, "RateBurst must not be negative, got %d", c.RateBurst)
 	check(c.BreakerThreshold > 0, "BreakerThreshold must be positive, got %d", c.BreakerThreshold)
-	check(c.Retention >= 0, "Retention must not be negative, got %s", c.Retention)
+	errs = append(errs, c.Retention.validate()...)
 	check(c.ShutdownTimeout > 0, "ShutdownTimeout must be positive, got %s", c.ShutdownTimeout)
 	check(len(c.Name) <= 200, "Name must be at most 200 bytes")
 	if len(errs) > 0 {

@@ -39,9 +39,6 @@ func (r *Relay) Prepare(ctx context.Context) error {
 	return r.pool.QueryRow(ctx, schemaCheck).Scan(&waiting)
 }
 
-// CleanUp applies retention now.
-func (r *Relay) CleanUp(ctx context.Context) { r.cleanUp(ctx) }
-
 // ExpireLeases runs one sweep for expired leases now.
 func (r *Relay) ExpireLeases(ctx context.Context) { r.expireLeases(ctx) }
 
@@ -69,3 +66,13 @@ func (r *Relay) Complete(ctx context.Context, jobs []*Job, outcome string, delay
 
 // ClaimStatement is the claim statement and its arguments for n intents.
 func (r *Relay) ClaimStatement(n int) (string, []any) { return claimBatch, r.claimArgs(n) }
+
+// RetentionRun counts what one retention run deleted.
+type RetentionRun = retentionRun
+
+// RetainOnce runs retention once, now, as the service does every interval.
+func (r *Relay) RetainOnce(ctx context.Context) (RetentionRun, error) { return r.retainer.runOnce(ctx) }
+
+// DeleteDoneSQL is retention's statement for done intents: $1 age, $2
+// batch size.
+const DeleteDoneSQL = deleteDone

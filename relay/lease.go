@@ -46,14 +46,14 @@ type rateLimiter interface {
 
 // heartbeatLoop renews this relay's leases and its row in outbox.relays
 // every Lease/3, sharing the rate limit among live relays, and takes back
-// other relays' expired leases every sweep interval.
+// other relays' expired leases every sweep interval. Nothing else runs
+// here: retention has its own service (retention.go), so however much
+// history it deletes, no renewal waits for it.
 func (r *Relay) heartbeatLoop(ctx context.Context) {
 	renew := time.NewTicker(r.cfg.heartbeatInterval())
 	defer renew.Stop()
 	sweep := time.NewTicker(r.cfg.sweepInterval())
 	defer sweep.Stop()
-	clean := time.NewTicker(cleanInterval)
-	defer clean.Stop()
 	for {
 		select {
 		case <-ctx.Done():
@@ -68,8 +68,6 @@ func (r *Relay) heartbeatLoop(ctx context.Context) {
 			opCtx, cancel := context.WithTimeout(ctx, r.cfg.heartbeatInterval())
 			r.expireLeases(opCtx)
 			cancel()
-		case <-clean.C:
-			r.cleanUp(ctx)
 		}
 	}
 }
@@ -184,7 +182,8 @@ func (r *Relay) expireLeases(ctx context.Context) {
 }
 
 // deregister removes this relay from outbox.relays at shutdown, so the
-// others take its share of the rate limit at once.
+// others take its share of the rate limit at once. The rows of relays that
+// never got to do so are removed by retention.
 func (r *Relay) deregister() {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
@@ -195,34 +194,3 @@ func (r *Relay) deregister() {
 
 // monotonic converts t to nanoseconds on the relay's monotonic clock.
 func (r *Relay) monotonic(t time.Time) int64 { return int64(t.Sub(r.epoch)) }
-
-// cleanInterval is how often retention is applied.
-const cleanInterval = 10 * time.Minute
-
-// cleanUp deletes done intents older than the retention, in batches, and
-// user-sync records older than the skip window. Every relay runs it; concurrent
-// runs delete disjoint rows or wait briefly on each other's row locks.
-func (r *Relay) cleanUp(ctx context.Context) {
-	// With skipping off (TTL 0) this deletes every record of the app:
-	// none is read or written any more.
-	if _, err := r.pool.Exec(ctx, deleteStaleSyncs, r.syncTTL(), r.cfg.AppID); err != nil {
-		r.log.Warn("clean up synced users", "error", err)
-	}
-	if r.cfg.Retention <= 0 {
-		return
-	}
-	const batch = 1000
-	for ctx.Err() == nil {
-		opCtx, cancel := context.WithTimeout(ctx, r.cfg.statementDeadline())
-		var n int
-		err := r.pool.QueryRow(opCtx, deleteDone, planFresh, r.cfg.Retention, batch).Scan(&n)
-		cancel()
-		if err != nil {
-			r.log.Warn("retention: delete done intents", "error", err)
-			return
-		}
-		if n < batch {
-			return
-		}
-	}
-}

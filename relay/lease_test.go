@@ -2,7 +2,6 @@ package relay_test
 
 import (
 	"context"
-	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -102,51 +101,4 @@ func TestExpiredLeaseCannotOverwriteNewOwner(t *testing.T) {
 func withLogs(cfg relay.Config, b *bundle) relay.Config {
 	cfg.Logger = slogTo(b)
 	return cfg
-}
-
-// Retention deletes done intents older than it, with their attempts, and
-// keeps recent, pending and dead ones.
-func TestRetentionDeletesOldDoneIntents(t *testing.T) {
-	t.Parallel()
-	b := setup(t, faketalkjs.Faults{})
-	ctx := context.Background()
-	ids := b.insertSQL(t, []outbox.Intent{orderIntent("old", 1), orderIntent("recent", 2), orderIntent("dead", 3), orderIntent("pending", 4)})
-	for _, st := range []struct {
-		sql string
-		arg int64
-	}{
-		{`UPDATE outbox.intents SET state = 'done', done_at = now() - interval '2 days' WHERE id = $1`, ids[0]},
-		{`UPDATE outbox.intents SET state = 'done', done_at = now() - interval '1 hour' WHERE id = $1`, ids[1]},
-		{`UPDATE outbox.intents SET state = 'dead', updated_at = now() - interval '9 days' WHERE id = $1`, ids[2]},
-		{`INSERT INTO outbox.attempts (intent_id, attempt, step, target, outcome, duration_ms, relay, started_at)
-		  SELECT id, 1, 'user', 'u', 'ok', 1, 'r', now() FROM outbox.intents WHERE id >= $1`, ids[0]},
-	} {
-		if _, err := b.pool.Exec(ctx, st.sql, st.arg); err != nil {
-			t.Fatal(err)
-		}
-	}
-	cfg := testConfig("cleaner")
-	cfg.Retention = 24 * time.Hour
-	r, err := relay.New(b.pool, b.client(t, testSecret), cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	r.CleanUp(ctx)
-	var left []int64
-	rows, _ := b.pool.Query(ctx, `SELECT id FROM outbox.intents ORDER BY id`)
-	for rows.Next() {
-		var id int64
-		_ = rows.Scan(&id)
-		left = append(left, id)
-	}
-	if fmt.Sprint(left) != fmt.Sprint(ids[1:]) {
-		t.Errorf("intents left %v, want %v (only the old done one deleted)", left, ids[1:])
-	}
-	var orphans int
-	if err := b.pool.QueryRow(ctx, `SELECT count(*) FROM outbox.attempts WHERE intent_id = $1`, ids[0]).Scan(&orphans); err != nil {
-		t.Fatal(err)
-	}
-	if orphans != 0 {
-		t.Errorf("%d attempts of the deleted intent remain", orphans)
-	}
 }

@@ -23,6 +23,7 @@ type metrics struct {
 	notifications  prometheus.Counter
 	listenerErrors prometheus.Counter
 	dbErrors       *prometheus.CounterVec // by operation
+	retained       *prometheus.CounterVec // rows deleted by retention, by kind
 }
 
 // newMetrics creates the collectors, registered with reg unless it is nil.
@@ -91,6 +92,10 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Namespace: "outbox_relay", Name: "database_errors_total",
 			Help: "Failed database operations, by operation.",
 		}, []string{"op"}),
+		retained: f.NewCounterVec(prometheus.CounterOpts{
+			Namespace: "outbox_relay", Name: "retention_deleted_total",
+			Help: "Rows deleted by retention, by kind (intents, keys, user_syncs, relays).",
+		}, []string{"kind"}),
 	}
 	// Every reason present from the start, so an alert sees 0, not nothing.
 	for _, reason := range []string{pauseAuth, pauseBreaker, pauseOperator} {

@@ -39,6 +39,7 @@ type Relay struct {
 	log      *slog.Logger
 	metrics  *metrics
 	gate     *gate
+	retainer *retainer
 
 	epoch       time.Time     // origin of the monotonic lease clock
 	callTimeout time.Duration // the longest one call may take
@@ -101,6 +102,7 @@ func New(pool *pgxpool.Pool, p provider.Provider, cfg Config) (*Relay, error) {
 		done:        make(chan struct{}),
 	}
 	r.gate = newGate(cfg.BreakerThreshold, cfg.Clock, r.onPauseChange)
+	r.retainer = newRetainer(cfg.Retention, cfg.AppID, r.syncTTL(), pool, r.log, r.metrics)
 	return r, nil
 }
 
@@ -145,6 +147,11 @@ func (r *Relay) Start(ctx context.Context) error {
 	r.beat(ctx)
 	r.readControl(ctx)
 	r.updateReadyMetric()
+	// Retention runs beside delivery, never in its way: its own goroutine,
+	// stopped once claiming has.
+	if err := r.retainer.Start(ctx); err != nil {
+		return fmt.Errorf("relay: %w", err)
+	}
 
 	// Claiming stops when runCtx ends; workers, the completer and the
 	// heartbeat keep going until in-flight work is drained (see Stop).
@@ -180,6 +187,7 @@ func (r *Relay) Start(ctx context.Context) error {
 	go func() {
 		defer close(r.done)
 		r.claimLoop(runCtx, workCtx, &workers)
+		r.retainer.Stop()
 		// Claiming has stopped. Let in-flight deliveries finish, then
 		// cancel the stragglers (they are released back to pending).
 		drained := make(chan struct{})

@@ -402,36 +402,86 @@ SELECT count(*) + 1
  WHERE id <> $1
    AND heartbeat_at > now() - $2::interval`
 
-	// forgetRelays removes this relay, and relays silent for a day.
-	forgetRelays = `
-DELETE FROM outbox.relays
- WHERE id = $1
-    OR heartbeat_at < now() - interval '1 day'`
+	// forgetRelays removes this relay's row (at shutdown).
+	forgetRelays = `DELETE FROM outbox.relays WHERE id = $1`
 
-	// deleteDone deletes up to $2 of the oldest intents done before $1 ago,
-	// with their attempts. Walks the primary key from the oldest id, so it
-	// touches old rows first and stops after the batch.
-	deleteDone = `
+	// Retention (retention.go). Each statement deletes one bounded batch
+	// and returns how many rows it deleted. Locking: every batch selects
+	// its rows FOR UPDATE SKIP LOCKED, so it never waits on a row lock:
+	// not on a relay (done intents, retired keys and old syncs are rows a
+	// relay has finished with), nor on another relay's retention, whose
+	// rows it skips.
+
+	// forgetSilentRelays removes relays silent for $1: relays that crashed
+	// or were killed and never removed their own row.
+	forgetSilentRelays = `
 WITH gone AS (
-    DELETE FROM outbox.intents
-     WHERE id IN (SELECT id FROM outbox.intents
-                   WHERE state = 'done' AND done_at < now() - $1::interval
-                   ORDER BY id
-                   LIMIT $2)
-    RETURNING id
-), attempts AS (
-    DELETE FROM outbox.attempts a USING gone WHERE a.intent_id = gone.id
+    DELETE FROM outbox.relays WHERE heartbeat_at < now() - $1::interval RETURNING 1
 )
 SELECT count(*) FROM gone`
 
-	// deleteStaleSyncs deletes the records of app $2 older than the skip
-	// window $1 (all of them when it is zero: skipping is off), and those
-	// of other apps (a database cloned from another installation) older
-	// than a day or the window, whichever is longer.
+	// deleteDone deletes up to $2 of the intents done longest ago, before
+	// $1 ago, with their attempts, and retires their keys in the same
+	// transaction: a producer inserting such a key waits on the unique
+	// index for this transaction, then finds the key retired (see
+	// migrations/00005_retention.sql). The done_at index serves the scan.
+	deleteDone = `
+WITH doomed AS (
+    SELECT id
+      FROM outbox.intents
+     WHERE state = 'done'
+       AND done_at < now() - $1::interval
+     ORDER BY done_at
+     LIMIT $2
+       FOR UPDATE SKIP LOCKED
+), gone AS (
+    DELETE FROM outbox.intents
+     WHERE id = ANY (ARRAY(SELECT id FROM doomed)) -- by primary key, whatever the estimates
+    RETURNING id, key
+), retired AS (
+    INSERT INTO outbox.retired_keys (key, intent_id, retired_at)
+    SELECT key, id, now() FROM gone WHERE key IS NOT NULL
+    ON CONFLICT (key) DO UPDATE
+       SET intent_id = excluded.intent_id,
+           retired_at = excluded.retired_at
+), attempts AS (
+    DELETE FROM outbox.attempts
+     WHERE intent_id = ANY (ARRAY(SELECT id FROM gone))
+)
+SELECT count(*) FROM gone`
+
+	// deleteRetiredKeys forgets up to $2 retired keys retired before $1
+	// ago: from then on an intent may use the key again.
+	deleteRetiredKeys = `
+WITH gone AS (
+    DELETE FROM outbox.retired_keys
+     WHERE key = ANY (ARRAY(SELECT key
+                              FROM outbox.retired_keys
+                             WHERE retired_at < now() - $1::interval
+                             ORDER BY retired_at
+                             LIMIT $2
+                               FOR UPDATE SKIP LOCKED))
+    RETURNING 1
+)
+SELECT count(*) FROM gone`
+
+	// deleteStaleSyncs deletes up to $3 user-sync records: those of app
+	// $2 older than the skip window $1 (all of them when it is zero:
+	// skipping is off), and those of other apps (a database cloned from
+	// another installation) older than a day or the window, whichever is
+	// longer.
 	deleteStaleSyncs = `
-DELETE FROM outbox.synced_users
- WHERE synced_at < now() - CASE WHEN app_id = $2 THEN $1::interval
-                                ELSE greatest($1::interval, interval '1 day') END`
+WITH gone AS (
+    DELETE FROM outbox.synced_users
+     WHERE ctid = ANY (ARRAY(SELECT ctid
+                               FROM outbox.synced_users
+                              WHERE synced_at < now() - CASE WHEN app_id = $2 THEN $1::interval
+                                                             ELSE greatest($1::interval, interval '1 day') END
+                              LIMIT $3
+                                FOR UPDATE SKIP LOCKED))
+    RETURNING 1
+)
+SELECT count(*) FROM gone`
 
 	// sessionTimeouts reads the statement and lock timeouts of a session.
 	sessionTimeouts = `SELECT current_setting('statement_timeout'), current_setting('lock_timeout')`

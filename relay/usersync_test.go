@@ -240,7 +240,9 @@ func TestNoSyncRecordsWithoutTTL(t *testing.T) {
 		VALUES ('app', 'seller', '\x00', now()), ('other-app', 'seller', '\x00', now() - interval '2 days')`); err != nil {
 		t.Fatal(err)
 	}
-	r.CleanUp(ctx)
+	if _, err := r.RetainOnce(ctx); err != nil {
+		t.Fatal(err)
+	}
 	if err := b.pool.QueryRow(ctx, `SELECT count(*) FROM outbox.synced_users`).Scan(&records); err != nil {
 		t.Fatal(err)
 	}

@@ -46,6 +46,9 @@ type runConfig struct {
 	BreakerThreshold int           `env:"OUTBOX_BREAKER_THRESHOLD, default=10"`
 	ShutdownTimeout  time.Duration `env:"OUTBOX_SHUTDOWN_TIMEOUT, default=10s"`
 	Retention        time.Duration `env:"OUTBOX_RETENTION, default=0"`
+	KeyRetention     time.Duration `env:"OUTBOX_KEY_RETENTION, default=720h"`
+	RetentionEvery   time.Duration `env:"OUTBOX_RETENTION_INTERVAL, default=1m"`
+	RetentionBatch   int           `env:"OUTBOX_RETENTION_BATCH_SIZE, default=1000"`
 	RelayName        string        `env:"OUTBOX_RELAY_NAME"`
 	Migrate          bool          `env:"OUTBOX_MIGRATE, default=true"`
 	HTTPAddr         string        `env:"OUTBOX_HTTP_ADDR, default=127.0.0.1:0"`
@@ -182,6 +185,15 @@ func (c *runConfig) validate() error {
 	if c.Retention < 0 {
 		bad("OUTBOX_RETENTION", "must not be negative, got %s", c.Retention)
 	}
+	if c.KeyRetention < 0 {
+		bad("OUTBOX_KEY_RETENTION", "must not be negative (0 keeps keys forever), got %s", c.KeyRetention)
+	}
+	if c.RetentionEvery <= 0 {
+		bad("OUTBOX_RETENTION_INTERVAL", "must be positive, got %s", c.RetentionEvery)
+	}
+	if c.RetentionBatch <= 0 {
+		bad("OUTBOX_RETENTION_BATCH_SIZE", "must be positive, got %d", c.RetentionBatch)
+	}
 	if c.RateLimit < 0 {
 		bad("OUTBOX_RATE_LIMIT", "must not be negative, got %g", c.RateLimit)
 	}
@@ -231,13 +243,27 @@ func (c *runConfig) relayConfig(logger *slog.Logger) relay.Config {
 		RateBurst:        c.RateBurst,
 		BreakerThreshold: c.BreakerThreshold,
 		ShutdownTimeout:  c.ShutdownTimeout,
-		Retention:        c.Retention,
-		Logger:           logger,
+		Retention: relay.RetentionConfig{
+			Done:      c.Retention,
+			Keys:      keyRetention(c.KeyRetention),
+			Interval:  c.RetentionEvery,
+			BatchSize: c.RetentionBatch,
+		},
+		Logger: logger,
 	}
 }
 
 // userSyncTTL maps the variable's 0 ("never skip") to the relay's negative.
 func userSyncTTL(d time.Duration) time.Duration {
+	if d == 0 {
+		return -1
+	}
+	return d
+}
+
+// keyRetention maps the variable's 0 ("keep forever") to the relay's
+// negative.
+func keyRetention(d time.Duration) time.Duration {
 	if d == 0 {
 		return -1
 	}

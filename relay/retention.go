@@ -1,0 +1,248 @@
+package relay
+
+import (
+	"cmp"
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+)
+
+// RetentionConfig tunes the retention service, which deletes old history in
+// small batches on its own schedule, apart from lease renewal: however much
+// history there is, a relay's renewals, sweeps and heartbeats never wait
+// for it.
+type RetentionConfig struct {
+	// Done deletes done intents (and their attempts) this long after they
+	// were done. Dead intents are never deleted. Zero keeps everything.
+	// Default 0.
+	Done time.Duration
+
+	// Keys is how long the idempotency key of an intent deleted by
+	// retention stays refused, counted from the deletion: an insert with
+	// it fails as a duplicate, as while the intent existed. Zero means the
+	// default of 30 days; a negative value keeps retired keys forever.
+	Keys time.Duration
+
+	// Interval is the time between two runs. The first run starts with the
+	// relay. Default 1m.
+	Interval time.Duration
+
+	// BatchSize is the most rows one statement deletes. Default 1000.
+	BatchSize int
+
+	// Pause is the wait between two batches of a run, which leaves the
+	// database room for the relay's own work. Default 100ms.
+	Pause time.Duration
+
+	// MaxPerRun caps the rows of each kind (intents, keys, user syncs) one
+	// run deletes; a larger backlog is worked off over several runs.
+	// Default 100,000.
+	MaxPerRun int
+
+	// StatementTimeout bounds each batch statement on the server (a batch
+	// that exceeds it is rolled back and the run ends). Default 10s.
+	StatementTimeout time.Duration
+}
+
+// Retention defaults.
+const (
+	DefaultKeyRetention              = 30 * 24 * time.Hour
+	DefaultRetentionInterval         = time.Minute
+	DefaultRetentionBatchSize        = 1000
+	DefaultRetentionPause            = 100 * time.Millisecond
+	DefaultRetentionMaxPerRun        = 100_000
+	DefaultRetentionStatementTimeout = 10 * time.Second
+)
+
+// forgetRelaysAfter is how long a relay may stay silent before its row in
+// outbox.relays is deleted (a relay that crashed never removes its own). It
+// is far longer than any lease, so only relays long dead are forgotten, and
+// longer than the minute `outbox-relay status` lists.
+const forgetRelaysAfter = 10 * time.Minute
+
+func (c RetentionConfig) withDefaults() RetentionConfig {
+	c.Keys = cmp.Or(c.Keys, DefaultKeyRetention)
+	c.Interval = cmp.Or(c.Interval, DefaultRetentionInterval)
+	c.BatchSize = cmp.Or(c.BatchSize, DefaultRetentionBatchSize)
+	c.Pause = cmp.Or(c.Pause, DefaultRetentionPause)
+	c.MaxPerRun = cmp.Or(c.MaxPerRun, DefaultRetentionMaxPerRun)
+	c.StatementTimeout = cmp.Or(c.StatementTimeout, DefaultRetentionStatementTimeout)
+	return c
+}
+
+func (c RetentionConfig) validate() []error {
+	var errs []error
+	check := func(ok bool, format string, args ...any) {
+		if !ok {
+			errs = append(errs, fmt.Errorf(format, args...))
+		}
+	}
+	check(c.Done >= 0, "Retention.Done must not be negative, got %s", c.Done)
+	check(c.Interval > 0, "Retention.Interval must be positive, got %s", c.Interval)
+	check(c.BatchSize > 0, "Retention.BatchSize must be positive, got %d", c.BatchSize)
+	check(c.Pause >= 0, "Retention.Pause must not be negative, got %s", c.Pause)
+	check(c.MaxPerRun > 0, "Retention.MaxPerRun must be positive, got %d", c.MaxPerRun)
+	check(c.StatementTimeout >= time.Millisecond, "Retention.StatementTimeout must be at least 1ms, got %s", c.StatementTimeout)
+	return errs
+}
+
+// retentionRun counts what one run deleted.
+type retentionRun struct {
+	Intents, Keys, Syncs, Relays int64
+}
+
+// retainer is the retention service: one goroutine, one database
+// connection at a time, bounded statements.
+type retainer struct {
+	cfg     RetentionConfig
+	appID   string        // the TalkJS app whose user-sync records are ours
+	syncTTL time.Duration // this app's user-sync records older than this are deleted; 0: all
+	pool    *pgxpool.Pool
+	log     *slog.Logger
+	metrics *metrics
+
+	mu     sync.Mutex
+	cancel context.CancelFunc
+	done   chan struct{}
+}
+
+func newRetainer(cfg RetentionConfig, appID string, syncTTL time.Duration, pool *pgxpool.Pool, log *slog.Logger, m *metrics) *retainer {
+	return &retainer{cfg: cfg, appID: appID, syncTTL: syncTTL, pool: pool, log: log, metrics: m}
+}
+
+// Start runs retention in the background until Stop: once now, then every
+// Interval.
+func (s *retainer) Start(ctx context.Context) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.done != nil {
+		return errors.New("retention: already started")
+	}
+	ctx, s.cancel = context.WithCancel(context.WithoutCancel(ctx))
+	s.done = make(chan struct{})
+	go func() {
+		defer close(s.done)
+		s.loop(ctx)
+	}()
+	return nil
+}
+
+// Stop cancels the run under way (its batch is rolled back) and waits for
+// the service to end. Safe to call twice, and before Start.
+func (s *retainer) Stop() {
+	s.mu.Lock()
+	cancel, done := s.cancel, s.done
+	s.mu.Unlock()
+	if cancel == nil {
+		return
+	}
+	cancel()
+	<-done
+}
+
+func (s *retainer) loop(ctx context.Context) {
+	t := time.NewTimer(0)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		run, err := s.runOnce(ctx)
+		if ctx.Err() != nil {
+			return
+		}
+		if err != nil {
+			s.metrics.dbErrors.WithLabelValues("retention").Inc()
+			s.log.Warn("retention run failed; trying again next run", "error", err, "next_in", s.cfg.Interval)
+		} else if run != (retentionRun{}) {
+			s.log.Info("retention", "intents", run.Intents, "keys", run.Keys, "user_syncs", run.Syncs, "relays", run.Relays)
+		}
+		t.Reset(s.cfg.Interval)
+	}
+}
+
+// runOnce applies retention once: silent relays, stale user syncs, done
+// intents (retiring their keys), then retired keys past their horizon.
+// Each kind is deleted in batches of BatchSize, at most MaxPerRun per run,
+// with Pause between batches. It stops at the first error.
+func (s *retainer) runOnce(ctx context.Context) (retentionRun, error) {
+	var run retentionRun
+	n, err := s.batch(ctx, forgetSilentRelays, forgetRelaysAfter)
+	s.count("relays", &run.Relays, n)
+	if err != nil {
+		return run, fmt.Errorf("forget silent relays: %w", err)
+	}
+	// With skipping off (TTL 0) this deletes every record of the app:
+	// none is read or written any more.
+	if err := s.drain(ctx, "user_syncs", &run.Syncs, deleteStaleSyncs, s.syncTTL, s.appID); err != nil {
+		return run, fmt.Errorf("delete stale user syncs: %w", err)
+	}
+	if s.cfg.Done > 0 {
+		if err := s.drain(ctx, "intents", &run.Intents, deleteDone, s.cfg.Done); err != nil {
+			return run, fmt.Errorf("delete done intents: %w", err)
+		}
+	}
+	if s.cfg.Keys > 0 {
+		if err := s.drain(ctx, "keys", &run.Keys, deleteRetiredKeys, s.cfg.Keys); err != nil {
+			return run, fmt.Errorf("delete retired keys: %w", err)
+		}
+	}
+	return run, nil
+}
+
+// drain runs stmt batch after batch until a batch comes back short or the
+// run's cap is reached. The statement takes args, then the batch size.
+func (s *retainer) drain(ctx context.Context, what string, total *int64, stmt string, args ...any) error {
+	for *total < int64(s.cfg.MaxPerRun) {
+		limit := min(int64(s.cfg.BatchSize), int64(s.cfg.MaxPerRun)-*total)
+		n, err := s.batch(ctx, stmt, append(args, limit)...)
+		s.count(what, total, n)
+		if err != nil || n < limit {
+			return err
+		}
+		if s.cfg.Pause > 0 {
+			t := time.NewTimer(s.cfg.Pause)
+			select {
+			case <-ctx.Done():
+				t.Stop()
+				return ctx.Err()
+			case <-t.C:
+			}
+		}
+	}
+	return nil
+}
+
+func (s *retainer) count(what string, total *int64, n int64) {
+	*total += n
+	if n > 0 {
+		s.metrics.retained.WithLabelValues(what).Add(float64(n))
+	}
+}
+
+// batch runs one retention statement in its own transaction under the
+// server-side statement timeout, and returns the count it selects.
+func (s *retainer) batch(ctx context.Context, stmt string, args ...any) (int64, error) {
+	// The client-side deadline is a backstop for a server that cannot even
+	// be told to cancel.
+	ctx, cancel := context.WithTimeout(ctx, s.cfg.StatementTimeout+5*time.Second)
+	defer cancel()
+	var n int64
+	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		ms := strconv.FormatInt(max(1, s.cfg.StatementTimeout.Milliseconds()), 10)
+		if _, err := tx.Exec(ctx, `SELECT set_config('statement_timeout', $1, true)`, ms); err != nil {
+			return err
+		}
+		return tx.QueryRow(ctx, stmt, append([]any{planFresh}, args...)...).Scan(&n)
+	})
+	return n, err
+}
