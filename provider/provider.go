@@ -76,6 +76,28 @@ type Provider interface {
 	PostMessages(ctx context.Context, conversationID string, msgs []Message) error
 }
 
+// BatchUserPutter is a Provider that can also upsert many users in one
+// request. It is optional: check for it with a type assertion.
+type BatchUserPutter interface {
+	// PutUsers creates or updates 1..MaxUsersPerPut users (distinct ids)
+	// in one request, all or nothing, each merged as PutUser does. An empty
+	// slice sends nothing and returns nil. Idempotent.
+	//
+	// A failure is as for PutUser, and two cases are told apart:
+	//   - the API has no batch endpoint (404 or 405): a Permanent *Error
+	//     wrapping ErrBatchUnsupported (test with errors.Is), not a verdict
+	//     on the users; send them one by one with PutUser instead;
+	//   - the API refused the batch (400): a Permanent *Error whose
+	//     InvalidIDs names the entries the answer blamed, when it could be
+	//     read. Nothing was applied; an empty InvalidIDs leaves the caller to
+	//     find the bad entries itself (by halves, or one by one).
+	PutUsers(ctx context.Context, users []User) error
+}
+
+// ErrBatchUnsupported is wrapped by the error of a batch call the API
+// does not offer (404 or 405 on its route).
+var ErrBatchUnsupported = errors.New("batch endpoint not supported")
+
 // Kind says how a failed call should be handled.
 type Kind int
 
@@ -116,6 +138,10 @@ type Error struct {
 	Status int
 	// RetryAfter is the server's Retry-After, 0 when absent.
 	RetryAfter time.Duration
+	// InvalidIDs are, for a batch call refused with 400, the ids of the
+	// entries the answer named as invalid, in the order sent. Only ids the
+	// call sent are kept; empty when the answer named none of them.
+	InvalidIDs []string
 	// Err is the underlying cause (a transport error, or the response body
 	// summarised as an error).
 	Err error

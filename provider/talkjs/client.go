@@ -1,5 +1,6 @@
 // Package talkjs is the TalkJS implementation of provider.Provider: an
-// HTTP client for the three REST calls of a conversation start, with
+// HTTP client for the three REST calls of a conversation start (and the
+// batch users upsert, provider.BatchUserPutter), with
 // app-scoped JWT authentication, a client-side rate limit, a bounded
 // connection pool and classification of every failure into a
 // *provider.Error.
@@ -182,7 +183,10 @@ type Client struct {
 	ownsHC    bool
 }
 
-var _ provider.Provider = (*Client)(nil)
+var (
+	_ provider.Provider        = (*Client)(nil)
+	_ provider.BatchUserPutter = (*Client)(nil)
+)
 
 // New validates cfg and returns a Client.
 func New(cfg Config) (*Client, error) {
@@ -287,6 +291,41 @@ func (c *Client) PutUser(ctx context.Context, u provider.User) error {
 	return c.do(ctx, http.MethodPut, path, u)
 }
 
+// PutUsers creates or updates 1..provider.MaxUsersPerPut users in one
+// request, all or nothing: PUT /v1/{appId}/users with a body keyed by user
+// id. An empty slice sends nothing. More than provider.MaxUsersPerPut
+// users, an empty id or an id given twice is a Permanent error and nothing
+// is sent. See provider.BatchUserPutter for how its failures read.
+func (c *Client) PutUsers(ctx context.Context, users []provider.User) error {
+	switch n := len(users); {
+	case n == 0:
+		return nil
+	case n > provider.MaxUsersPerPut:
+		return permanentf("talkjs: put users: got %d users, want at most %d", n, provider.MaxUsersPerPut)
+	}
+	// Ids are keys of the JSON body, escaped by the encoder: no path
+	// escaping, and "." or ".." are ids like any other.
+	body := make(map[string]provider.User, len(users))
+	for i, u := range users {
+		if u.ID == "" {
+			return permanentf("talkjs: put users: user %d has no id", i)
+		}
+		if _, dup := body[u.ID]; dup {
+			return permanentf("talkjs: put users: user id %q is given twice", u.ID)
+		}
+		body[u.ID] = u
+	}
+	path := c.prefix + "/v1/" + escapeComponent(c.appID) + "/users"
+	return c.doInspect(ctx, http.MethodPut, path, body, func(e *provider.Error, raw []byte) {
+		switch e.Status {
+		case http.StatusNotFound, http.StatusMethodNotAllowed:
+			e.Err = fmt.Errorf("%w: %w", provider.ErrBatchUnsupported, e.Err)
+		case http.StatusBadRequest:
+			e.InvalidIDs = invalidIDs(raw, users)
+		}
+	})
+}
+
 // PutConversation creates or updates a conversation:
 // PUT /v1/{appId}/conversations/{conversationId}.
 func (c *Client) PutConversation(ctx context.Context, conv provider.Conversation) error {
@@ -374,6 +413,13 @@ func permanentf(format string, args ...any) *provider.Error {
 // Timeout. path is already escaped; errors quote it as sent, which names
 // the ids but never a secret.
 func (c *Client) do(ctx context.Context, method, path string, body any) error {
+	return c.doInspect(ctx, method, path, body, nil)
+}
+
+// doInspect is do, handing the *provider.Error of a non-2xx answer and
+// the answer's body (up to maxDrain bytes) to inspect, when not nil,
+// before returning it.
+func (c *Client) doInspect(ctx context.Context, method, path string, body any, inspect func(e *provider.Error, raw []byte)) error {
 	payload, err := json.Marshal(body)
 	if err != nil {
 		return permanentf("%s %s: encode body: %w", method, path, err)
@@ -415,7 +461,11 @@ func (c *Client) do(ctx context.Context, method, path string, body any) error {
 	if resp.StatusCode >= 200 && resp.StatusCode < 300 {
 		return nil // judged by status only: the body is not read
 	}
-	return c.statusError(method, path, resp, token)
+	e, raw := c.statusError(method, path, resp, token)
+	if inspect != nil {
+		inspect(e, raw)
+	}
+	return e
 }
 
 // waitForSlot waits for the rate limiter. When ctx has a deadline and the

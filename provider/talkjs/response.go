@@ -1,6 +1,7 @@
 package talkjs
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -29,10 +30,11 @@ func drainAndClose(body io.ReadCloser) {
 	_ = body.Close()
 }
 
-// statusError builds the *provider.Error of a non-2xx response. The error
-// quotes the start of the body with any credential scrubbed, in case a
-// server or proxy echoes the request's headers.
-func (c *Client) statusError(method, path string, resp *http.Response, token string) *provider.Error {
+// statusError builds the *provider.Error of a non-2xx response, and returns
+// the body it read (up to maxDrain bytes). The error quotes the start of
+// the body with any credential scrubbed, in case a server or proxy echoes
+// the request's headers.
+func (c *Client) statusError(method, path string, resp *http.Response, token string) (*provider.Error, []byte) {
 	// Scrub before cutting, so a credential straddling the cut cannot leave
 	// a piece behind. The rest of the body is drained by the caller anyway.
 	raw, _ := io.ReadAll(io.LimitReader(resp.Body, maxDrain))
@@ -59,7 +61,27 @@ func (c *Client) statusError(method, path string, resp *http.Response, token str
 	if resp.StatusCode == http.StatusTooManyRequests || resp.StatusCode == http.StatusServiceUnavailable {
 		e.RetryAfter = parseRetryAfter(resp.Header.Get("Retry-After"), c.now())
 	}
-	return e
+	return e, raw
+}
+
+// invalidIDs reads the ids a batch 400 names: the keys of the answer's
+// JSON object that are ids of users sent, in the order sent. TalkJS
+// documents the answer only as an object holding the invalid entries'
+// messages, so this is best effort: any other body (an error code and
+// reason, text, a truncated object) names none, and the caller must find
+// the invalid entries itself.
+func invalidIDs(raw []byte, sent []provider.User) []string {
+	var named map[string]json.RawMessage
+	if json.Unmarshal(raw, &named) != nil {
+		return nil
+	}
+	var ids []string
+	for _, u := range sent {
+		if _, ok := named[u.ID]; ok {
+			ids = append(ids, u.ID)
+		}
+	}
+	return ids
 }
 
 // parseRetryAfter reads a Retry-After value in either of its forms,
