@@ -164,11 +164,15 @@ func TestRateLimit(t *testing.T) {
 // while the queue has room; only a request finding it full gets 429.
 func TestRateLimitQueue(t *testing.T) {
 	t.Parallel()
-	// A frozen clock: the bucket never refills, so the first queued request
-	// waits 100ms and the second 200ms, in real time.
+	// A frozen clock: the bucket never refills. Queued requests wait until
+	// release is closed.
 	now := time.Now()
 	clock := func() time.Time { return now }
 	b := setup(t, Config{Faults: Faults{RateLimit: 10, Burst: 1, QueueLength: 2}, Now: clock})
+	release := make(chan time.Time)
+	b.fake.mu.Lock()
+	b.fake.after = func(time.Duration) <-chan time.Time { return release }
+	b.fake.mu.Unlock()
 	b.must(t, "PUT", userPath("u1"), aliceJSON) // takes the token
 
 	queued := make(chan reply, 2)
@@ -187,6 +191,7 @@ func TestRateLimitQueue(t *testing.T) {
 	if rep.status != http.StatusTooManyRequests || rep.header.Get("Retry-After") != "1" {
 		t.Fatalf("queue full: status %d, Retry-After %q; want 429 with 1", rep.status, rep.header.Get("Retry-After"))
 	}
+	close(release)
 	for range 2 {
 		if rep := <-queued; rep.status != http.StatusOK {
 			t.Fatalf("queued request: status %d, want 200", rep.status)
@@ -198,6 +203,9 @@ func TestRateLimitQueue(t *testing.T) {
 	}
 
 	// A client that gives up while queued leaves the queue.
+	b.fake.mu.Lock()
+	b.fake.after = func(time.Duration) <-chan time.Time { return nil } // never
+	b.fake.mu.Unlock()
 	ctx, cancel := context.WithCancel(t.Context())
 	done := make(chan error, 1)
 	go func() {

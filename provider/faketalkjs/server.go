@@ -89,11 +89,14 @@ type Server struct {
 	// mu guards everything below. Requests validate and apply under it, so
 	// a message post is all-or-nothing and concurrent requests see each
 	// other's effects in a single order, as with a real database.
-	mu       sync.Mutex
-	secret   string
-	faults   Faults
-	limiter  *rate.Limiter // nil when faults.RateLimit is 0
-	queued   int           // requests waiting in the rate limit's queue
+	mu      sync.Mutex
+	secret  string
+	faults  Faults
+	limiter *rate.Limiter // nil when faults.RateLimit is 0
+	queued  int           // requests waiting in the rate limit's queue
+	// after times a queued request's wait (time.After); tests replace it
+	// to release the queue when they choose.
+	after    func(time.Duration) <-chan time.Time
 	rng      *rand.Rand
 	users    map[string]*User
 	convs    map[string]*Conversation
@@ -113,6 +116,7 @@ func New(cfg Config) *Server {
 	s := &Server{
 		appID:  cfg.AppID,
 		now:    now,
+		after:  time.After,
 		secret: cfg.SecretKey,
 		// Two words of state from one seed; the constant only decorrelates them.
 		rng:    rand.New(rand.NewPCG(cfg.Seed, cfg.Seed^0x9e3779b97f4a7c15)),
@@ -305,12 +309,11 @@ func (s *Server) admit(ctx context.Context) (res result, refused, gone bool) {
 		return res, true, false
 	}
 	s.queued++
+	after := s.after
 	s.mu.Unlock()
 
-	t := time.NewTimer(delay)
-	defer t.Stop()
 	select {
-	case <-t.C:
+	case <-after(delay):
 	case <-ctx.Done():
 		gone = true
 	}
