@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"fmt"
+	"slices"
 	"time"
 )
 
@@ -76,3 +77,22 @@ func (r *Relay) RetainOnce(ctx context.Context) (RetentionRun, error) { return r
 // DeleteDoneSQL is retention's statement for done intents: $1 age, $2
 // batch size.
 const DeleteDoneSQL = deleteDone
+
+// CompleteUserPuts records the claimed intents done, each having PUT every
+// user the claim did not skip, answered 200 unless failed[intent id] names
+// the user. No call is made.
+func (r *Relay) CompleteUserPuts(ctx context.Context, jobs []*Job, failed map[int64][]string) error {
+	batch := make([]*result, len(jobs))
+	for i, j := range jobs {
+		res := &result{job: j, outcome: outcomeDone}
+		for id, hash := range j.hashes {
+			if j.skip[id] {
+				continue
+			}
+			ok := !slices.Contains(failed[j.id], id)
+			res.syncs = append(res.syncs, userSync{id: id, hash: hash, ok: ok})
+		}
+		batch[i] = res
+	}
+	return r.completeBatch(ctx, batch)
+}

@@ -2,6 +2,7 @@ package relay_test
 
 import (
 	"context"
+	"fmt"
 	"net/http/httptest"
 	"testing"
 	"time"
@@ -248,5 +249,64 @@ func TestNoSyncRecordsWithoutTTL(t *testing.T) {
 	}
 	if records != 0 {
 		t.Errorf("%d records left after the clean-up, want 0", records)
+	}
+}
+
+// The completion keeps a record only when it can vouch for it: every PUT
+// of the user in the batch answered 200 for one content, in a result it
+// recorded. Otherwise TalkJS may hold either content, or the one a new
+// owner of the intent sent.
+func TestCompletionKeepsOnlyRecordsItCanVouchFor(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		name    string
+		sellers []string // the seller's name in each intent of one batch
+		failed  int      // index of the intent whose seller PUT failed, -1: none
+		fenced  bool     // the first intent's lease passed to another relay
+		want    int      // seller records left
+	}{
+		{"one content, all 200", []string{"A", "A"}, -1, false, 1},
+		{"two contents in one batch", []string{"A", "B"}, -1, false, 0},
+		{"a failure beside a success", []string{"A", "A"}, 1, false, 0},
+		{"a 200 in a fenced result", []string{"A"}, -1, true, 0},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			b := setup(t, faketalkjs.Faults{})
+			ctx := context.Background()
+			var intents []outbox.Intent
+			for i, name := range tt.sellers {
+				intents = append(intents, sellerNamed(fmt.Sprint("c", i), i, name))
+			}
+			ids := b.insertSQL(t, intents)
+			r, err := relay.New(b.pool, b.client(t, testSecret), testConfig("r1"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			claimed, err := r.Claim(ctx, len(ids))
+			if err != nil || len(claimed) != len(ids) {
+				t.Fatalf("claimed %d of %d: %v", len(claimed), len(ids), err)
+			}
+			failed := map[int64][]string{}
+			if tt.failed >= 0 {
+				failed[ids[tt.failed]] = []string{"seller"}
+			}
+			if tt.fenced {
+				if _, err := b.pool.Exec(ctx, `UPDATE outbox.intents SET lease_token = lease_token + 1 WHERE id = $1`, ids[0]); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if err := r.CompleteUserPuts(ctx, claimed, failed); err != nil {
+				t.Fatal(err)
+			}
+			var n int
+			if err := b.pool.QueryRow(ctx, `SELECT count(*) FROM outbox.synced_users WHERE user_id = 'seller'`).Scan(&n); err != nil {
+				t.Fatal(err)
+			}
+			if n != tt.want {
+				t.Errorf("%d seller records, want %d", n, tt.want)
+			}
+		})
 	}
 }
