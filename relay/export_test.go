@@ -96,3 +96,7 @@ func (r *Relay) CompleteUserPuts(ctx context.Context, jobs []*Job, failed map[in
 	}
 	return r.completeBatch(ctx, batch)
 }
+
+// UnparkHeadsStatement is the sweep's statement that unparks stranded heads,
+// with its arguments for a pass from the first conversation.
+func UnparkHeadsStatement() (string, []any) { return unparkHeads, []any{"", unparkHeadsPerSweep} }

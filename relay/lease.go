@@ -170,8 +170,11 @@ func (r *Relay) expireLeases(ctx context.Context) {
 		r.setDB(false, "expire_leases", err)
 		return
 	}
+	unparked := r.unparkHeads(ctx)
 	if n > 0 {
 		r.metrics.leasesExpired.Add(float64(n))
+	}
+	if n+unparked > 0 {
 		r.signal()
 		// Other relays may have free slots when this one has none. A
 		// lost notification costs them a poll interval, nothing more.
@@ -194,3 +197,32 @@ func (r *Relay) deregister() {
 
 // monotonic converts t to nanoseconds on the relay's monotonic clock.
 func (r *Relay) monotonic(t time.Time) int64 { return int64(t.Sub(r.epoch)) }
+
+// unparkHeadsPerSweep bounds the conversations one sweep visits for a
+// stranded parked head: a sweep costs at most this many index probes, and
+// a stranded intent is unparked within (active conversations / this)
+// sweeps.
+const unparkHeadsPerSweep = 1000
+
+// unparkHeads runs one bounded pass of unparkHeads from where the last
+// pass stopped, wrapping around after the last conversation, and returns
+// how many heads it unparked.
+func (r *Relay) unparkHeads(ctx context.Context) int {
+	r.parkCursor.Lock()
+	defer r.parkCursor.Unlock()
+	var last string
+	var visited, unparked int
+	if err := r.pool.QueryRow(ctx, unparkHeads, planFresh, r.parkCursor.after, unparkHeadsPerSweep).
+		Scan(&last, &visited, &unparked); err != nil {
+		r.setDB(false, "unpark_heads", err)
+		return 0
+	}
+	r.parkCursor.after = last
+	if visited < unparkHeadsPerSweep {
+		r.parkCursor.after = ""
+	}
+	if unparked > 0 {
+		r.log.Warn("unparked intents nothing active precedes", "count", unparked)
+	}
+	return unparked
+}

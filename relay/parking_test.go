@@ -111,6 +111,15 @@ SELECT min(id) FROM ins`, queue).Scan(&head); err != nil {
 	if read > 50 {
 		t.Errorf("the claim visited %d rows of outbox.intents, want a handful: it walks the queue", read)
 	}
+	// The sweep's backstop for stranded parked heads probes each
+	// conversation's head, never its queue.
+	sql, args = relay.UnparkHeadsStatement()
+	read, ms = explainIntentRows(t, b.pool, sql, args)
+	t.Logf("unparking stranded heads with %d intents queued behind a head: visits %d rows of outbox.intents, executes in %.3f ms",
+		queue, read, ms)
+	if read > 50 {
+		t.Errorf("unparking stranded heads visited %d rows of outbox.intents, want a handful: it walks the queue", read)
+	}
 	if c := b.counts(t); c["pending"] != queue+1 || c["done"] != len(others) {
 		t.Errorf("states = %v, want %d pending and %d done", c, queue+1, len(others))
 	}

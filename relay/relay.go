@@ -52,11 +52,16 @@ type Relay struct {
 	users     *userFlights
 	listening atomic.Bool // the LISTEN connection is up
 	operator  operatorPause
-	dbOK      atomic.Bool  // the last database operation succeeded
-	writes    atomic.Int64 // completions and heartbeats the database accepted
-	started   atomic.Bool
-	stopping  atomic.Bool  // Stop was called: results are written with a deadline
-	stopTime  atomic.Int64 // when Stop was called, unix ns
+	// parkCursor is the conversation the last unparkHeads pass ended at.
+	parkCursor struct {
+		sync.Mutex
+		after string
+	}
+	dbOK     atomic.Bool  // the last database operation succeeded
+	writes   atomic.Int64 // completions and heartbeats the database accepted
+	started  atomic.Bool
+	stopping atomic.Bool  // Stop was called: results are written with a deadline
+	stopTime atomic.Int64 // when Stop was called, unix ns
 
 	mu     sync.Mutex
 	cancel context.CancelFunc // stops claiming

@@ -252,6 +252,49 @@ WITH expired AS (
 )
 SELECT id, state FROM taken`
 
+	// unparkHeads clears the parked mark of conversations' heads: a parked
+	// intent no pending or delivering intent of its conversation precedes.
+	// Unparking is normally done by the statement that ends the
+	// predecessor, but that statement finds the next intent in its own
+	// snapshot, which misses a successor committed while it ran and parked
+	// by a claim that still saw the predecessor active; an operator's
+	// change of a payload's conversation strands one too. This sweep is
+	// the backstop: it visits the heads of at most $2 conversations after
+	// conversation $1 (one probe of intents_active_conversation_idx each,
+	// however long their queues) and returns the last one visited, how
+	// many it visited and how many heads it unparked. Unparking is always
+	// safe: the claim's NOT EXISTS decides order, and parks again.
+	unparkHeads = `
+WITH RECURSIVE heads(conversation_id, id, n) AS (
+    (SELECT i.conversation_id, i.id, 1
+       FROM outbox.intents i
+      WHERE i.state IN ('pending', 'delivering')
+        AND i.conversation_id > $1
+      ORDER BY i.conversation_id, i.id
+      LIMIT 1)
+    UNION ALL
+    SELECT nx.conversation_id, nx.id, h.n + 1
+      FROM heads h
+     CROSS JOIN LATERAL (
+           SELECT i.conversation_id, i.id
+             FROM outbox.intents i
+            WHERE i.state IN ('pending', 'delivering')
+              AND i.conversation_id > h.conversation_id
+            ORDER BY i.conversation_id, i.id
+            LIMIT 1) nx
+     WHERE h.n < $2
+), unparked AS (
+    UPDATE outbox.intents i
+       SET parked = false
+     WHERE i.id = ANY (ARRAY(SELECT id FROM heads)) -- by primary key
+       AND i.state = 'pending'
+       AND i.parked
+    RETURNING i.id
+)
+SELECT coalesce((SELECT conversation_id FROM heads ORDER BY n DESC LIMIT 1), ''),
+       (SELECT count(*) FROM heads),
+       (SELECT count(*) FROM unparked)`
+
 	// wakeRelays wakes every relay's claimer (they all LISTEN), after the
 	// sweep made intents claimable: takeover must not wait for a poll.
 	wakeRelays = `SELECT pg_notify('` + notifyChannel + `', '')`
