@@ -135,10 +135,14 @@ func (r *Relay) claimLoop(ctx, workCtx context.Context, workers *sync.WaitGroup)
 			return
 		case <-r.notified:
 			notifiedWake = true
+			r.metrics.wakeups.WithLabelValues("notify").Inc()
 		case <-r.wake:
+			r.metrics.wakeups.WithLabelValues("internal").Inc()
 		case <-r.gate.changes():
+			r.metrics.wakeups.WithLabelValues("internal").Inc()
 		case <-timer.C:
 			quiet = false
+			r.metrics.wakeups.WithLabelValues("poll").Inc()
 		}
 		if !timer.Stop() {
 			select {
@@ -175,11 +179,13 @@ func (r *Relay) claim(ctx context.Context, limit int) ([]*job, error) {
 		j.hashes, j.skip = parseUserSyncs(hashes, skip)
 		j.deadline.Store(r.monotonic(start) + int64(r.cfg.Lease))
 		jobs = append(jobs, j)
+		r.logStateChange(j.id, j.attempt, "pending", "delivering", "claimed")
 	}
 	if err := rows.Err(); err != nil {
 		return nil, err
 	}
 	r.metrics.claimed.Add(float64(len(jobs)))
+	r.metrics.claimBatch.Observe(float64(len(jobs)))
 	r.metrics.claimDuration.Observe(time.Since(start).Seconds())
 	return jobs, nil
 }

@@ -262,11 +262,15 @@ func (r *Relay) completeBatch(ctx context.Context, batch []*result) error {
 	for rows.Next() {
 		var id int64
 		var state string
-		if err := rows.Scan(&id, &state); err != nil {
+		var age float64
+		if err := rows.Scan(&id, &state, &age); err != nil {
 			rows.Close()
 			return fmt.Errorf("complete: %w", err)
 		}
 		final[id] = state
+		if state == "done" {
+			r.metrics.latency.Observe(age)
+		}
 	}
 	rows.Close()
 	if err := rows.Err(); err != nil {
@@ -286,9 +290,19 @@ func (r *Relay) completeBatch(ctx context.Context, batch []*result) error {
 			label = outcomeDead
 		}
 		r.metrics.completed.WithLabelValues(label).Inc()
+		r.logStateChange(res.job.id, res.job.attempt, "delivering", state, label)
+		if res.outcome == outcomeRetry && state == "pending" {
+			r.logRetryable(res)
+		}
 		if state == "dead" {
+			// One line per dead letter, with its reason; outbox-relay
+			// inspect and outbox.dead_letters have the rest.
+			reason := "permanent failure"
+			if res.outcome == outcomeRetry {
+				reason = "retry budget spent"
+			}
 			r.log.Warn("intent dead", "intent_id", res.job.id, "attempt", res.job.attempt,
-				"error", firstLine(res.err))
+				"reason", reason, "error", firstLine(res.err))
 		}
 	}
 	return nil

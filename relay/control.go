@@ -141,10 +141,14 @@ type operatorPause struct {
 
 func (o *operatorPause) get() *OperatorPause { return o.current.Load() }
 
-// controlLoop reads outbox.control every controlInterval until ctx ends.
+// controlLoop reads outbox.control every controlInterval, and the queue
+// gauges every gaugeInterval, until ctx ends.
 func (r *Relay) controlLoop(ctx context.Context) {
 	t := time.NewTicker(controlInterval)
 	defer t.Stop()
+	g := time.NewTicker(gaugeInterval)
+	defer g.Stop()
+	r.refreshGauges(ctx)
 	for {
 		select {
 		case <-ctx.Done():
@@ -152,6 +156,11 @@ func (r *Relay) controlLoop(ctx context.Context) {
 		case <-t.C:
 			opCtx, cancel := context.WithTimeout(ctx, controlInterval)
 			r.readControl(opCtx)
+			cancel()
+			r.flushWarnings()
+		case <-g.C:
+			opCtx, cancel := context.WithTimeout(ctx, gaugeInterval)
+			r.refreshGauges(opCtx)
 			cancel()
 		}
 	}

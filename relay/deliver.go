@@ -233,7 +233,7 @@ func (r *Relay) skipUser(res *result, id, why string) {
 // call makes one API call, after any relay-wide Retry-After and only while
 // the lease is still ours, and records it.
 func (r *Relay) call(ctx context.Context, j *job, res *result, step, target string, fn func(context.Context) error) error {
-	if err := r.gate.waitCall(ctx); err != nil {
+	if err := r.waitRetryAfter(ctx); err != nil {
 		return err
 	}
 	gen, ok := r.gate.send(j.probe)

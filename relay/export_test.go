@@ -100,3 +100,7 @@ func (r *Relay) CompleteUserPuts(ctx context.Context, jobs []*Job, failed map[in
 // UnparkHeadsStatement is the sweep's statement that unparks stranded heads,
 // with its arguments for a pass from the first conversation.
 func UnparkHeadsStatement() (string, []any) { return unparkHeads, []any{"", unparkHeadsPerSweep} }
+
+// RefreshGauges reads the queue gauges now, as the relay does every
+// gaugeInterval.
+func (r *Relay) RefreshGauges(ctx context.Context) { r.refreshGauges(ctx) }

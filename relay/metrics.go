@@ -24,6 +24,15 @@ type metrics struct {
 	listenerErrors prometheus.Counter
 	dbErrors       *prometheus.CounterVec // by operation
 	retained       *prometheus.CounterVec // rows deleted by retention, by kind
+
+	intents        *prometheus.GaugeVec // by state, from the database (gauges.go)
+	lag            prometheus.Gauge
+	latency        prometheus.Histogram   // insert to done
+	claimBatch     prometheus.Histogram   // intents per claim
+	wakeups        *prometheus.CounterVec // by source
+	retryAfterWait prometheus.Counter     // calls held for a 429's Retry-After
+	retryAfterSecs prometheus.Counter
+	warnings       *prometheus.CounterVec // rate-limited warnings, by class (logwarn.go)
 }
 
 // newMetrics creates the collectors, registered with reg unless it is nil.
@@ -96,6 +105,46 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Namespace: "outbox_relay", Name: "retention_deleted_total",
 			Help: "Rows deleted by retention, by kind (intents, keys, user_syncs, relays).",
 		}, []string{"kind"}),
+		intents: f.NewGaugeVec(prometheus.GaugeOpts{
+			Namespace: "outbox_relay", Name: "intents",
+			Help: "Intents by state (pending, delivering, dead), read from the database every few seconds.",
+		}, []string{"state"}),
+		lag: f.NewGauge(prometheus.GaugeOpts{
+			Namespace: "outbox_relay", Name: "lag_seconds",
+			Help: "Age of the oldest intent a relay could claim now (outbox.lag), read every few seconds.",
+		}),
+		latency: f.NewHistogram(prometheus.HistogramOpts{
+			Namespace: "outbox_relay", Name: "delivery_latency_seconds",
+			Help:    "Time from an intent's insert to its delivery (done), on the database clock.",
+			Buckets: prometheus.ExponentialBuckets(0.05, 2, 16),
+		}),
+		claimBatch: f.NewHistogram(prometheus.HistogramOpts{
+			Namespace: "outbox_relay", Name: "claim_batch_size",
+			Help:    "Intents leased by one claim statement (0: it found nothing).",
+			Buckets: []float64{0, 1, 2, 5, 10, 20, 50, 100, 200, 500},
+		}),
+		wakeups: f.NewCounterVec(prometheus.CounterOpts{
+			Namespace: "outbox_relay", Name: "wakeups_total",
+			Help: "Times the claimer woke up, by source (notify: a producer's NOTIFY; poll: the poll interval; internal: a freed slot, a pause change, a reconnect).",
+		}, []string{"source"}),
+		retryAfterWait: f.NewCounter(prometheus.CounterOpts{
+			Namespace: "outbox_relay", Name: "retry_after_waits_total",
+			Help: "Calls held back because TalkJS answered 429 with Retry-After.",
+		}),
+		retryAfterSecs: f.NewCounter(prometheus.CounterOpts{
+			Namespace: "outbox_relay", Name: "retry_after_wait_seconds_total",
+			Help: "Time calls spent held back by a 429's Retry-After.",
+		}),
+		warnings: f.NewCounterVec(prometheus.CounterOpts{
+			Namespace: "outbox_relay", Name: "retryable_failures_total",
+			Help: "Attempts that failed retryably (they back off and try again), by class.",
+		}, []string{"class"}),
+	}
+	for _, s := range []string{"pending", "delivering", "dead"} {
+		m.intents.WithLabelValues(s)
+	}
+	for _, s := range []string{"notify", "poll", "internal"} {
+		m.wakeups.WithLabelValues(s)
 	}
 	// Every reason present from the start, so an alert sees 0, not nothing.
 	for _, reason := range []string{pauseAuth, pauseBreaker, pauseOperator} {

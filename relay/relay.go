@@ -62,6 +62,7 @@ type Relay struct {
 	started  atomic.Bool
 	stopping atomic.Bool  // Stop was called: results are written with a deadline
 	stopTime atomic.Int64 // when Stop was called, unix ns
+	warns    *warnEvery   // retryable failures logged at most once per class per minute
 
 	mu     sync.Mutex
 	cancel context.CancelFunc // stops claiming
@@ -106,6 +107,8 @@ func New(pool *pgxpool.Pool, p provider.Provider, cfg Config) (*Relay, error) {
 		callTimeout: callTimeout,
 		done:        make(chan struct{}),
 	}
+	registerProviderMetrics(cfg.Registerer, p)
+	r.warns = newWarnEvery(warnInterval, cfg.Clock)
 	r.gate = newGate(cfg.BreakerThreshold, cfg.Clock, r.onPauseChange)
 	r.retainer = newRetainer(cfg.Retention, cfg.AppID, r.syncTTL(), pool, r.log, r.metrics)
 	return r, nil

@@ -363,7 +363,7 @@ WITH r AS (
      WHERE i.id = d.id
        AND i.lease_token = d.token
        AND i.state = 'delivering'
-    RETURNING i.id, i.state, i.conversation_id
+    RETURNING i.id, i.state, i.conversation_id, i.created_at
 ), unparked AS (
     -- An intent that ended (done or dead) lets its conversation's next
     -- intent be claimed: clear that one's parked mark. Only that one: the
@@ -422,7 +422,8 @@ WITH r AS (
        SET content_hash = excluded.content_hash,
            synced_at = excluded.synced_at
 )
-SELECT c.id, c.state FROM completed c`
+SELECT c.id, c.state, extract(epoch FROM now() - c.created_at)::double precision AS age_s -- insert to done, when done
+  FROM completed c`
 
 	// setWaiting tells producers this relay is idle: the next insert sends a
 	// NOTIFY. The row is locked only while it needs changing, and skipped

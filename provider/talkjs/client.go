@@ -21,6 +21,7 @@ import (
 	"net/http"
 	"net/url"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/time/rate"
@@ -181,6 +182,15 @@ type Client struct {
 	limiter   *rate.Limiter
 	hc        *http.Client
 	ownsHC    bool
+
+	slotWaits   atomic.Int64 // requests that waited for the rate limiter
+	slotWaitsNS atomic.Int64 // and how long, in total
+}
+
+// RateLimitWaits reports how many requests waited for the client-side
+// rate limit, and for how long in total.
+func (c *Client) RateLimitWaits() (waits int64, total time.Duration) {
+	return c.slotWaits.Load(), time.Duration(c.slotWaitsNS.Load())
 }
 
 var (
@@ -494,6 +504,8 @@ func (c *Client) waitForSlot(ctx context.Context, method, path string) error {
 			Err: fmt.Errorf("%s %s: client-side rate limit: next slot in %s leaves less than half the %s timeout before the caller's deadline",
 				method, path, delay.Round(time.Millisecond), c.timeout)}
 	}
+	c.slotWaits.Add(1)
+	c.slotWaitsNS.Add(int64(delay))
 	t := time.NewTimer(delay)
 	defer t.Stop()
 	select {

@@ -1,0 +1,75 @@
+package relay
+
+import (
+	"context"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// gaugeInterval is how often a relay reads the queue's size and lag from
+// the database for its gauges. Each relay reads them (they describe the
+// database, so every relay exports the same values: aggregate with max).
+const gaugeInterval = 10 * time.Second
+
+// readGauges counts pending, delivering and dead intents and reads the
+// lag. Each count walks a partial index (intents_pending_idx,
+// intents_delivering_idx, intents_dead_idx), never the done history.
+const readGauges = `
+SELECT l.pending, l.delivering,
+       (SELECT count(*) FROM outbox.intents WHERE state = 'dead'),
+       l.lag_s
+  FROM outbox.lag l`
+
+// refreshGauges reads the queue gauges from the database.
+func (r *Relay) refreshGauges(ctx context.Context) {
+	var pending, delivering, dead int64
+	var lag float64
+	if err := r.pool.QueryRow(ctx, readGauges, planFresh).Scan(&pending, &delivering, &dead, &lag); err != nil {
+		if ctx.Err() == nil {
+			r.setDB(false, "read_gauges", err)
+		}
+		return
+	}
+	r.metrics.intents.WithLabelValues("pending").Set(float64(pending))
+	r.metrics.intents.WithLabelValues("delivering").Set(float64(delivering))
+	r.metrics.intents.WithLabelValues("dead").Set(float64(dead))
+	r.metrics.lag.Set(lag)
+}
+
+// waitRetryAfter holds a call until a 429's Retry-After has passed, and
+// counts the calls it held.
+func (r *Relay) waitRetryAfter(ctx context.Context) error {
+	start := time.Now()
+	err := r.gate.waitCall(ctx)
+	if d := time.Since(start); d > time.Millisecond {
+		r.metrics.retryAfterWait.Inc()
+		r.metrics.retryAfterSecs.Add(d.Seconds())
+	}
+	return err
+}
+
+// slotWaiter is implemented by providers with a client-side rate limit
+// (provider/talkjs.Client).
+type slotWaiter interface {
+	RateLimitWaits() (waits int64, total time.Duration)
+}
+
+// registerProviderMetrics exports the provider's rate-limit waits, when it
+// counts them.
+func registerProviderMetrics(reg prometheus.Registerer, p any) {
+	sw, ok := p.(slotWaiter)
+	if !ok || reg == nil {
+		return
+	}
+	reg.MustRegister(
+		prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Namespace: "outbox_relay", Name: "rate_limit_waits_total",
+			Help: "Calls that waited for the client-side rate limit (OUTBOX_RATE_LIMIT).",
+		}, func() float64 { n, _ := sw.RateLimitWaits(); return float64(n) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Namespace: "outbox_relay", Name: "rate_limit_wait_seconds_total",
+			Help: "Time calls spent waiting for the client-side rate limit.",
+		}, func() float64 { _, d := sw.RateLimitWaits(); return d.Seconds() }),
+	)
+}

@@ -1,0 +1,136 @@
+package relay
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+)
+
+// warnInterval is the longest a class of retryable failure stays out of
+// the log while it keeps happening: its first failure is logged at once,
+// later ones are counted and logged as one line per interval.
+const warnInterval = time.Minute
+
+// warnEvery rate-limits warnings by class: an API outage fails every
+// attempt, and one line per attempt would bury everything else.
+type warnEvery struct {
+	interval time.Duration
+	now      func() time.Time
+
+	mu      sync.Mutex
+	classes map[string]*warnClass
+}
+
+type warnClass struct {
+	logged  time.Time // when the last line for the class was written
+	pending int       // failures since then
+	example string    // the latest failure's error
+}
+
+// warnLine is one line to log: count failures of class since the last one.
+type warnLine struct {
+	class   string
+	count   int
+	example string
+}
+
+func newWarnEvery(interval time.Duration, now func() time.Time) *warnEvery {
+	return &warnEvery{interval: interval, now: now, classes: map[string]*warnClass{}}
+}
+
+// note records one failure of class, and returns the line to log now, if
+// any: the first failure of a class, or the first after its interval has
+// passed (with the count since the last line).
+func (w *warnEvery) note(class, example string) (warnLine, bool) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	c := w.classes[class]
+	if c == nil {
+		c = &warnClass{}
+		w.classes[class] = c
+	}
+	c.pending++
+	c.example = example
+	now := w.now()
+	if !c.logged.IsZero() && now.Sub(c.logged) < w.interval {
+		return warnLine{}, false
+	}
+	return w.takeLocked(class, c, now), true
+}
+
+// due returns a line for every class with failures not yet logged whose
+// interval has passed, so the count of a burst is logged even when no
+// further failure comes; and forgets classes quiet for an interval.
+func (w *warnEvery) due() []warnLine {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	now := w.now()
+	var lines []warnLine
+	for class, c := range w.classes {
+		if now.Sub(c.logged) < w.interval {
+			continue
+		}
+		if c.pending == 0 {
+			delete(w.classes, class)
+			continue
+		}
+		lines = append(lines, w.takeLocked(class, c, now))
+	}
+	return lines
+}
+
+func (w *warnEvery) takeLocked(class string, c *warnClass, now time.Time) warnLine {
+	l := warnLine{class: class, count: c.pending, example: c.example}
+	c.pending, c.logged = 0, now
+	return l
+}
+
+// failureClass names a retryable failure for the log and the
+// retryable_failures_total metric: the step and the answer (status, or
+// how the call got none), never an id.
+func failureClass(res *result) string {
+	res.mu.Lock()
+	defer res.mu.Unlock()
+	for i := len(res.calls) - 1; i >= 0; i-- {
+		c := res.calls[i]
+		if c.outcome == "ok" || c.outcome == "skipped" {
+			continue
+		}
+		if c.status != 0 {
+			return fmt.Sprintf("%s %d", c.step, c.status)
+		}
+		return fmt.Sprintf("%s %s", c.step, c.outcome)
+	}
+	return "relay"
+}
+
+// logRetryable records a retryable failure: counted in the metric, logged
+// at warn at most once per class per warnInterval.
+func (r *Relay) logRetryable(res *result) {
+	class := failureClass(res)
+	r.metrics.warnings.WithLabelValues(class).Inc()
+	if l, ok := r.warns.note(class, firstLine(res.err)); ok {
+		r.warnRetryable(l)
+	}
+}
+
+func (r *Relay) warnRetryable(l warnLine) {
+	r.log.Warn("retryable failures: intents back off and try again", "class", l.class,
+		"failures", l.count, "per", warnInterval, "last_error", l.example)
+}
+
+// flushWarnings logs the counts of failures not logged yet.
+func (r *Relay) flushWarnings() {
+	for _, l := range r.warns.due() {
+		r.warnRetryable(l)
+	}
+}
+
+// logStateChange logs an intent's change of state at debug.
+func (r *Relay) logStateChange(id int64, attempt int, from, to, outcome string) {
+	if r.log.Enabled(context.Background(), slog.LevelDebug) {
+		r.log.Debug("intent state", "intent_id", id, "attempt", attempt, "from", from, "to", to, "outcome", outcome)
+	}
+}
