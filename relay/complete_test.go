@@ -244,3 +244,59 @@ func logged(b *bundle, parts ...string) bool {
 	}
 	return false
 }
+
+// Another session locks the row of one intent the relay holds. The
+// renewal skips that row instead of waiting for it: the relay's other
+// leases are renewed, and the locked one is still counted as held.
+func TestLockedLeaseDoesNotStopOtherRenewals(t *testing.T) {
+	t.Parallel()
+	b := setup(t, faketalkjs.Faults{})
+	ctx := context.Background()
+	cfg := withLogs(testConfig("renewals"), b)
+	r, err := relay.New(relayPool(t, b.dbURL, cfg), b.client(t, testSecret), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ids := b.insertSQL(t, []outbox.Intent{orderIntent("locked-lease", 1), orderIntent("renewed", 2)})
+	jobs, err := r.Claim(ctx, 2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(jobs) != 2 {
+		t.Fatalf("claimed %d intents, want 2", len(jobs))
+	}
+	lockConn, err := pgx.Connect(ctx, b.dbURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer lockConn.Close(ctx)
+	lock, err := lockConn.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = lock.Rollback(ctx) }()
+	if _, err := lock.Exec(ctx, `SELECT 1 FROM outbox.intents WHERE id = $1 FOR UPDATE`, ids[0]); err != nil {
+		t.Fatal(err)
+	}
+	leaseEnds := func() (locked, other time.Time) {
+		if err := b.pool.QueryRow(ctx, `SELECT (SELECT lease_expires_at FROM outbox.intents WHERE id = $1),
+		       (SELECT lease_expires_at FROM outbox.intents WHERE id = $2)`, ids[0], ids[1]).Scan(&locked, &other); err != nil {
+			t.Fatal(err)
+		}
+		return locked, other
+	}
+	locked0, other0 := leaseEnds()
+	r.RenewLeases(ctx, jobs)
+	locked1, other1 := leaseEnds()
+	if !other1.After(other0) {
+		t.Errorf("the other lease was not renewed: ends %v, before %v", other1, other0)
+	}
+	if !locked1.Equal(locked0) {
+		t.Errorf("the locked lease changed: ends %v, before %v", locked1, locked0)
+	}
+	for _, j := range jobs {
+		if j.Lost() {
+			t.Errorf("intent %d taken for lost after the renewal", j.ID())
+		}
+	}
+}

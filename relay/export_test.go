@@ -68,6 +68,17 @@ func (r *Relay) Complete(ctx context.Context, jobs []*Job, outcome string, delay
 // ClaimStatement is the claim statement and its arguments for n intents.
 func (r *Relay) ClaimStatement(n int) (string, []any) { return claimBatch, r.claimArgs(n) }
 
+// RenewLeases holds jobs and renews their leases as the heartbeat would.
+func (r *Relay) RenewLeases(ctx context.Context, jobs []*Job) {
+	for _, j := range jobs {
+		r.held.add(j)
+	}
+	r.renewLeases(ctx)
+}
+
+// Lost reports whether a renewal found the job's intent no longer held.
+func (j *job) Lost() bool { return j.deadline.Load() == 0 }
+
 // RetentionRun counts what one retention run deleted.
 type RetentionRun = retentionRun
 
