@@ -192,13 +192,22 @@ WITH cancelled AS (
 )
 SELECT id, pg_notify('` + notifyChannel + `', '') IS NULL AS notified FROM cancelled ORDER BY id`
 
-	// purgeSelected deletes the selected dead intents with their attempts.
+	// purgeSelected deletes the selected dead intents with their attempts,
+	// and retires their keys as retention does (see deleteDone): some of a
+	// dead intent's calls may have reached TalkJS, so an application retry
+	// with its key must still be refused.
 	purgeSelected = `
 WITH gone AS (
     DELETE FROM outbox.intents
      WHERE id IN (` + selectWhere + `)
        AND state = 'dead'
-    RETURNING id
+    RETURNING id, key
+), retired AS (
+    INSERT INTO outbox.retired_keys (key, intent_id, retired_at)
+    SELECT key, id, now() FROM gone WHERE key IS NOT NULL
+    ON CONFLICT (key) DO UPDATE
+       SET intent_id = excluded.intent_id,
+           retired_at = excluded.retired_at
 ), calls AS (
     DELETE FROM outbox.attempts a USING gone WHERE a.intent_id = gone.id
 )

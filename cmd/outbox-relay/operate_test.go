@@ -3,11 +3,13 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"slices"
 	"strings"
 	"testing"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/outbox-relay/outbox-relay/internal/pgtest"
@@ -267,6 +269,12 @@ func TestCancelLetsTheNextIntentGo(t *testing.T) {
 	f.cli(t, 0, "purge", "--dead", "--older-than", "720h")
 	if err := f.pool.QueryRow(ctx, `SELECT count(*) FROM outbox.attempts WHERE intent_id = 7`).Scan(&calls); err != nil || calls != 0 {
 		t.Errorf("purged intent keeps %d calls (%v)", calls, err)
+	}
+	// The purged intent's key stays taken, as after retention.
+	_, err := f.pool.Exec(ctx, `INSERT INTO outbox.intents (key, payload) VALUES ('k-dead-old', '{"conversation": {"id": "c7"}}')`)
+	var pgErr *pgconn.PgError
+	if !errors.As(err, &pgErr) || pgErr.Code != "23505" || pgErr.ConstraintName != "intents_key_key" {
+		t.Errorf("insert with a purged intent's key: %v, want 23505 on intents_key_key", err)
 	}
 	f.cli(t, 3, "cancel", "4242")
 }
