@@ -88,6 +88,29 @@ SELECT count(*) FROM pg_stat_activity
 		t.Fatal("the completion did not finish once the head's row was free")
 	}
 
+	// A sweep does not wait on a stranded head another session holds: it
+	// leaves it to the next pass.
+	locker, err := b.pool.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = locker.Rollback(ctx) }()
+	if _, err := locker.Exec(ctx, `SELECT 1 FROM outbox.intents WHERE id = $1 FOR UPDATE`, next); err != nil {
+		t.Fatal(err)
+	}
+	swept := make(chan struct{})
+	go func() { r.ExpireLeases(ctx); close(swept) }()
+	select {
+	case <-swept:
+	case <-time.After(10 * time.Second):
+		t.Error("the sweep waits on a head whose row another session holds")
+		_ = locker.Rollback(ctx)
+		<-swept
+	}
+	if err := locker.Rollback(ctx); err != nil {
+		t.Fatal(err)
+	}
+
 	r.ExpireLeases(ctx) // one sweep
 	jobs, err = r.Claim(ctx, 10)
 	if err != nil {

@@ -283,12 +283,19 @@ WITH RECURSIVE heads(conversation_id, id, n) AS (
             ORDER BY i.conversation_id, i.id
             LIMIT 1) nx
      WHERE h.n < $2
-), unparked AS (
-    UPDATE outbox.intents i
-       SET parked = false
+), stranded AS (
+    -- A head whose row another session holds is left to the next pass:
+    -- the sweep never waits on a lock.
+    SELECT i.id
+      FROM outbox.intents i
      WHERE i.id = ANY (ARRAY(SELECT id FROM heads)) -- by primary key
        AND i.state = 'pending'
        AND i.parked
+       FOR UPDATE SKIP LOCKED
+), unparked AS (
+    UPDATE outbox.intents i
+       SET parked = false
+     WHERE i.id = ANY (ARRAY(SELECT id FROM stranded))
     RETURNING i.id
 )
 SELECT coalesce((SELECT conversation_id FROM heads ORDER BY n DESC LIMIT 1), ''),
