@@ -150,6 +150,8 @@ var access = []objectAccess{
 	{kind: "FUNCTION", name: "outbox.intents_refuse_retired_key()", grants: map[Party]string{
 		Producer: none, Relay: none, Auditor: none},
 		definer: "reads retired keys and other intents' keys, which producers are not granted"},
+	{kind: "FUNCTION", name: "outbox.intents_guard_payload()", grants: map[Party]string{
+		Producer: none, Relay: none, Auditor: none}},
 	{kind: "FUNCTION", name: "outbox.intents_before_update()", grants: map[Party]string{
 		Producer: none, Relay: none, Auditor: none}},
 	// Called by the insert trigger, as the producer.

@@ -54,8 +54,11 @@ type Config struct {
 	// stopped by a shutdown or an auth failure do not count. Default 25.
 	MaxAttempts int
 
-	// MaxAge is the retry budget in time since the intent was created; a
-	// failing intent older than this goes dead. Default 24h.
+	// MaxAge is the retry budget in time since the intent's first counted
+	// failure (or its first after a retry): a failure later than that
+	// makes it dead. Time spent waiting behind an earlier intent of its
+	// conversation, or while delivery was paused, before it ever failed
+	// does not count. Default 24h.
 	MaxAge time.Duration
 
 	// Retry is the backoff between failed attempts.

@@ -155,6 +155,7 @@ WITH retried AS (
            run_after = now(),
            parked = false, -- the claim parks it again if it waits behind another
            retried_at = now(),
+           failing_since = NULL, -- the age budget starts again at the next failure
            updated_at = now()
      WHERE id IN (` + selectWhere + `)
        AND state = 'dead'

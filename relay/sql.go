@@ -202,7 +202,7 @@ SELECT i.id, EXISTS (SELECT 1 FROM renewed r WHERE r.id = i.id)
 	// hung or lost the database) back to pending, in their place in the
 	// queue (run_after unchanged: the lease already spaced the attempts),
 	// or dead when the attempt that was lost was the last of the budget
-	// ($1 attempts, $2 of age). An intent that goes dead stays delivering
+	// ($1 attempts, $2 since its first failure). An intent that goes dead stays delivering
 	// until its lease is $3 (the longest call) past its end: a call its
 	// frozen holder sent before the lease ended may still land until then,
 	// and its conversation's next intent must not overtake it. (An intent
@@ -215,15 +215,16 @@ WITH expired AS (
      WHERE state = 'delivering'
        AND lease_expires_at < now()
        AND (lease_expires_at < now() - $3::interval
-            OR (attempts < $1 AND greatest(created_at, retried_at) >= now() - $2::interval))
+            OR (attempts < $1 AND coalesce(failing_since, now()) >= now() - $2::interval))
      ORDER BY id
        FOR UPDATE SKIP LOCKED -- a relay completing it now wins
 ), taken AS (
     UPDATE outbox.intents
-       SET state = CASE WHEN attempts >= $1 OR greatest(created_at, retried_at) < now() - $2::interval
+       SET state = CASE WHEN attempts >= $1 OR coalesce(failing_since, now()) < now() - $2::interval
                         THEN 'dead' ELSE 'pending' END,
            last_error = format('attempt %s: lease held by %s expired at %s without a result',
                                attempts, lease_owner, lease_expires_at),
+           failing_since = coalesce(failing_since, now()), -- a lost lease counts as a failure
            lease_owner = NULL,
            lease_expires_at = NULL,
            updated_at = now()
@@ -231,7 +232,7 @@ WITH expired AS (
        AND state = 'delivering'
        AND lease_expires_at < now()
        AND (lease_expires_at < now() - $3::interval
-            OR (attempts < $1 AND greatest(created_at, retried_at) >= now() - $2::interval))
+            OR (attempts < $1 AND coalesce(failing_since, now()) >= now() - $2::interval))
     RETURNING id, state, conversation_id
 ), unparked AS (
     -- As in completeBatch: a dead intent lets its next intent be claimed.
@@ -341,7 +342,7 @@ WITH r AS (
     SELECT r.*, i.attempts,
            CASE
              WHEN r.outcome = 'retry'
-                  AND (i.attempts >= $6 OR greatest(i.created_at, i.retried_at) < now() - $7::interval) THEN 'dead'
+                  AND (i.attempts >= $6 OR coalesce(i.failing_since, now()) < now() - $7::interval) THEN 'dead'
              WHEN r.outcome = 'retry' THEN 'pending'
              WHEN r.outcome = 'release' THEN 'pending'
              ELSE r.outcome
@@ -362,6 +363,7 @@ WITH r AS (
                                         i.attempts, $6::int, $7::interval, d.error)
                           ELSE d.error
                         END,
+           failing_since = CASE WHEN d.outcome = 'retry' THEN coalesce(i.failing_since, now()) ELSE i.failing_since END,
            lease_owner = NULL,
            lease_expires_at = NULL,
            done_at = CASE WHEN d.next_state = 'done' THEN now() END,
