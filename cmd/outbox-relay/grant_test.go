@@ -283,6 +283,14 @@ func TestProducerRole(t *testing.T) {
 	if _, err := outbox.Enqueue(ctx, producer, relaytest.OrderIntent("c-go", 3), outbox.WithKey("order-2")); !errors.Is(err, outbox.ErrDuplicateKey) {
 		t.Errorf("duplicate key: got %v, want ErrDuplicateKey", err)
 	}
+	// A key retention retired is refused too, though the producer cannot
+	// read outbox.retired_keys: the trigger that looks runs as the owner.
+	if _, err := admin.Exec(ctx, `INSERT INTO outbox.retired_keys (key, intent_id) VALUES ('order-retired', 1)`); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := outbox.Enqueue(ctx, producer, relaytest.OrderIntent("c-go", 4), outbox.WithKey("order-retired")); !errors.Is(err, outbox.ErrDuplicateKey) {
+		t.Errorf("retired key: got %v, want ErrDuplicateKey", err)
+	}
 	_, err = producer.Exec(ctx, `INSERT INTO outbox.intents (payload) VALUES ('{"conversation": {}}')`)
 	var pgErr *pgconn.PgError
 	if !errors.As(err, &pgErr) || pgErr.Code != "23514" || !strings.Contains(pgErr.Message, "conversation.id: is required") {
@@ -311,6 +319,10 @@ func TestProducerRole(t *testing.T) {
 		`DELETE FROM outbox.synced_users`,
 		`SELECT * FROM outbox.relays`,
 		`INSERT INTO outbox.relays (id) VALUES ('impostor')`,
+		`SELECT * FROM outbox.retired_keys`,
+		`DELETE FROM outbox.retired_keys`,
+		`SELECT * FROM outbox.control`,
+		`UPDATE outbox.control SET paused_at = now(), paused_by = 'producer'`,
 		`SELECT * FROM outbox.wakeup`,
 		`UPDATE outbox.wakeup SET waiting = false`,
 		`SELECT * FROM outbox.goose_db_version`,
@@ -372,7 +384,7 @@ func TestAuditorRole(t *testing.T) {
 		}
 	}
 
-	reads := []string{"outbox.intents", "outbox.attempts", "outbox.synced_users", "outbox.relays"}
+	reads := []string{"outbox.intents", "outbox.attempts", "outbox.synced_users", "outbox.relays", "outbox.retired_keys", "outbox.control"}
 	reads = append(reads, schemaObjects(t, admin, "vm")...)
 	for _, rel := range reads {
 		var n int
