@@ -40,8 +40,12 @@ func (r *Relay) Prepare(ctx context.Context) error {
 	return r.pool.QueryRow(ctx, schemaCheck).Scan(&waiting)
 }
 
-// ExpireLeases runs one sweep for expired leases now.
-func (r *Relay) ExpireLeases(ctx context.Context) { r.expireLeases(ctx) }
+// ExpireLeases runs one sweep for expired leases now, with a pass for
+// stranded parked heads.
+func (r *Relay) ExpireLeases(ctx context.Context) {
+	r.expireLeases(ctx)
+	r.unparkHeads(ctx)
+}
 
 // Job is a claimed intent, for tests that drive claims and completions.
 type Job = job
