@@ -2,8 +2,10 @@ package relay
 
 import (
 	"context"
+	"strconv"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/prometheus/client_golang/prometheus"
 )
 
@@ -25,7 +27,17 @@ SELECT l.pending, l.delivering,
 func (r *Relay) refreshGauges(ctx context.Context) {
 	var pending, delivering, dead int64
 	var lag float64
-	if err := r.pool.QueryRow(ctx, readGauges, planFresh).Scan(&pending, &delivering, &dead, &lag); err != nil {
+	err := pgx.BeginFunc(ctx, r.pool, func(tx pgx.Tx) error {
+		// The relay's sessions cut statements at a quarter of the lease,
+		// sized for its lock paths; counting a large backlog can take
+		// longer, and this read locks no row. It gets the interval instead.
+		ms := strconv.FormatInt(gaugeInterval.Milliseconds(), 10)
+		if _, err := tx.Exec(ctx, `SELECT set_config('statement_timeout', $1, true)`, ms); err != nil {
+			return err
+		}
+		return tx.QueryRow(ctx, readGauges, planFresh).Scan(&pending, &delivering, &dead, &lag)
+	})
+	if err != nil {
 		if ctx.Err() == nil {
 			r.setDB(false, "read_gauges", err)
 		}
