@@ -11,7 +11,7 @@ q() {
   done
   printf '| %s | %s |\n' "$name" "$best"
 }
-q "status: counts by state" "SELECT s.state, coalesce(c.n, 0) FROM unnest(ARRAY['pending', 'delivering', 'done', 'dead']) AS s(state) LEFT JOIN (SELECT state, count(*) AS n FROM outbox.intents GROUP BY state) c USING (state)"
+q "status: counts by state" "WITH active AS (SELECT (SELECT count(*) FROM outbox.intents WHERE state = 'pending') AS pending, (SELECT count(*) FROM outbox.intents WHERE state = 'delivering') AS delivering, (SELECT count(*) FROM outbox.intents WHERE state = 'dead') AS dead), est AS (SELECT c.reltuples::bigint AS n FROM pg_catalog.pg_class c WHERE c.oid = 'outbox.intents'::regclass) SELECT a.pending, a.delivering, a.dead, CASE WHEN e.n < 100000 THEN (SELECT count(*) FROM outbox.intents WHERE state = 'done') ELSE greatest(e.n - a.pending - a.delivering - a.dead, 0) END, e.n >= 100000 FROM active a, est e"
 q "status: oldest pending" "SELECT coalesce(extract(epoch FROM now() - min(created_at)), 0) FROM outbox.intents WHERE state = 'pending'"
 q "status: 10 latest dead" "SELECT id, key, conversation_id, attempts, last_error, updated_at FROM outbox.intents WHERE state = 'dead' ORDER BY updated_at DESC, id DESC LIMIT 10"
 q "status: lag" "SELECT lag_s FROM outbox.lag"

@@ -71,6 +71,7 @@ func cmdStatus(ctx context.Context, args []string, env envconfig.Lookuper, stdou
 // in RFC 3339.
 type statusDoc struct {
 	Counts         map[string]int64    `json:"counts"`
+	DoneEstimated  bool                `json:"done_estimated"`
 	LagS           float64             `json:"lag_s"`
 	OldestPendingS float64             `json:"oldest_pending_s"`
 	FailedLastHour []relay.FailedCalls `json:"failed_calls_last_hour"`
@@ -99,6 +100,7 @@ type deadDoc struct {
 func statusJSON(st relay.Status) statusDoc {
 	doc := statusDoc{
 		Counts:         st.Counts,
+		DoneEstimated:  st.DoneEstimated,
 		LagS:           st.Lag.Seconds(),
 		OldestPendingS: st.OldestPending.Seconds(),
 		FailedLastHour: st.FailedCalls,
@@ -123,6 +125,10 @@ func printStatus(w io.Writer, st relay.Status) {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(tw, "STATE\tCOUNT")
 	for _, s := range []string{"pending", "delivering", "done", "dead"} {
+		if s == "done" && st.DoneEstimated {
+			fmt.Fprintf(tw, "%s\t~%d (estimate)\n", s, st.Counts[s])
+			continue
+		}
 		fmt.Fprintf(tw, "%s\t%d\n", s, st.Counts[s])
 	}
 	_ = tw.Flush()

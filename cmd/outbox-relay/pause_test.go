@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
 	"strings"
 	"testing"
@@ -73,4 +74,37 @@ func TestPauseResumeCLI(t *testing.T) {
 	f.cli(t, 2, "pause", "why")
 	f.cli(t, 2, "resume", "now")
 	f.cli(t, 0, "pause", "--help")
+}
+
+// Above relay.ExactDoneLimit rows status does not count the done history
+// (a scan of the whole table): done is the planner's estimate less the
+// exact counts of the other states, and says so.
+func TestStatusEstimatesDoneOnLargeTables(t *testing.T) {
+	t.Parallel()
+	f := newOperateFixture(t)
+	// What autovacuum would record for a table of half a million rows.
+	if _, err := f.pool.Exec(context.Background(),
+		`UPDATE pg_class SET reltuples = 500000 WHERE oid = 'outbox.intents'::regclass`); err != nil {
+		t.Fatal(err)
+	}
+	var doc struct {
+		Counts        map[string]int64 `json:"counts"`
+		DoneEstimated bool             `json:"done_estimated"`
+	}
+	out := f.cli(t, 0, "status", "--json")
+	if err := json.Unmarshal([]byte(out), &doc); err != nil {
+		t.Fatalf("%v\n%s", err, out)
+	}
+	want := map[string]int64{"pending": 2, "delivering": 1, "dead": 3, "done": 500000 - 6}
+	for state, n := range want {
+		if doc.Counts[state] != n {
+			t.Errorf("counts[%s] = %d, want %d", state, doc.Counts[state], n)
+		}
+	}
+	if !doc.DoneEstimated {
+		t.Error("done_estimated = false for an estimated done count")
+	}
+	if out := f.cli(t, 0, "status"); !strings.Contains(out, "~499994 (estimate)") {
+		t.Errorf("status text does not mark the estimate:\n%s", out)
+	}
 }
