@@ -784,14 +784,20 @@ func TestClientRateLimit(t *testing.T) {
 	// A slot that comes before the deadline but would leave the request
 	// less than half its Timeout is refused too: a request is not cut
 	// short for having waited its turn.
-	b.client.SetRateLimit(10, 1)
+	// A slot every 2s: after the token is taken, the next one is 2s less
+	// the time that call took away. With a deadline 2s + Timeout/4 away it
+	// comes before the deadline but leaves the request Timeout/4 plus that
+	// time, under half the Timeout however slow the machine (up to
+	// Timeout/4).
+	b.client.SetRateLimit(0.5, 1)
 	if err := b.client.PutUser(t.Context(), alice); err != nil { // takes the token
 		t.Fatal(err)
 	}
-	ctx, cancel = context.WithTimeout(t.Context(), b.client.Timeout()/2) // slot in 100ms + 2.5s > 2.5s
+	timeout := b.client.Timeout()
+	ctx, cancel = context.WithTimeout(t.Context(), 2*time.Second+timeout/4)
 	defer cancel()
 	wantError(t, b.client.PutUser(ctx, alice), provider.RateLimited, 0)
-	ctx, cancel = context.WithTimeout(t.Context(), b.client.Timeout()/2+time.Second)
+	ctx, cancel = context.WithTimeout(t.Context(), 2*time.Second+timeout/2+time.Second)
 	defer cancel()
 	if err := b.client.PutUser(ctx, alice); err != nil {
 		t.Fatalf("a slot leaving more than half the Timeout was refused: %v", err)
