@@ -844,3 +844,22 @@ func TestConcurrentCalls(t *testing.T) {
 		t.Fatalf("%d messages stored, want %d", n, 2+workers*calls)
 	}
 }
+
+// Requests that wait for the client-side rate limit are counted, with
+// their wait, for the relay's metrics; refused and unhindered ones are not.
+func TestRateLimitWaitsCounted(t *testing.T) {
+	t.Parallel()
+	b := setup(t, faketalkjs.Faults{}, func(c *Config) { c.RateLimit = 2; c.Burst = 1 })
+	if n, d := b.client.RateLimitWaits(); n != 0 || d != 0 {
+		t.Fatalf("waits before any request = %d, %s", n, d)
+	}
+	for range 3 { // the first takes the token, the next two wait up to 500ms each
+		if err := b.client.PutUser(t.Context(), alice); err != nil {
+			t.Fatal(err)
+		}
+	}
+	n, d := b.client.RateLimitWaits()
+	if n != 2 || d < 500*time.Millisecond || d > 2*time.Second {
+		t.Fatalf("waits = %d totalling %s, want 2 totalling about 1s", n, d)
+	}
+}
