@@ -65,7 +65,10 @@ const (
 	// statement's snapshot left a predecessor that fails the recheck of
 	// its state under the lock. (KEY SHARE lets renewals and claims of the
 	// predecessor go on.) Parking takes every lock SKIP LOCKED: it never
-	// makes a claim wait.
+	// makes a claim wait. One case escapes all three: an ending statement
+	// whose snapshot predates the intent finds no next intent to rewrite
+	// (KEY SHARE does not conflict with its update); unparkHeads, run by
+	// the sweep, clears the mark of such an intent.
 	//
 	// Order does not depend on parking: the NOT EXISTS below is what keeps
 	// a successor behind its predecessor.
