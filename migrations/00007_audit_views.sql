@@ -106,9 +106,11 @@ SELECT i.id,
 COMMENT ON VIEW outbox.dead_letters IS
     'Dead intents: why they died (last_error) and the last failed call.';
 
--- Calls per minute over the last 24 hours, by step and outcome class, with
--- their latency. Bounded to a day so it reads the started_at index, not the
--- whole history.
+-- Calls per minute over the last hour, by step and outcome class, with
+-- their latency: what is happening now. Bounded in the view itself, since a
+-- filter on "minute" cannot narrow the scan (date_trunc hides started_at):
+-- it reads an hour of the started_at index, not the day's or the whole
+-- history. For longer ranges, group outbox.attempts by started_at directly.
 CREATE VIEW outbox.calls_per_minute AS
 SELECT date_trunc('minute', a.started_at) AS minute,
        a.step,
@@ -117,11 +119,11 @@ SELECT date_trunc('minute', a.started_at) AS minute,
        (avg(a.duration_ms) / 1000)::double precision AS avg_s,
        (max(a.duration_ms) / 1000)::double precision AS max_s
   FROM outbox.attempts a
- WHERE a.started_at > now() - interval '24 hours'
+ WHERE a.started_at > now() - interval '1 hour'
  GROUP BY 1, 2, 3;
 
 COMMENT ON VIEW outbox.calls_per_minute IS
-    'TalkJS calls per minute in the last 24 hours, by step and outcome, with latency in seconds.';
+    'TalkJS calls per minute in the last hour, by step and outcome, with latency in seconds.';
 
 -- Lag: how far behind delivery is. The oldest intent a relay could claim
 -- now (pending, due, first of its conversation), taken in the claim's own
