@@ -175,21 +175,10 @@ WITH cancelled AS (
        AND state = 'pending'
     RETURNING id, conversation_id
 ), unparked AS (
-    -- As in the relay's completion: the next intent of each conversation
-    -- may go now (see claimBatch).
+    -- The next intent of each conversation may go now (see unparkNextOf).
     UPDATE outbox.intents s
        SET parked = false
-      FROM cancelled c
-     CROSS JOIN LATERAL (
-           SELECT n.id
-             FROM outbox.intents n
-            WHERE n.conversation_id = c.conversation_id
-              AND n.id > c.id
-              AND n.state IN ('pending', 'delivering')
-            ORDER BY n.conversation_id, n.id
-            LIMIT 1) nx
-     WHERE s.id = nx.id
-       AND s.state = 'pending'
+      FROM cancelled c` + unparkNextOf + `
 )
 SELECT id, pg_notify('` + notifyChannel + `', '') IS NULL AS notified FROM cancelled ORDER BY id`
 

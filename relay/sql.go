@@ -238,21 +238,11 @@ WITH expired AS (
             OR (attempts < $1 AND coalesce(failing_since, now()) >= now() - $2::interval))
     RETURNING id, state, conversation_id
 ), unparked AS (
-    -- As in completeBatch: a dead intent lets its next intent be claimed.
+    -- A dead intent lets its next intent be claimed (see unparkNextOf).
     UPDATE outbox.intents s
        SET parked = false
-      FROM taken c
-     CROSS JOIN LATERAL (
-           SELECT n.id
-             FROM outbox.intents n
-            WHERE n.conversation_id = c.conversation_id
-              AND n.id > c.id
-              AND n.state IN ('pending', 'delivering')
-            ORDER BY n.conversation_id, n.id -- intents_active_conversation_idx
-            LIMIT 1) nx
-     WHERE c.state = 'dead'
-       AND s.id = nx.id
-       AND s.state = 'pending'
+      FROM taken c` + unparkNextOf + `
+       AND c.state = 'dead'
 )
 SELECT id, state FROM taken`
 
@@ -305,6 +295,26 @@ WITH RECURSIVE heads(conversation_id, id, n) AS (
 SELECT coalesce((SELECT conversation_id FROM heads ORDER BY n DESC LIMIT 1), ''),
        (SELECT count(*) FROM heads),
        (SELECT count(*) FROM unparked)`
+
+	// unparkNextOf completes "UPDATE outbox.intents s SET parked = false
+	// FROM <ended> c", where <ended> holds intents (id, conversation_id)
+	// that just left pending or delivering: it clears the parked mark of
+	// each one's next active intent, if pending. Only that one: the
+	// intents behind it are still behind it. Chosen from the rows as they
+	// were, whatever its mark then, since a claim may have parked it
+	// since (see claimBatch). Completion, the expiry sweep and an
+	// operator's cancel end intents; each adds its own condition with AND.
+	unparkNextOf = `
+     CROSS JOIN LATERAL (
+           SELECT n.id
+             FROM outbox.intents n
+            WHERE n.conversation_id = c.conversation_id
+              AND n.id > c.id
+              AND n.state IN ('pending', 'delivering')
+            ORDER BY n.conversation_id, n.id -- intents_active_conversation_idx
+            LIMIT 1) nx
+     WHERE s.id = nx.id
+       AND s.state = 'pending'`
 
 	// wakeRelays wakes every relay's claimer (they all LISTEN), after the
 	// sweep made intents claimable: takeover must not wait for a poll.
@@ -378,23 +388,11 @@ WITH r AS (
     RETURNING i.id, i.state, i.conversation_id, i.created_at
 ), unparked AS (
     -- An intent that ended (done or dead) lets its conversation's next
-    -- intent be claimed: clear that one's parked mark. Only that one: the
-    -- intents behind it are still behind it. Chosen from the rows as they
-    -- were, whatever its mark then, since a claim may have parked it since.
+    -- intent be claimed (see unparkNextOf).
     UPDATE outbox.intents s
        SET parked = false
-      FROM completed c
-     CROSS JOIN LATERAL (
-           SELECT n.id
-             FROM outbox.intents n
-            WHERE n.conversation_id = c.conversation_id
-              AND n.id > c.id
-              AND n.state IN ('pending', 'delivering')
-            ORDER BY n.conversation_id, n.id -- intents_active_conversation_idx
-            LIMIT 1) nx
-     WHERE c.state IN ('done', 'dead')
-       AND s.id = nx.id
-       AND s.state = 'pending'
+      FROM completed c` + unparkNextOf + `
+       AND c.state IN ('done', 'dead')
     RETURNING s.id
 ), recorded AS (
     INSERT INTO outbox.attempts (intent_id, attempt, step, target, status, outcome, error, duration_ms, relay, started_at)
