@@ -159,13 +159,13 @@ func TestUnitClientLimiterRefusalHoldsNoOtherCall(t *testing.T) {
 	g.observe(&provider.Error{Kind: provider.RateLimited, RetryAfter: time.Minute, Err: errors.New("client-side rate limit")}, gen)
 	ctx, cancel := context.WithTimeout(t.Context(), time.Second)
 	defer cancel()
-	if err := g.waitCall(ctx); err != nil {
-		t.Fatalf("after the client's limiter refused one call, the next waits: %v", err)
+	if held, err := g.waitCall(ctx); err != nil || held != 0 {
+		t.Fatalf("after the client's limiter refused one call, the next waits (held %s): %v", held, err)
 	}
 	g.observe(&provider.Error{Kind: provider.RateLimited, Status: 429, RetryAfter: time.Minute, Err: errors.New("429")}, gen)
 	ctx, cancel = context.WithTimeout(t.Context(), 50*time.Millisecond)
 	defer cancel()
-	if err := g.waitCall(ctx); err == nil {
-		t.Fatal("after the API's 429 with Retry-After 1m, a call went at once")
+	if held, err := g.waitCall(ctx); err == nil || held <= 0 {
+		t.Fatalf("after the API's 429 with Retry-After 1m, a call went at once (held %s)", held)
 	}
 }

@@ -179,22 +179,26 @@ func (g *gate) observeLocked(err error, gen uint64) (changed bool) {
 	return changed
 }
 
-// waitCall blocks until a 429's Retry-After has passed.
-func (g *gate) waitCall(ctx context.Context) error {
+// waitCall blocks until a 429's Retry-After has passed. It returns how long
+// it held the call (0 when no Retry-After was in force), so that only real
+// holds are counted, not a scheduler's delay.
+func (g *gate) waitCall(ctx context.Context) (held time.Duration, err error) {
 	for {
 		g.mu.Lock()
 		wait := g.notBefore.Sub(g.clock())
 		g.mu.Unlock()
 		if wait <= 0 {
-			return nil
+			return held, nil
 		}
+		start := time.Now()
 		t := time.NewTimer(wait)
 		select {
 		case <-ctx.Done():
 			t.Stop()
-			return ctx.Err()
+			return held + time.Since(start), ctx.Err()
 		case <-t.C:
 		}
+		held += time.Since(start)
 	}
 }
 

@@ -52,11 +52,10 @@ func (r *Relay) refreshGauges(ctx context.Context) {
 // waitRetryAfter holds a call until a 429's Retry-After has passed, and
 // counts the calls it held.
 func (r *Relay) waitRetryAfter(ctx context.Context) error {
-	start := time.Now()
-	err := r.gate.waitCall(ctx)
-	if d := time.Since(start); d > time.Millisecond {
+	held, err := r.gate.waitCall(ctx)
+	if held > 0 {
 		r.metrics.retryAfterWait.Inc()
-		r.metrics.retryAfterSecs.Add(d.Seconds())
+		r.metrics.retryAfterSecs.Add(held.Seconds())
 	}
 	return err
 }
