@@ -36,12 +36,17 @@ func TestDeliversIntentsInsertedWithSQL(t *testing.T) {
 	if st := b.fake.Stats(); st.Rejections != 0 {
 		t.Errorf("fake rejected %d requests (statuses %v), want none", st.Rejections, st.Statuses)
 	}
-	var calls int
-	if err := b.pool.QueryRow(context.Background(), `SELECT count(*) FROM outbox.attempts WHERE outcome = 'ok'`).Scan(&calls); err != nil {
+	// Every request the fake saw is recorded. A call the fake answered
+	// after the relay stopped waiting (a loaded machine) is recorded as
+	// failed, not ok, so: ok calls <= requests <= calls made.
+	var ok, made int64
+	if err := b.pool.QueryRow(context.Background(), `SELECT count(*) FILTER (WHERE outcome = 'ok'),
+	                                                        count(*) FILTER (WHERE outcome <> 'skipped')
+	                                                   FROM outbox.attempts`).Scan(&ok, &made); err != nil {
 		t.Fatal(err)
 	}
-	if int64(calls) != b.fake.Stats().Requests {
-		t.Errorf("attempts table records %d successful calls, the fake saw %d requests", calls, b.fake.Stats().Requests)
+	if reqs := b.fake.Stats().Requests; ok > reqs || reqs > made {
+		t.Errorf("attempts table records %d successful calls of %d made, the fake saw %d requests", ok, made, reqs)
 	}
 }
 
