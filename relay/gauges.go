@@ -15,8 +15,9 @@ import (
 const gaugeInterval = 10 * time.Second
 
 // readGauges counts pending, delivering and dead intents and reads the
-// lag. Each count walks a partial index (intents_pending_idx,
-// intents_delivering_idx, intents_dead_idx), never the done history.
+// lag. Each count walks a partial index (intents_active_conversation_idx
+// for pending, intents_delivering_idx, intents_dead_idx), never the done
+// history.
 const readGauges = `
 SELECT l.pending, l.delivering,
        (SELECT count(*) FROM outbox.intents WHERE state = 'dead'),
