@@ -26,7 +26,7 @@ var auditChecks = map[string]func(t *testing.T, rows []auditRow){
 		wantRows(t, rows, 1)
 		want(t, rows[0], "state", "done")
 		want(t, rows[0], "attempts", int32(2))
-		want(t, rows[0], "calls", int64(5))
+		want(t, rows[0], "calls", int64(4)) // u1 and u2 in one batch call
 		want(t, rows[0], "failed_calls", int64(1))
 		if l, ok := rows[0]["latency_s"].(float64); !ok || l < 2.9 || l > 3.1 {
 			t.Errorf("latency_s = %v, want 3", rows[0]["latency_s"])
@@ -35,11 +35,24 @@ var auditChecks = map[string]func(t *testing.T, rows []auditRow){
 	"The intent, by its id.": func(t *testing.T, rows []auditRow) {
 		wantRows(t, rows, 1)
 		want(t, rows[0], "key", "order-123")
-		want(t, rows[0], "calls", int64(5))
+		want(t, rows[0], "calls", int64(4))
 	},
-	"Every call made for it, in order.": func(t *testing.T, rows []auditRow) {
+	"Every call made for it, in order (rows sharing a call_id are one batch call).": func(t *testing.T, rows []auditRow) {
 		wantColumn(t, rows, "outcome", "ok", "ok", "retryable", "skipped", "skipped", "ok", "ok")
 		wantColumn(t, rows, "step", "user", "user", "conversation", "user", "user", "conversation", "messages")
+	},
+	"Which calls synced its users, and how each ended: one row per call.": func(t *testing.T, rows []auditRow) {
+		wantColumn(t, rows, "users", "u1, u2")
+		want(t, rows[0], "outcome", "ok")
+		want(t, rows[0], "attempt", int32(1))
+		if rows[0]["call_id"] == nil {
+			t.Errorf("call_id is null, want the batch call's")
+		}
+	},
+	"Every intent and user one batch call served.": func(t *testing.T, rows []auditRow) {
+		wantColumn(t, rows, "user_id", "u1", "u2")
+		want(t, rows[0], "intent_id", int64(1))
+		want(t, rows[1], "status", int32(200))
 	},
 	"Every intent of a conversation and every call made for it.": func(t *testing.T, rows []auditRow) {
 		wantRows(t, rows, 7)
@@ -79,28 +92,29 @@ var auditChecks = map[string]func(t *testing.T, rows []auditRow){
 		want(t, rows[0], "delivered", int64(1))
 		want(t, rows[0], "p50_s", float64(3))
 	},
-	"Calls per intent in the last hour: calls made (skips excluded) per intent they served.": func(t *testing.T, rows []auditRow) {
+	"Calls per intent in the last hour: calls made (skips excluded, a batch call once) per intent they served.": func(t *testing.T, rows []auditRow) {
 		wantRows(t, rows, 1)
-		want(t, rows[0], "calls", int64(7))
+		want(t, rows[0], "calls", int64(6))
 		want(t, rows[0], "intents", int64(3))
 		n, _ := rows[0]["calls_per_intent"].(pgtype.Numeric)
-		if got, err := n.Value(); err != nil || got != "2.33" {
-			t.Errorf("calls_per_intent = %v (%v), want 2.33", got, err)
+		if got, err := n.Value(); err != nil || got != "2.00" {
+			t.Errorf("calls_per_intent = %v (%v), want 2.00", got, err)
 		}
 	},
 	"Relays with a heartbeat in the last minute.": func(t *testing.T, rows []auditRow) {
 		wantColumn(t, rows, "id", "relay-a")
 	},
-	"Who delivered what in the last hour.": func(t *testing.T, rows []auditRow) {
+	"Who delivered what in the last hour (calls made, a batch call once).": func(t *testing.T, rows []auditRow) {
 		wantColumn(t, rows, "relay", "relay-a")
-		want(t, rows[0], "calls", int64(9))
+		want(t, rows[0], "calls", int64(6))
 	},
 }
 
 // auditSeed is a small history with one of everything the doc asks about.
 // Ids are drawn in insert order from 1 in a fresh database:
 //
-//	1 order-123         done after a failed attempt (a 500 on the conversation)
+//	1 order-123         done after a failed attempt (a 500 on the conversation);
+//	                    its users synced by one batch call on attempt 1
 //	2 order-124         dead: TalkJS refused user u3 (400)
 //	3 order-125         pending, due ten minutes ago, not claimed
 //	4 order-125-update  pending behind 3 in the same conversation
@@ -125,19 +139,20 @@ var auditSeed = []string{
 	  WHERE id IN (3, 4)`,
 	`UPDATE outbox.intents SET state = 'delivering', attempts = 1, lease_owner = 'relay-b',
 	        lease_expires_at = now() - interval '1 minute' WHERE id = 5`,
-	`INSERT INTO outbox.attempts (intent_id, attempt, step, target, status, outcome, error, duration_ms, relay, started_at)
-	 SELECT intent_id, attempt, step, target, status, outcome, error, duration_ms, 'relay-a', now() - n * interval '1 second'
+	`INSERT INTO outbox.attempts (intent_id, attempt, step, target, status, outcome, error, duration_ms, relay, started_at, call_id)
+	 SELECT intent_id, attempt, step, target, status, outcome, error, duration_ms, 'relay-a', now() - n * interval '1 second',
+	        CASE WHEN batch THEN '00000000-0000-4000-8000-000000000001'::uuid END
 	   FROM (VALUES
-	     (1, 1, 'user', 'u1', 200, 'ok', NULL, 12, 20),
-	     (1, 1, 'user', 'u2', 200, 'ok', NULL, 11, 19),
-	     (1, 1, 'conversation', 'order_123', 500, 'retryable', 'retryable: status 500', 30, 18),
-	     (1, 2, 'user', 'u1', NULL, 'skipped', 'unchanged since last synchronised', 0, 10),
-	     (1, 2, 'user', 'u2', NULL, 'skipped', 'unchanged since last synchronised', 0, 9),
-	     (1, 2, 'conversation', 'order_123', 200, 'ok', NULL, 14, 8),
-	     (1, 2, 'messages', 'order_123', 200, 'ok', NULL, 21, 7),
-	     (2, 1, 'user', 'u3', 400, 'permanent', 'permanent: status 400: invalid email', 9, 5),
-	     (5, 1, 'user', 'u9', 200, 'ok', NULL, 10, 65)
-	   ) AS a(intent_id, attempt, step, target, status, outcome, error, duration_ms, n)`,
+	     (1, 1, 'user', 'u1', 200, 'ok', NULL, 12, 20, true),
+	     (1, 1, 'user', 'u2', 200, 'ok', NULL, 12, 20, true),
+	     (1, 1, 'conversation', 'order_123', 500, 'retryable', 'retryable: status 500', 30, 18, false),
+	     (1, 2, 'user', 'u1', NULL, 'skipped', 'unchanged since last synchronised', 0, 10, false),
+	     (1, 2, 'user', 'u2', NULL, 'skipped', 'unchanged since last synchronised', 0, 9, false),
+	     (1, 2, 'conversation', 'order_123', 200, 'ok', NULL, 14, 8, false),
+	     (1, 2, 'messages', 'order_123', 200, 'ok', NULL, 21, 7, false),
+	     (2, 1, 'user', 'u3', 400, 'permanent', 'permanent: status 400: invalid email', 9, 5, false),
+	     (5, 1, 'user', 'u9', 200, 'ok', NULL, 10, 65, false)
+	   ) AS a(intent_id, attempt, step, target, status, outcome, error, duration_ms, n, batch)`,
 	`INSERT INTO outbox.relays (id, started_at, heartbeat_at, version) VALUES
 	 ('relay-a', now() - interval '1 hour', now(), 'v1.0.0'),
 	 ('relay-b', now() - interval '2 hours', now() - interval '5 minutes', 'v1.0.0')`,

@@ -142,6 +142,10 @@ type Error struct {
 	// entries the answer named as invalid, in the order sent. Only ids the
 	// call sent are kept; empty when the answer named none of them.
 	InvalidIDs []string
+	// InvalidReasons holds, index for index with InvalidIDs, what the
+	// answer said of each invalid entry (its text, or its JSON when not a
+	// string; at most a few hundred bytes, credentials removed).
+	InvalidReasons []string
 	// Err is the underlying cause (a transport error, or the response body
 	// summarised as an error).
 	Err error

@@ -254,7 +254,7 @@ func (r *Relay) completeBatch(ctx context.Context, batch []*result) error {
 	rows, err := r.pool.Query(ctx, completeBatch, planFresh, ids, tokens, outcomes, errs, delays,
 		r.cfg.MaxAttempts, r.cfg.MaxAge, r.cfg.Name,
 		a.intentID, a.attempt, a.step, a.target, a.status, a.outcome, a.err, a.durationMS, a.started,
-		r.cfg.AppID, syncs.userID, syncs.intentID, syncs.hash, syncs.ok)
+		r.cfg.AppID, syncs.userID, syncs.intentID, syncs.hash, syncs.ok, a.callID)
 	if err != nil {
 		return fmt.Errorf("complete: %w", err)
 	}
@@ -326,6 +326,7 @@ type attemptColumns struct {
 	err        []*string
 	durationMS []float32
 	started    []time.Time
+	callID     []*string // uuid text; nil for a call of one intent
 }
 
 func (a *attemptColumns) add(j *job, c callRecord) {
@@ -347,6 +348,11 @@ func (a *attemptColumns) add(j *job, c callRecord) {
 	a.err = append(a.err, errText)
 	a.durationMS = append(a.durationMS, float32(c.duration.Seconds()*1000))
 	a.started = append(a.started, c.started)
+	var callID *string
+	if c.callID != "" {
+		callID = &c.callID
+	}
+	a.callID = append(a.callID, callID)
 }
 
 // syncColumns holds the ends of user PUTs as the columns completeBatch

@@ -49,6 +49,7 @@ type callRecord struct {
 	err      string
 	duration time.Duration
 	started  time.Time
+	callID   string // shared by the rows of one batch call (a uuid); "" for a call of one intent
 }
 
 // userSync is the end of one user PUT, for outbox.synced_users: ok when

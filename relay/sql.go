@@ -395,11 +395,11 @@ WITH r AS (
        AND c.state IN ('done', 'dead')
     RETURNING s.id
 ), recorded AS (
-    INSERT INTO outbox.attempts (intent_id, attempt, step, target, status, outcome, error, duration_ms, relay, started_at)
-    SELECT a.intent_id, a.attempt, a.step, a.target, a.status, a.outcome, a.error, a.duration_ms, $8, a.started_at
+    INSERT INTO outbox.attempts (intent_id, attempt, step, target, status, outcome, error, duration_ms, relay, started_at, call_id)
+    SELECT a.intent_id, a.attempt, a.step, a.target, a.status, a.outcome, a.error, a.duration_ms, $8, a.started_at, a.call_id
       FROM unnest($9::bigint[], $10::int[], $11::text[], $12::text[], $13::int[], $14::text[], $15::text[],
-                  $16::real[], $17::timestamptz[])
-           AS a(intent_id, attempt, step, target, status, outcome, error, duration_ms, started_at)
+                  $16::real[], $17::timestamptz[], $23::uuid[])
+           AS a(intent_id, attempt, step, target, status, outcome, error, duration_ms, started_at, call_id)
 ), sync_verdict AS (
     SELECT u.user_id,
            (array_agg(u.hash))[1] AS hash,

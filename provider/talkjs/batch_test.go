@@ -110,6 +110,9 @@ func TestPutUsersFailures(t *testing.T) {
 			if !slices.Equal(e.InvalidIDs, tt.invalid) {
 				t.Fatalf("InvalidIDs = %q, want %q", e.InvalidIDs, tt.invalid)
 			}
+			if len(e.InvalidReasons) != len(e.InvalidIDs) || slices.Contains(e.InvalidReasons, "") {
+				t.Fatalf("InvalidReasons = %q for InvalidIDs %q: want a message for each", e.InvalidReasons, e.InvalidIDs)
+			}
 			if tt.status == 400 && b.fake.UserCount() != 0 {
 				t.Fatal("a refused batch stored users")
 			}
@@ -140,6 +143,28 @@ func TestPutUsersUnreadable400(t *testing.T) {
 		e := wantError(t, err, provider.Permanent, 400)
 		if len(e.InvalidIDs) != 0 || errors.Is(err, provider.ErrBatchUnsupported) {
 			t.Fatalf("body %q: InvalidIDs %q, unsupported %t", body, e.InvalidIDs, errors.Is(err, provider.ErrBatchUnsupported))
+		}
+	}
+}
+
+func TestUnitInvalidEntries(t *testing.T) {
+	t.Parallel()
+	sent := []provider.User{{ID: "u1"}, {ID: "u2"}, {ID: "u3"}}
+	long := strings.Repeat("é", 400)
+	tests := []struct {
+		body        string
+		ids, reason []string
+	}{
+		{body: `{"u3": "name is required", "u1": {"code": "bad_email"}}`,
+			ids: []string{"u1", "u3"}, reason: []string{`{"code": "bad_email"}`, "name is required"}},
+		{body: `{"u2": "` + long + `"}`, ids: []string{"u2"}, reason: []string{long[:300] + "…"}},
+		{body: `{"errorCode": "INVALID", "reason": "bad"}`},
+		{body: `not json`},
+	}
+	for _, tt := range tests {
+		ids, reasons := invalidEntries([]byte(tt.body), sent)
+		if !slices.Equal(ids, tt.ids) || !slices.Equal(reasons, tt.reason) {
+			t.Errorf("body %.40q: got %q %q, want %q %q", tt.body, ids, reasons, tt.ids, tt.reason)
 		}
 	}
 }

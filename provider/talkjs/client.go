@@ -331,7 +331,7 @@ func (c *Client) PutUsers(ctx context.Context, users []provider.User) error {
 		case http.StatusNotFound, http.StatusMethodNotAllowed:
 			e.Err = fmt.Errorf("%w: %w", provider.ErrBatchUnsupported, e.Err)
 		case http.StatusBadRequest:
-			e.InvalidIDs = invalidIDs(raw, users)
+			e.InvalidIDs, e.InvalidReasons = invalidEntries(raw, users)
 		}
 	})
 }

@@ -1,6 +1,7 @@
 package talkjs
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -33,17 +34,17 @@ func drainAndClose(body io.ReadCloser) {
 // statusError builds the *provider.Error of a non-2xx response, and returns
 // the body it read (up to maxDrain bytes). The error quotes the start of
 // the body with any credential scrubbed, in case a server or proxy echoes
-// the request's headers.
+// the request's headers; the body returned is scrubbed alike.
 func (c *Client) statusError(method, path string, resp *http.Response, token string) (*provider.Error, []byte) {
 	// Scrub before cutting, so a credential straddling the cut cannot leave
 	// a piece behind. The rest of the body is drained by the caller anyway.
 	raw, _ := io.ReadAll(io.LimitReader(resp.Body, maxDrain))
-	body := string(raw)
 	for _, secret := range []string{c.secretKey, token} {
 		if secret != "" {
-			body = strings.ReplaceAll(body, secret, "<redacted>")
+			raw = bytes.ReplaceAll(raw, []byte(secret), []byte("<redacted>"))
 		}
 	}
+	body := string(raw)
 	if len(body) > errorBodyPrefix {
 		body = body[:errorBodyPrefix]
 	}
@@ -64,24 +65,40 @@ func (c *Client) statusError(method, path string, resp *http.Response, token str
 	return e, raw
 }
 
-// invalidIDs reads the ids a batch 400 names: the keys of the answer's
-// JSON object that are ids of users sent, in the order sent. TalkJS
-// documents the answer only as an object holding the invalid entries'
-// messages, so this is best effort: any other body (an error code and
-// reason, text, a truncated object) names none, and the caller must find
-// the invalid entries itself.
-func invalidIDs(raw []byte, sent []provider.User) []string {
+// invalidEntries reads the entries a batch 400 names: the keys of the
+// answer's JSON object that are ids of users sent, in the order sent,
+// with what the answer says of each. TalkJS documents the answer only as
+// an object holding the invalid entries' messages, so this is best
+// effort: any other body (an error code and reason, text, a truncated
+// object) names none, and the caller must find the invalid entries itself.
+func invalidEntries(raw []byte, sent []provider.User) (ids, reasons []string) {
 	var named map[string]json.RawMessage
 	if json.Unmarshal(raw, &named) != nil {
-		return nil
+		return nil, nil
 	}
-	var ids []string
 	for _, u := range sent {
-		if _, ok := named[u.ID]; ok {
+		if v, ok := named[u.ID]; ok {
 			ids = append(ids, u.ID)
+			reasons = append(reasons, entryReason(v))
 		}
 	}
-	return ids
+	return ids, reasons
+}
+
+// maxReason bounds the text kept of one invalid entry's message.
+const maxReason = 300
+
+// entryReason is an invalid entry's message as text: a JSON string's
+// value, else the JSON itself, cut to maxReason bytes on a rune boundary.
+func entryReason(v json.RawMessage) string {
+	var text string
+	if json.Unmarshal(v, &text) != nil {
+		text = string(v)
+	}
+	if len(text) > maxReason {
+		text = strings.ToValidUTF8(text[:maxReason], "") + "…"
+	}
+	return strings.TrimSpace(text)
 }
 
 // parseRetryAfter reads a Retry-After value in either of its forms,
