@@ -37,6 +37,9 @@ type sizes struct {
 	economyN, footprintN       int
 	backlogLimit               time.Duration
 	drainSystems               []string
+	callsN                     int
+	rate100N, rate1000N        int
+	systems                    []string // of the rate-limited and calls scenarios
 }
 
 var fullSizes = sizes{
@@ -45,6 +48,7 @@ var fullSizes = sizes{
 	prodWarm: 500 * time.Millisecond, prodDur: 3 * time.Second, prodRounds: 1,
 	backlogSmall: 10000, backlogLarge: 1000000, backlogFirst: 50000, backlogLimit: 60 * time.Second,
 	economyN: 10000, footprintN: 10000,
+	callsN: 20000, rate100N: 20000, rate1000N: 20000,
 }
 
 var quickSizes = sizes{
@@ -53,9 +57,10 @@ var quickSizes = sizes{
 	prodWarm: 200 * time.Millisecond, prodDur: time.Second, prodRounds: 1,
 	backlogSmall: 5000, backlogLarge: 50000, backlogFirst: 5000, backlogLimit: 20 * time.Second,
 	economyN: 2000, footprintN: 2000,
+	callsN: 2000, rate100N: 1000, rate1000N: 4000,
 }
 
-var allScenarios = []string{"drain", "wakeup", "producers", "backlog", "economy", "footprint"}
+var allScenarios = []string{"drain", "wakeup", "producers", "backlog", "economy", "footprint", "calls", "rate100", "rate1000"}
 
 func main() {
 	child := flag.String("child", "", "internal: run one baseline relay as a child process (naive or river)")
@@ -68,6 +73,10 @@ func main() {
 	backlogN := flag.Int("backlog-n", 0, "pending intents of the large backlog run, 0 for the default (1000000; -quick 50000), -1 to skip it")
 	srcRoot := flag.String("src", "..", "root of the outbox-relay module (for building cmd/outbox-relay)")
 	drainSystems := flag.String("drain-systems", "ours,naive,river,river-tuned", "systems the drain scenario runs")
+	systems := flag.String("systems", strings.Join(allSystems, ","), "systems the calls, rate100 and rate1000 scenarios run ("+strings.Join(allSystems, ", ")+"; ours-exact runs in rate1000 only)")
+	rate100N := flag.Int("rate100-n", 0, "intents of the rate100 scenario (default 20000; -quick 1000)")
+	rate1000N := flag.Int("rate1000-n", 0, "intents of the rate1000 scenario (default 20000; -quick 4000)")
+	callsN := flag.Int("calls-n", 0, "intents of the calls scenario's drain workload (default 20000; -quick 2000); its repeat workload has the economy's size")
 	verbose := flag.Bool("v", false, "log progress at debug level")
 	flag.Parse()
 
@@ -88,6 +97,26 @@ func main() {
 	}
 	if *runs > 0 {
 		sz.drainRuns = *runs
+	}
+	if *rate100N > 0 {
+		sz.rate100N = *rate100N
+	}
+	if *rate1000N > 0 {
+		sz.rate1000N = *rate1000N
+	}
+	if *callsN > 0 {
+		sz.callsN = *callsN
+	}
+	for _, s := range strings.Split(*systems, ",") {
+		s = strings.TrimSpace(s)
+		if s == "" {
+			continue
+		}
+		if !contains(allSystems, s) {
+			fmt.Fprintf(os.Stderr, "bench: unknown system %q (have %s)\n", s, strings.Join(allSystems, ", "))
+			os.Exit(2)
+		}
+		sz.systems = append(sz.systems, s)
 	}
 	switch {
 	case *backlogN > 0:
@@ -176,6 +205,9 @@ func run(ctx context.Context, log *slog.Logger, dbURL string, sz sizes, want map
 	step("backlog", func() error { return runBacklog(ctx, log, e, sz, rep) })
 	step("economy", func() error { return runEconomy(ctx, e, sz, rep) })
 	step("footprint", func() error { return runFootprint(ctx, e, sz, srcRoot, rep) })
+	step("calls", func() error { return runCalls(ctx, log, e, sz, rep) })
+	step("rate100", func() error { return runRate(ctx, log, e, sz, rep, "rate100", 100, 100, sz.rate100N, false) })
+	step("rate1000", func() error { return runRate(ctx, log, e, sz, rep, "rate1000", 1000, 1000, sz.rate1000N, true) })
 	if ctx.Err() != nil {
 		rep.errors = append(rep.errors, "interrupted")
 	}
@@ -203,14 +235,16 @@ func writeSettings(out io.Writer, sz sizes, profDir string) {
 		"Postgres, the relays, the producers and the fake TalkJS share the machine; the fake is served over loopback HTTP by this process, and every system calls it through the project's `provider/talkjs` client (JWT auth, 200 pooled connections, 10 s timeout, no client-side rate limit except in the producer runs).",
 		"Every run gets a fresh database cloned from a migrated template; the fake is cleared and its counters zeroed before each run. Relays use a pool of at most 10 connections.",
 		fmt.Sprintf("ours: `relay.New` in-process, Concurrency %d, BatchSize %d, every other setting at its default (PollInterval 1s, Lease 10s, UserSyncTTL 1h, no rate limit).", inFlight, inFlight),
-		fmt.Sprintf("naive: table `naive_outbox(id bigserial, payload jsonb, processed_at timestamptz)` with a partial index on unprocessed ids; a loop of BEGIN; SELECT ... WHERE processed_at IS NULL ORDER BY id LIMIT %d FOR UPDATE SKIP LOCKED; one goroutine per row making its calls one after another (user PUT, user PUT, conversation PUT, messages POST); UPDATE processed_at; COMMIT; sleeps %s only when a batch was empty. \"naive LISTEN\" adds a statement-level AFTER INSERT trigger that always runs pg_notify, and wakes on it.", naiveBatch, naivePoll),
-		fmt.Sprintf("River v0.51.2 (riverpgxv5, rivermigrate): the intent is a job (args = the intent's JSON) inserted with `InsertTx` in the order's transaction (bulk loads use `InsertManyFast`); its worker makes the same four sequential calls. Drain like-for-like: MaxWorkers %d, FetchCooldown = FetchPollInterval = %s. \"River tuned\": MaxWorkers %d, FetchCooldown = FetchPollInterval = %s. Everything else at River's defaults.", inFlight, riverFetchTune, riverTuned, riverFetchTune),
+		fmt.Sprintf("naive: table `naive_outbox(id bigserial, payload jsonb, processed_at timestamptz)` with a partial index on unprocessed ids; a loop of BEGIN; SELECT ... WHERE processed_at IS NULL ORDER BY id LIMIT %d FOR UPDATE SKIP LOCKED; one goroutine per row making its calls one after another (user PUT, user PUT, conversation PUT, messages POST); UPDATE processed_at; COMMIT; sleeps %s only when a batch was empty. \"naive LISTEN\" adds a statement-level AFTER INSERT trigger that always runs pg_notify, and wakes on it. On a 429 it waits the answer's Retry-After (1 s without one) and makes the same call again, the row's earlier calls kept, up to %d times in a row (then the row stays unprocessed and is claimed again); it has no rate limit of its own.", naiveBatch, naivePoll, naiveMax429),
+		fmt.Sprintf("River v0.51.2 (riverpgxv5, rivermigrate): the intent is a job (args = the intent's JSON) inserted with `InsertTx` in the order's transaction (bulk loads use `InsertManyFast`); its worker makes the same four sequential calls, and on a 429 returns `river.JobSnooze(Retry-After)` (1 s without one), so River runs the job again from its first call after that time without counting an attempt; no rate limit of its own. Drain like-for-like: MaxWorkers %d, FetchCooldown = FetchPollInterval = %s. \"River tuned\": MaxWorkers %d, FetchCooldown = FetchPollInterval = %s. Everything else at River's defaults.", inFlight, riverFetchTune, riverTuned, riverFetchTune),
 		fmt.Sprintf("Drain: %d pending intents, each with its own conversation, two users of its own and 2 messages (one POST); timed from relay start until the fake holds every message and the system's table shows nothing left; %d interleaved round(s), order rotated each round; median reported. The sequential round trips per intent are 3 for ours (users in parallel) and 4 for the baselines.", sz.drainN, sz.drainRuns),
 		fmt.Sprintf("Wake-up: relay idle for 1 s, then %d transactions (order row + one intent) %s apart; latency = the fake's StoredAt of the intent's messages minus the time just before COMMIT was sent.", sz.wakeN, sz.wakeGap),
 		fmt.Sprintf("Producers: P connections each committing (order row + intent) transactions for %s after %s warm-up, with that system's relay running against the fake (0 ms latency) through a client limited to %d requests/s, so the relays keep claiming but use little CPU; \"order-only\" commits the order row alone with no relay; ours uses outbox.Enqueue, naive a plain INSERT of the JSON, River InsertTx. One run per configuration, P = 8 then 32.", sz.prodDur, sz.prodWarm, producerRateLimit),
 		fmt.Sprintf("Backlog (ours): rate over all %d intents with %d pending, vs rate over the first %d completions with %d pending, each measurement cut off after %s (0 ms latency; completions counted by messages stored at the fake). Loaded with INSERT ... SELECT generate_series, 10,000 rows per transaction, with the table's triggers skipped (session_replication_role = replica: no order lock, wake-up check or payload validation; ids still from the table's sequence; the payloads are the drain's valid ones), then ANALYZE and CHECKPOINT.", sz.backlogSmall, sz.backlogSmall, sz.backlogFirst, sz.backlogLarge, sz.backlogLimit),
 		fmt.Sprintf("Call economy: %d intents, each between 2 of %d unchanged users, over %d conversations (each repeated with the same users and subject), 2 messages each; calls counted by the fake.", sz.economyN, economyUsers, economyConversations),
 		fmt.Sprintf("Footprint: %d drain intents at 0 ms with the relay as its own process: ours is `outbox-relay run` built from cmd/outbox-relay (concurrency 100, no rate limit, metrics server on); the baselines are this program re-executed in child mode. CPU = the child's rusage user+system time from start to exit (including start-up and shutdown); peak RSS = its VmHWM read from /proc when the drain ended (not ru_maxrss, which for a vforked child includes the parent's RSS).", sz.footprintN),
+		fmt.Sprintf("Calls: calls per intent counted by the fake, one relay of each system, no rate limit, 0 ms latency: the drain workload (%d intents, each with its own conversation and two new users, one POST) and the call economy's repeat workload (%d intents).", sz.callsN, sz.economyN),
+		fmt.Sprintf("Rate-limited (rate100, rate1000): the fake allows 100 (burst 100) or 1,000 (burst 1,000) requests/s across all clients and answers every request over it 429 with a Retry-After (whole seconds, at least 1), queueing none. %d relays of each system run at once on one database, each with its own runner, pool and TalkJS client, as separate processes would; none is told the limit (ours: `relay.Config.RateLimit` 0) except \"ours, told the exact limit\" in rate1000 (RateLimit 1000, RateBurst 1000, shared by the live relays). The relays start idle; then %d (rate100) or %d (rate1000) drain intents are inserted in bulk, and the rate is intents ÷ the time from the start of that insert to the last delivery (the fake holds every message and the system's table shows nothing left). 429s and calls are counted by the fake; calls per intent include the 429s.", rateRelays, sz.rate100N, sz.rate1000N),
 	}
 	if profDir != "" {
 		lines = append(lines, fmt.Sprintf("CPU profile of the whole bench process during our first 0 ms drain: `%s`.", profilePath(profDir, "ours-drain-0ms.pprof")))

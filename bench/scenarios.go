@@ -16,6 +16,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/outbox-relay/outbox-relay/outbox"
+	"github.com/outbox-relay/outbox-relay/provider/faketalkjs"
 )
 
 // drainResult is one timed drain.
@@ -344,10 +345,10 @@ func bulkLoadOurs(ctx context.Context, pool *pgxpool.Pool, tag string, n int) er
 	return first
 }
 
-// economyResult counts the HTTP calls of one call-economy run.
+// economyResult counts the HTTP calls of one call-counting run.
 type economyResult struct {
-	requests, userPuts, convPuts, posts int64
-	n                                   int
+	requests, userPuts, batchPuts, convPuts, posts int64
+	n                                              int
 }
 
 func (r economyResult) perIntent() float64 { return float64(r.requests) / float64(r.n) }
@@ -355,12 +356,18 @@ func (r economyResult) perIntent() float64 { return float64(r.requests) / float6
 // economy delivers n intents drawn from a small set of unchanged users and
 // repeated conversations, and counts the calls the fake received.
 func (e *env) economy(ctx context.Context, spec systemSpec, n int) (economyResult, error) {
+	return e.countCalls(ctx, spec, n, economyIntent)
+}
+
+// countCalls delivers n intents made by gen with one relay of spec, no
+// rate limit and no latency, and counts the calls the fake received.
+func (e *env) countCalls(ctx context.Context, spec systemSpec, n int, gen func(tag string, i int) outbox.Intent) (economyResult, error) {
 	s, err := e.open(ctx, spec, 0)
 	if err != nil {
 		return economyResult{}, err
 	}
 	defer s.close()
-	if err := s.r.load(ctx, n, func(i int) outbox.Intent { return economyIntent(s.tag, i) }); err != nil {
+	if err := s.r.load(ctx, n, func(i int) outbox.Intent { return gen(s.tag, i) }); err != nil {
 		return economyResult{}, fmt.Errorf("%s: load: %w", spec.label, err)
 	}
 	if err := s.prepareBacklog(ctx); err != nil {
@@ -383,8 +390,8 @@ func (e *env) economy(ctx context.Context, spec systemSpec, n int) (economyResul
 		return economyResult{}, err
 	}
 	st := e.fake.Stats()
-	return economyResult{requests: st.Requests, userPuts: st.Routes["user_put"], convPuts: st.Routes["conversation_put"],
-		posts: st.Routes["message_post"], n: n}, nil
+	return economyResult{requests: st.Requests, userPuts: st.Routes[faketalkjs.RouteUserPut], batchPuts: st.Routes[faketalkjs.RouteUsersPut],
+		convPuts: st.Routes[faketalkjs.RouteConversationPut], posts: st.Routes[faketalkjs.RouteMessagePost], n: n}, nil
 }
 
 // percentile returns the p-th percentile (0..100) of ds by nearest rank.

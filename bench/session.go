@@ -20,6 +20,46 @@ type session struct {
 	client *talkjs.Client
 	r      relayRunner
 	tag    string // makes this run's TalkJS ids unique
+	// more are further relays of the same system on the same database,
+	// each with its own pool and TalkJS client (see addRelays).
+	more []*peer
+}
+
+// peer is one more relay of a session's system, as another process of a
+// deployment would run it: its own pool, TalkJS client and runner.
+type peer struct {
+	pool   *pgxpool.Pool
+	client *talkjs.Client
+	r      relayRunner
+}
+
+// addRelays adds k relays of the session's system on its database, not
+// started. rateLimit caps each one's TalkJS client (0: none).
+func (s *session) addRelays(ctx context.Context, k int, rateLimit float64) error {
+	for range k {
+		p := &peer{}
+		s.more = append(s.more, p)
+		var err error
+		if p.pool, err = relayPool(ctx, s.db.url); err != nil {
+			return fmt.Errorf("%s: pool: %w", s.spec.label, err)
+		}
+		if p.client, err = talkjs.New(s.e.clientConfig(rateLimit)); err != nil {
+			return fmt.Errorf("%s: talkjs client: %w", s.spec.label, err)
+		}
+		if p.r, err = s.spec.make(p.pool, p.client, s.e.log); err != nil {
+			return fmt.Errorf("%s: %w", s.spec.label, err)
+		}
+	}
+	return nil
+}
+
+// relays returns every relay of the session, the first one first.
+func (s *session) relays() []relayRunner {
+	rs := []relayRunner{s.r}
+	for _, p := range s.more {
+		rs = append(rs, p.r)
+	}
+	return rs
 }
 
 // open clones the system's template and builds the system, not started.
@@ -45,10 +85,21 @@ func (e *env) open(ctx context.Context, spec systemSpec, rateLimit float64) (*se
 	return s, nil
 }
 
-// close stops the relay and drops the database.
+// close stops the relays and drops the database.
 func (s *session) close() {
 	if s.r != nil {
 		s.r.stop()
+	}
+	for _, p := range s.more {
+		if p.r != nil {
+			p.r.stop()
+		}
+		if p.client != nil {
+			_ = p.client.Close()
+		}
+		if p.pool != nil {
+			p.pool.Close()
+		}
 	}
 	if s.client != nil {
 		_ = s.client.Close()

@@ -6,7 +6,9 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"os"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -366,9 +368,20 @@ type intentWorker struct {
 	p provider.Provider
 }
 
+// Work makes the intent's calls one after another. On a 429 (or its
+// client's own rate limiter refusing a call) it snoozes the job for the
+// Retry-After (1 s when there is none): River runs it again from its first
+// call then, without counting an attempt.
 func (w *intentWorker) Work(ctx context.Context, job *river.Job[intentArgs]) error {
-	return deliverSequential(ctx, w.p, job.Args.Intent, fmt.Sprintf("river-%d", job.ID))
+	err := deliverSequential(ctx, w.p, job.Args.Intent, fmt.Sprintf("river-%d", job.ID), callOnce)
+	if wait, limited := retryAfterOf(err); limited {
+		return river.JobSnooze(wait)
+	}
+	return err
 }
+
+// riverClientSeq numbers the River clients of this process.
+var riverClientSeq atomic.Int64
 
 type riverRunner struct {
 	pool   *pgxpool.Pool
@@ -380,6 +393,9 @@ func riverConfig(workers int, fetch time.Duration, p provider.Provider, log *slo
 	ws := river.NewWorkers()
 	river.AddWorker(ws, &intentWorker{p: p})
 	return &river.Config{
+		// Unique per client, so several clients in one process (the
+		// rate-limited scenarios run three) never share an id.
+		ID:                fmt.Sprintf("bench_%d_%d", os.Getpid(), riverClientSeq.Add(1)),
 		Queues:            map[string]river.QueueConfig{river.QueueDefault: {MaxWorkers: workers}},
 		Workers:           ws,
 		FetchCooldown:     fetch,
