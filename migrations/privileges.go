@@ -79,16 +79,17 @@ type objectAccess struct {
 //     is SECURITY DEFINER instead of granting it.
 //   - Relay: the claim, renewal, sweep and completion update intents; the
 //     retention deletes done intents and their attempts, retiring their
-//     keys into outbox.retired_keys, and forgets old retired keys; the completion
-//     records attempts and synced users; heartbeats keep outbox.relays;
-//     an idle relay sets the wake-up flag. retry and cancel update
-//     intents, purge deletes dead ones with their attempts; pause and
-//     resume set outbox.control; status reads intents, attempts, relays,
-//     the pause and the lag view. No sequence: attempts' ids are an
-//     identity column, which needs no privilege.
+//     keys into outbox.retired_keys, and forgets old retired keys and
+//     sync records; the completion records attempts and synced users and
+//     conversations; heartbeats keep outbox.relays; an idle relay sets the
+//     wake-up flag. retry and cancel update intents, purge deletes dead
+//     ones with their attempts; pause and resume set outbox.control;
+//     status reads intents, attempts, relays, the pause and the lag view.
+//     No sequence: attempts' ids are an identity column, which needs no
+//     privilege.
 //   - Auditor: SELECT on everything that records what happened (intents,
-//     attempts, synced users, relays, the views). It can therefore run
-//     `outbox-relay status` and `inspect` too.
+//     attempts, synced users and conversations, relays, the views). It
+//     can therefore run `outbox-relay status` and `inspect` too.
 var access = []objectAccess{
 	{kind: "SCHEMA", name: "outbox", grants: map[Party]string{
 		Producer: "USAGE", Relay: "USAGE", Auditor: "USAGE"}},
@@ -105,6 +106,10 @@ var access = []objectAccess{
 	{kind: "SEQUENCE", name: "outbox.attempts_id_seq", grants: map[Party]string{
 		Producer: none, Relay: none, Auditor: none}},
 	{kind: "TABLE", name: "outbox.synced_users", grants: map[Party]string{
+		Producer: none, Relay: "SELECT, INSERT, UPDATE, DELETE", Auditor: "SELECT"}},
+	// The claim deletes the records of conversations it will PUT; the
+	// completion upserts (ON CONFLICT DO UPDATE) and deletes them.
+	{kind: "TABLE", name: "outbox.synced_conversations", grants: map[Party]string{
 		Producer: none, Relay: "SELECT, INSERT, UPDATE, DELETE", Auditor: "SELECT"}},
 	{kind: "TABLE", name: "outbox.relays", grants: map[Party]string{
 		Producer: none, Relay: "SELECT, INSERT, UPDATE, DELETE", Auditor: "SELECT"}},

@@ -18,6 +18,8 @@ type job struct {
 	key      string            // delivery_key: namespaces the message idempotency keys
 	hashes   map[string][]byte // user id -> content hash; nil when user syncs are off (TTL 0)
 	skip     map[string]bool   // users TalkJS holds with this content, per outbox.synced_users
+	convHash []byte            // the conversation PUT's content hash; nil when syncs are off (TTL 0)
+	convSkip bool              // TalkJS holds the conversation with this content, per outbox.synced_conversations
 	probe    bool              // let through by a paused gate to test the API
 	claimed  time.Time
 	deadline atomic.Int64 // local monotonic lease deadline, ns since relay.epoch
@@ -173,7 +175,7 @@ func (r *Relay) claim(ctx context.Context, limit int) ([]*job, error) {
 		j := &job{claimed: start}
 		var hashes []byte
 		var skip []string
-		if err := rows.Scan(&j.id, &j.token, &j.attempt, &j.payload, &j.key, &hashes, &skip); err != nil {
+		if err := rows.Scan(&j.id, &j.token, &j.attempt, &j.payload, &j.key, &hashes, &skip, &j.convHash, &j.convSkip); err != nil {
 			return nil, err
 		}
 		j.hashes, j.skip = parseUserSyncs(hashes, skip)
@@ -245,7 +247,8 @@ func (r *Relay) dispatch(workCtx context.Context, jobs []*job, workers *sync.Wai
 	}
 }
 
-// syncTTL is the user-skip window passed to the claim (0 disables skipping).
+// syncTTL is the skip window of user and conversation PUTs passed to the
+// claim (0 disables skipping).
 func (r *Relay) syncTTL() time.Duration {
 	if r.cfg.UserSyncTTL < 0 {
 		return 0

@@ -234,6 +234,7 @@ func (r *Relay) completeBatch(ctx context.Context, batch []*result) error {
 	delays := make([]float64, n)
 	var a attemptColumns
 	var syncs syncColumns
+	var convs convSyncColumns
 	for i, res := range batch {
 		ids[i], tokens[i], outcomes[i] = res.job.id, res.job.token, res.outcome
 		if res.err != "" {
@@ -249,12 +250,16 @@ func (r *Relay) completeBatch(ctx context.Context, batch []*result) error {
 		for _, id := range res.forget {
 			syncs.add(res.job, userSync{id: id, hash: []byte{}})
 		}
+		if c := res.conv; c != nil && !c.skipped {
+			convs.add(res.job, c)
+		}
 	}
 
 	rows, err := r.pool.Query(ctx, completeBatch, planFresh, ids, tokens, outcomes, errs, delays,
 		r.cfg.MaxAttempts, r.cfg.MaxAge, r.cfg.Name,
 		a.intentID, a.attempt, a.step, a.target, a.status, a.outcome, a.err, a.durationMS, a.started,
-		r.cfg.AppID, syncs.userID, syncs.intentID, syncs.hash, syncs.ok, a.callID)
+		r.cfg.AppID, syncs.userID, syncs.intentID, syncs.hash, syncs.ok, a.callID,
+		convs.conversationID, convs.intentID, convs.hash, convs.ok)
 	if err != nil {
 		return fmt.Errorf("complete: %w", err)
 	}
@@ -366,6 +371,22 @@ type syncColumns struct {
 
 func (c *syncColumns) add(j *job, s userSync) {
 	c.userID = append(c.userID, s.id)
+	c.intentID = append(c.intentID, j.id)
+	c.hash = append(c.hash, s.hash)
+	c.ok = append(c.ok, s.ok)
+}
+
+// convSyncColumns holds the ends of conversation PUTs as the columns
+// completeBatch reads to keep outbox.synced_conversations true.
+type convSyncColumns struct {
+	conversationID []string
+	intentID       []int64
+	hash           [][]byte
+	ok             []bool
+}
+
+func (c *convSyncColumns) add(j *job, s *convSync) {
+	c.conversationID = append(c.conversationID, s.id)
 	c.intentID = append(c.intentID, j.id)
 	c.hash = append(c.hash, s.hash)
 	c.ok = append(c.ok, s.ok)

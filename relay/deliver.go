@@ -74,6 +74,11 @@ type result struct {
 	syncs   []userSync
 	skipped []string // users not PUT because TalkJS was thought to have them
 	forget  []string // users to drop from synced_users: TalkJS may not have them
+
+	// The conversation PUT's end, for outbox.synced_conversations (see
+	// convsync.go); nil when syncs are off or the PUT was not reached.
+	// Written by the delivery's own goroutine only.
+	conv *convSync
 }
 
 func (res *result) record(c callRecord) {
@@ -104,9 +109,7 @@ func (r *Relay) deliver(ctx context.Context, j *job) *result {
 		Subject:      in.Conversation.Subject,
 		Custom:       in.Conversation.Custom,
 	}
-	if err := r.call(ctx, j, res, stepConversation, conv.ID, func(ctx context.Context) error {
-		return r.provider.PutConversation(ctx, conv)
-	}); err != nil {
+	if err := r.putConversation(ctx, j, res, conv); err != nil {
 		return r.decide(res, err, stepConversation)
 	}
 
@@ -329,6 +332,15 @@ func (r *Relay) decide(res *result, err error, step string) *result {
 		switch pe.Kind {
 		case provider.Permanent:
 			res.outcome = outcomeDead
+			if doubtConversation(res, step, pe) {
+				// The conversation PUT was skipped on the strength of an
+				// earlier sync: try again with the PUT (the record is
+				// gone) before judging the intent. No other intent of
+				// the conversation runs meanwhile to sync it again, so
+				// the next attempt PUTs it; the retry is counted.
+				res.outcome = outcomeRetry
+				res.delay = r.cfg.Retry.backoff(1)
+			}
 			if len(res.skipped) > 0 && step != stepUser && pe.Status != 0 {
 				// A user PUT was skipped on the strength of an earlier
 				// sync; TalkJS may have lost or changed that user since,

@@ -103,7 +103,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		}, []string{"op"}),
 		retained: f.NewCounterVec(prometheus.CounterOpts{
 			Namespace: "outbox_relay", Name: "retention_deleted_total",
-			Help: "Rows deleted by retention, by kind (intents, keys, user_syncs, relays).",
+			Help: "Rows deleted by retention, by kind (intents, keys, user_syncs, conversation_syncs, relays).",
 		}, []string{"kind"}),
 		intents: f.NewGaugeVec(prometheus.GaugeOpts{
 			Namespace: "outbox_relay", Name: "intents",

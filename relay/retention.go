@@ -96,14 +96,16 @@ func (c RetentionConfig) validate() []error {
 // retentionRun counts what one run deleted.
 type retentionRun struct {
 	Intents, Keys, Syncs, Relays int64
+	// ConversationSyncs counts conversation-sync records.
+	ConversationSyncs int64
 }
 
 // retainer is the retention service: one goroutine, one database
 // connection at a time, bounded statements.
 type retainer struct {
 	cfg     RetentionConfig
-	appID   string        // the TalkJS app whose user-sync records are ours
-	syncTTL time.Duration // this app's user-sync records older than this are deleted; 0: all
+	appID   string        // the TalkJS app whose sync records are ours
+	syncTTL time.Duration // this app's sync records older than this are deleted; 0: all
 	pool    *pgxpool.Pool
 	log     *slog.Logger
 	metrics *metrics
@@ -164,14 +166,16 @@ func (s *retainer) loop(ctx context.Context) {
 			s.metrics.dbErrors.WithLabelValues("retention").Inc()
 			s.log.Warn("retention run failed; trying again next run", "error", err, "next_in", s.cfg.Interval)
 		} else if run != (retentionRun{}) {
-			s.log.Info("retention", "intents", run.Intents, "keys", run.Keys, "user_syncs", run.Syncs, "relays", run.Relays)
+			s.log.Info("retention", "intents", run.Intents, "keys", run.Keys, "user_syncs", run.Syncs,
+				"conversation_syncs", run.ConversationSyncs, "relays", run.Relays)
 		}
 		t.Reset(s.cfg.Interval)
 	}
 }
 
-// runOnce applies retention once: silent relays, stale user syncs, done
-// intents (retiring their keys), then retired keys past their horizon.
+// runOnce applies retention once: silent relays, stale user and
+// conversation syncs, done intents (retiring their keys), then retired
+// keys past their horizon.
 // Each kind is deleted in batches of BatchSize, at most MaxPerRun per run,
 // with Pause between batches. It stops at the first error.
 func (s *retainer) runOnce(ctx context.Context) (retentionRun, error) {
@@ -185,6 +189,9 @@ func (s *retainer) runOnce(ctx context.Context) (retentionRun, error) {
 	// none is read or written any more.
 	if err := s.drain(ctx, "user_syncs", &run.Syncs, deleteStaleSyncs, s.syncTTL, s.appID); err != nil {
 		return run, fmt.Errorf("delete stale user syncs: %w", err)
+	}
+	if err := s.drain(ctx, "conversation_syncs", &run.ConversationSyncs, deleteStaleConversationSyncs, s.syncTTL, s.appID); err != nil {
+		return run, fmt.Errorf("delete stale conversation syncs: %w", err)
 	}
 	if s.cfg.Done > 0 {
 		if err := s.drain(ctx, "intents", &run.Intents, deleteDone, s.cfg.Done); err != nil {

@@ -48,9 +48,18 @@ const (
 	// Change the 'user-v1:' prefix when that mapping changes, so records of
 	// bodies sent before are not trusted.
 	//
+	// The same goes for each intent's conversation, through
+	// outbox.synced_conversations: its content hash (see
+	// conversationContentHash) is returned with the intent, with whether
+	// the app holds exactly that content, synchronised within $4 (its PUT
+	// is skipped); otherwise its record is deleted here, before the PUT.
+	// A claim holds at most one intent of a conversation (the NOT EXISTS
+	// below), so its conversations are distinct.
+	//
 	// Locks: the claimed intents (SKIP LOCKED, never waited for), then the
-	// records to delete in user id order, the order completeBatch locks
-	// them in too.
+	// user records to delete in user id order, then the conversation
+	// records to delete in conversation id order, the order
+	// completeBatch locks them in too.
 	//
 	// It also parks (at most $6 of) the pending intents its scan walked past
 	// because an earlier intent of their conversation is pending or
@@ -166,12 +175,68 @@ WITH candidates AS (
     DELETE FROM outbox.synced_users s
      WHERE s.app_id = $5
        AND s.user_id = ANY (ARRAY(SELECT user_id FROM doubted))
+), convs AS (
+    SELECT c.id AS intent_id, c.payload -> 'conversation' ->> 'id' AS conversation_id,
+           ` + conversationContentHash + ` AS hash
+      FROM claimed c
+     WHERE $4::interval > interval '0'
+), conv_records AS (
+    SELECT s.conversation_id, s.content_hash
+      FROM outbox.synced_conversations s
+     WHERE s.app_id = $5
+       AND s.conversation_id = ANY (ARRAY(SELECT conversation_id FROM convs)) -- by primary key
+       AND s.synced_at > now() - $4::interval
+), conv_skips AS (
+    SELECT x.intent_id
+      FROM convs x
+      JOIN conv_records s ON s.conversation_id = x.conversation_id AND s.content_hash = x.hash
+), conv_doubted AS (
+    SELECT s.conversation_id
+      FROM outbox.synced_conversations s
+     WHERE s.app_id = $5
+       AND s.conversation_id = ANY (ARRAY(
+               SELECT x.conversation_id FROM convs x
+                WHERE x.intent_id <> ALL (ARRAY(SELECT intent_id FROM conv_skips))))
+       AND (SELECT count(*) FROM doubted) >= 0 -- after the user records: see above
+     ORDER BY s.conversation_id
+       FOR UPDATE
+), conv_unsynced AS (
+    DELETE FROM outbox.synced_conversations s
+     WHERE s.app_id = $5
+       AND s.conversation_id = ANY (ARRAY(SELECT conversation_id FROM conv_doubted))
 )
 SELECT c.id, c.lease_token, c.attempts, c.payload, c.delivery_key::text,
        (SELECT jsonb_object_agg(x.user_id, encode(x.hash, 'hex')) FROM users x WHERE x.intent_id = c.id),
-       ARRAY(SELECT k.user_id FROM skips k WHERE k.intent_id = c.id)
+       ARRAY(SELECT k.user_id FROM skips k WHERE k.intent_id = c.id),
+       (SELECT x.hash FROM convs x WHERE x.intent_id = c.id),
+       c.id = ANY (ARRAY(SELECT intent_id FROM conv_skips))
   FROM claimed c
  ORDER BY c.id`
+
+	// conversationContentHash is the content hash of the conversation PUT
+	// that the intent c.payload makes (deliver.go): the participants as
+	// resolved (the conversation's when it names any, else the users'
+	// ids), the subject and custom data. Canonical, so that bodies TalkJS
+	// applies alike hash alike: participants sorted and distinct (a PUT
+	// adds them as a set), an empty or null subject, participant list or
+	// custom object the same as one left out (the PUT leaves out empty
+	// fields), custom in jsonb's canonical text form (key order does not
+	// count). Change the 'conversation-v1:' prefix when the PUT's body
+	// changes, so that records of bodies sent before are not trusted.
+	conversationContentHash = `sha256(convert_to('conversation-v1:' || jsonb_build_object(
+               'participants', to_jsonb(ARRAY(
+                   SELECT DISTINCT p.id COLLATE "C"
+                     FROM jsonb_array_elements_text(CASE
+                            WHEN jsonb_typeof(c.payload -> 'conversation' -> 'participants') = 'array'
+                                 AND jsonb_array_length(c.payload -> 'conversation' -> 'participants') > 0
+                              THEN c.payload -> 'conversation' -> 'participants'
+                            WHEN jsonb_typeof(c.payload -> 'users') = 'array'
+                              THEN jsonb_path_query_array(c.payload -> 'users', '$[*].id')
+                            ELSE '[]' END) AS p(id)
+                    ORDER BY 1)),
+               'subject', coalesce(c.payload -> 'conversation' ->> 'subject', ''),
+               'custom', CASE WHEN jsonb_typeof(c.payload -> 'conversation' -> 'custom') = 'object'
+                              THEN c.payload -> 'conversation' -> 'custom' ELSE '{}' END)::text, 'UTF8'))`
 
 	// renewLeases extends the leases this relay still holds. It returns
 	// every intent of ($1, $2) still held, with whether its lease was
@@ -335,12 +400,15 @@ SELECT coalesce((SELECT conversation_id FROM heads ORDER BY n DESC LIMIT 1), '')
 	// fenced: a relay that lost its lease may have PUT after the new
 	// owner). Any other PUT of it (no answer, an error, two contents), or a
 	// skipped PUT that a later permanent failure put in doubt, deletes its
-	// record.
+	// record. outbox.synced_conversations is kept by the same rule from
+	// $24-$27, one entry per conversation PUT made, or skipped and then
+	// put in doubt by a permanent answer to the messages POST.
 	//
 	// Locks, in this order in every relay: the batch's intents in id order
 	// (locked, read by the main query), the next intents of those that
 	// ended (unparked), then the existing records of the batch's users in
-	// user id order (sync_locked), before any record is deleted or
+	// user id order (sync_locked), then those of its conversations in
+	// conversation id order (conv_locked), before any record is deleted or
 	// inserted. Sub-statements the main query does not read run after it,
 	// in an order Postgres does not promise, so each waits for what must
 	// come first explicitly.
@@ -415,20 +483,52 @@ WITH r AS (
        AND (SELECT count(*) FROM unparked) >= 0 -- after unparked: see above
      ORDER BY s.user_id
        FOR UPDATE
+), conv_verdict AS (
+    SELECT v.conversation_id,
+           (array_agg(v.hash))[1] AS hash,
+           bool_and(v.ok AND c.id IS NOT NULL) AND count(DISTINCT v.hash) = 1 AS trusted
+      FROM unnest($24::text[], $25::bigint[], $26::bytea[], $27::boolean[]) AS v(conversation_id, intent_id, hash, ok)
+      LEFT JOIN completed c ON c.id = v.intent_id
+     GROUP BY v.conversation_id
+), conv_locked AS (
+    SELECT s.conversation_id
+      FROM outbox.synced_conversations s
+     WHERE s.app_id = $18
+       AND s.conversation_id = ANY (ARRAY(SELECT conversation_id FROM conv_verdict)) -- by primary key
+       AND (SELECT count(*) FROM sync_locked) >= 0 -- after the users' records: see above
+     ORDER BY s.conversation_id
+       FOR UPDATE
 ), unsynced AS (
     DELETE FROM outbox.synced_users s
      WHERE s.app_id = $18
        AND s.user_id = ANY (ARRAY(SELECT v.user_id FROM sync_verdict v
                                    WHERE NOT v.trusted
                                      AND v.user_id IN (SELECT user_id FROM sync_locked)))
+       AND (SELECT count(*) FROM conv_locked) >= 0 -- after every existing record is locked
 ), synced AS (
     INSERT INTO outbox.synced_users (app_id, user_id, content_hash, synced_at)
     SELECT $18, v.user_id, v.hash, now()
       FROM sync_verdict v
      WHERE v.trusted
-       AND (SELECT count(*) FROM sync_locked) >= 0 -- after every existing record is locked
+       AND (SELECT count(*) FROM conv_locked) >= 0 -- after every existing record is locked
      ORDER BY v.user_id
     ON CONFLICT (app_id, user_id) DO UPDATE
+       SET content_hash = excluded.content_hash,
+           synced_at = excluded.synced_at
+), conv_unsynced AS (
+    DELETE FROM outbox.synced_conversations s
+     WHERE s.app_id = $18
+       AND s.conversation_id = ANY (ARRAY(SELECT v.conversation_id FROM conv_verdict v
+                                           WHERE NOT v.trusted
+                                             AND v.conversation_id IN (SELECT conversation_id FROM conv_locked)))
+), conv_synced AS (
+    INSERT INTO outbox.synced_conversations (app_id, conversation_id, content_hash, synced_at)
+    SELECT $18, v.conversation_id, v.hash, now()
+      FROM conv_verdict v
+     WHERE v.trusted
+       AND (SELECT count(*) FROM conv_locked) >= 0 -- after every existing record is locked
+     ORDER BY v.conversation_id
+    ON CONFLICT (app_id, conversation_id) DO UPDATE
        SET content_hash = excluded.content_hash,
            synced_at = excluded.synced_at
 )
@@ -529,6 +629,21 @@ WITH gone AS (
     DELETE FROM outbox.synced_users
      WHERE ctid = ANY (ARRAY(SELECT ctid
                                FROM outbox.synced_users
+                              WHERE synced_at < now() - CASE WHEN app_id = $2 THEN $1::interval
+                                                             ELSE greatest($1::interval, interval '1 day') END
+                              LIMIT $3
+                                FOR UPDATE SKIP LOCKED))
+    RETURNING 1
+)
+SELECT count(*) FROM gone`
+
+	// deleteStaleConversationSyncs is deleteStaleSyncs for the
+	// conversation-sync records.
+	deleteStaleConversationSyncs = `
+WITH gone AS (
+    DELETE FROM outbox.synced_conversations
+     WHERE ctid = ANY (ARRAY(SELECT ctid
+                               FROM outbox.synced_conversations
                               WHERE synced_at < now() - CASE WHEN app_id = $2 THEN $1::interval
                                                              ELSE greatest($1::interval, interval '1 day') END
                               LIMIT $3
