@@ -176,6 +176,26 @@ func (s *Server) Clear() {
 	s.keys = map[string]map[string]string{}
 }
 
+// DeleteConversation drops a stored conversation with its messages (and
+// their idempotency keys), as a conversation deleted in TalkJS by other
+// means than the relay: a later POST of messages to it gets 404.
+func (s *Server) DeleteConversation(id string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	delete(s.convs, id)
+	delete(s.keys, id)
+	kept := s.messages[:0]
+	s.byConv = map[string][]int{}
+	for _, m := range s.messages {
+		if m.ConversationID == id {
+			continue
+		}
+		s.byConv[m.ConversationID] = append(s.byConv[m.ConversationID], len(kept))
+		kept = append(kept, m)
+	}
+	s.messages = kept
+}
+
 // errBodyTooLarge is returned by readBody for a body over maxBodyBytes.
 var errBodyTooLarge = fmt.Errorf("body larger than %d bytes", maxBodyBytes)
 
