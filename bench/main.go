@@ -40,6 +40,7 @@ type sizes struct {
 	callsN                     int
 	rate100N, rate1000N        int
 	systems                    []string // of the rate-limited and calls scenarios
+	rateMax                    time.Duration
 }
 
 var fullSizes = sizes{
@@ -73,9 +74,10 @@ func main() {
 	backlogN := flag.Int("backlog-n", 0, "pending intents of the large backlog run, 0 for the default (1000000; -quick 50000), -1 to skip it")
 	srcRoot := flag.String("src", "..", "root of the outbox-relay module (for building cmd/outbox-relay)")
 	drainSystems := flag.String("drain-systems", "ours,naive,river,river-tuned", "systems the drain scenario runs")
-	systems := flag.String("systems", strings.Join(allSystems, ","), "systems the calls, rate100 and rate1000 scenarios run ("+strings.Join(allSystems, ", ")+"; ours-exact runs in rate1000 only)")
+	systems := flag.String("systems", strings.Join(allSystems, ","), "systems the calls, rate100 and rate1000 scenarios run ("+strings.Join(allSystems, ", ")+"; ours-exact runs in rate1000 only, river-wait in the rate scenarios only)")
 	rate100N := flag.Int("rate100-n", 0, "intents of the rate100 scenario (default 20000; -quick 1000)")
 	rate1000N := flag.Int("rate1000-n", 0, "intents of the rate1000 scenario (default 20000; -quick 4000)")
+	rateMax := flag.Duration("rate-max", 0, "cut a rate-limited run off after this long and report what it delivered by then (0: run to the end)")
 	callsN := flag.Int("calls-n", 0, "intents of the calls scenario's drain workload (default 20000; -quick 2000); its repeat workload has the economy's size")
 	verbose := flag.Bool("v", false, "log progress at debug level")
 	flag.Parse()
@@ -104,6 +106,7 @@ func main() {
 	if *rate1000N > 0 {
 		sz.rate1000N = *rate1000N
 	}
+	sz.rateMax = *rateMax
 	if *callsN > 0 {
 		sz.callsN = *callsN
 	}
@@ -236,7 +239,7 @@ func writeSettings(out io.Writer, sz sizes, profDir string) {
 		"Every run gets a fresh database cloned from a migrated template; the fake is cleared and its counters zeroed before each run. Relays use a pool of at most 10 connections.",
 		fmt.Sprintf("ours: `relay.New` in-process, Concurrency %d, BatchSize %d, every other setting at its default (PollInterval 1s, Lease 10s, UserSyncTTL 1h, no rate limit).", inFlight, inFlight),
 		fmt.Sprintf("naive: table `naive_outbox(id bigserial, payload jsonb, processed_at timestamptz)` with a partial index on unprocessed ids; a loop of BEGIN; SELECT ... WHERE processed_at IS NULL ORDER BY id LIMIT %d FOR UPDATE SKIP LOCKED; one goroutine per row making its calls one after another (user PUT, user PUT, conversation PUT, messages POST); UPDATE processed_at; COMMIT; sleeps %s only when a batch was empty. \"naive LISTEN\" adds a statement-level AFTER INSERT trigger that always runs pg_notify, and wakes on it. On a 429 it waits the answer's Retry-After (1 s without one) and makes the same call again, the row's earlier calls kept, up to %d times in a row (then the row stays unprocessed and is claimed again); it has no rate limit of its own.", naiveBatch, naivePoll, naiveMax429),
-		fmt.Sprintf("River v0.51.2 (riverpgxv5, rivermigrate): the intent is a job (args = the intent's JSON) inserted with `InsertTx` in the order's transaction (bulk loads use `InsertManyFast`); its worker makes the same four sequential calls, and on a 429 returns `river.JobSnooze(Retry-After)` (1 s without one), so River runs the job again from its first call after that time without counting an attempt; no rate limit of its own. Drain like-for-like: MaxWorkers %d, FetchCooldown = FetchPollInterval = %s. \"River tuned\": MaxWorkers %d, FetchCooldown = FetchPollInterval = %s. Everything else at River's defaults.", inFlight, riverFetchTune, riverTuned, riverFetchTune),
+		fmt.Sprintf("River v0.51.2 (riverpgxv5, rivermigrate): the intent is a job (args = the intent's JSON) inserted with `InsertTx` in the order's transaction (bulk loads use `InsertManyFast`); its worker makes the same four sequential calls, and on a 429 returns `river.JobSnooze(Retry-After)` (1 s without one), so River runs the job again from its first call after that time without counting an attempt; no rate limit of its own. \"River waiting out 429s in place\" (rate scenarios): its worker meets a 429 as the naive relay does, and snoozes only after %d in a row. Drain like-for-like: MaxWorkers %d, FetchCooldown = FetchPollInterval = %s. \"River tuned\": MaxWorkers %d, FetchCooldown = FetchPollInterval = %s. Everything else at River's defaults.", naiveMax429, inFlight, riverFetchTune, riverTuned, riverFetchTune),
 		fmt.Sprintf("Drain: %d pending intents, each with its own conversation, two users of its own and 2 messages (one POST); timed from relay start until the fake holds every message and the system's table shows nothing left; %d interleaved round(s), order rotated each round; median reported. The sequential round trips per intent are 3 for ours (users in parallel) and 4 for the baselines.", sz.drainN, sz.drainRuns),
 		fmt.Sprintf("Wake-up: relay idle for 1 s, then %d transactions (order row + one intent) %s apart; latency = the fake's StoredAt of the intent's messages minus the time just before COMMIT was sent.", sz.wakeN, sz.wakeGap),
 		fmt.Sprintf("Producers: P connections each committing (order row + intent) transactions for %s after %s warm-up, with that system's relay running against the fake (0 ms latency) through a client limited to %d requests/s, so the relays keep claiming but use little CPU; \"order-only\" commits the order row alone with no relay; ours uses outbox.Enqueue, naive a plain INSERT of the JSON, River InsertTx. One run per configuration, P = 8 then 32.", sz.prodDur, sz.prodWarm, producerRateLimit),

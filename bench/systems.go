@@ -77,7 +77,16 @@ func naiveSpec(listen bool) systemSpec {
 func riverSpec(workers int, fetch time.Duration) systemSpec {
 	label := fmt.Sprintf("River %d workers, fetch %s", workers, fetch)
 	return systemSpec{label: label, template: sysRiver, make: func(pool *pgxpool.Pool, p provider.Provider, log *slog.Logger) (relayRunner, error) {
-		return newRiverRunner(pool, p, log, workers, fetch)
+		return newRiverRunner(pool, p, log, workers, fetch, false)
+	}}
+}
+
+// riverWaitSpec is River whose worker waits out a 429 in place, as the
+// naive relay does, instead of snoozing the job.
+func riverWaitSpec(workers int, fetch time.Duration) systemSpec {
+	label := fmt.Sprintf("River %d workers, fetch %s, waiting out 429s in place", workers, fetch)
+	return systemSpec{label: label, template: sysRiver, make: func(pool *pgxpool.Pool, p provider.Provider, log *slog.Logger) (relayRunner, error) {
+		return newRiverRunner(pool, p, log, workers, fetch, true)
 	}}
 }
 
@@ -366,14 +375,23 @@ func (intentArgs) Kind() string { return "talkjs_conversation_start" }
 type intentWorker struct {
 	river.WorkerDefaults[intentArgs]
 	p provider.Provider
+	// waitInPlace makes the worker meet a 429 as the naive relay does
+	// (callHonouringRetryAfter) before it would snooze.
+	waitInPlace bool
 }
 
 // Work makes the intent's calls one after another. On a 429 (or its
 // client's own rate limiter refusing a call) it snoozes the job for the
 // Retry-After (1 s when there is none): River runs it again from its first
-// call then, without counting an attempt.
+// call then, without counting an attempt. With waitInPlace it first waits
+// out the Retry-After and makes the same call again, up to naiveMax429
+// times in a row, and snoozes only after that.
 func (w *intentWorker) Work(ctx context.Context, job *river.Job[intentArgs]) error {
-	err := deliverSequential(ctx, w.p, job.Args.Intent, fmt.Sprintf("river-%d", job.ID), callOnce)
+	call := callOnce
+	if w.waitInPlace {
+		call = callHonouringRetryAfter
+	}
+	err := deliverSequential(ctx, w.p, job.Args.Intent, fmt.Sprintf("river-%d", job.ID), call)
 	if wait, limited := retryAfterOf(err); limited {
 		return river.JobSnooze(wait)
 	}
@@ -389,9 +407,9 @@ type riverRunner struct {
 	cancel context.CancelFunc
 }
 
-func riverConfig(workers int, fetch time.Duration, p provider.Provider, log *slog.Logger) *river.Config {
+func riverConfig(workers int, fetch time.Duration, p provider.Provider, log *slog.Logger, waitInPlace bool) *river.Config {
 	ws := river.NewWorkers()
-	river.AddWorker(ws, &intentWorker{p: p})
+	river.AddWorker(ws, &intentWorker{p: p, waitInPlace: waitInPlace})
 	return &river.Config{
 		// Unique per client, so several clients in one process (the
 		// rate-limited scenarios run three) never share an id.
@@ -404,8 +422,8 @@ func riverConfig(workers int, fetch time.Duration, p provider.Provider, log *slo
 	}
 }
 
-func newRiverRunner(pool *pgxpool.Pool, p provider.Provider, log *slog.Logger, workers int, fetch time.Duration) (*riverRunner, error) {
-	client, err := river.NewClient(riverpgxv5.New(pool), riverConfig(workers, fetch, p, log))
+func newRiverRunner(pool *pgxpool.Pool, p provider.Provider, log *slog.Logger, workers int, fetch time.Duration, waitInPlace bool) (*riverRunner, error) {
+	client, err := river.NewClient(riverpgxv5.New(pool), riverConfig(workers, fetch, p, log, waitInPlace))
 	if err != nil {
 		return nil, fmt.Errorf("river client: %w", err)
 	}
