@@ -248,7 +248,7 @@ type inProcess struct {
 func (r *inProcess) metric(t *testing.T, name string) float64 {
 	t.Helper()
 	rec := httptest.NewRecorder()
-	promhttp.HandlerFor(r.reg, promhttp.HandlerOpts{}).ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/metrics", nil))
+	promhttp.HandlerFor(r.reg, promhttp.HandlerOpts{}).ServeHTTP(rec, httptest.NewRequestWithContext(t.Context(), http.MethodGet, "/metrics", nil))
 	v, _ := parseMetric(rec.Body.String(), name)
 	return v
 }
@@ -283,7 +283,8 @@ type proc struct {
 	cmd      *exec.Cmd
 	httpAddr string
 	logPath  string
-	exited   chan struct{} // closed when the process has exited
+	exited   chan struct{}   // closed when the process has exited
+	ctx      context.Context // the test's: its requests end with the test
 }
 
 // relayEnv is the environment of a relay process on the bench.
@@ -300,7 +301,8 @@ func (b *bench) relayEnv(extra ...string) []string {
 func startProc(t *testing.T, name string, env []string) *proc {
 	t.Helper()
 	addr := freeAddr(t)
-	cmd := exec.Command(binary, "run")
+	// Killed when the test ends, as the cleanup below does anyway.
+	cmd := exec.CommandContext(t.Context(), binary, "run")
 	cmd.Env = append(append(os.Environ(), env...), "OUTBOX_RELAY_NAME="+name, "OUTBOX_HTTP_ADDR="+addr)
 	logs, err := os.Create(filepath.Join(t.TempDir(), "relay.log"))
 	if err != nil {
@@ -310,7 +312,7 @@ func startProc(t *testing.T, name string, env []string) *proc {
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	p := &proc{name: name, cmd: cmd, httpAddr: addr, logPath: logs.Name(), exited: make(chan struct{})}
+	p := &proc{name: name, cmd: cmd, httpAddr: addr, logPath: logs.Name(), exited: make(chan struct{}), ctx: t.Context()}
 	go func() {
 		_ = cmd.Wait()
 		_ = logs.Close()
@@ -357,7 +359,7 @@ func (p *proc) alive() bool {
 
 // metrics returns the process's /metrics text, or "" when it does not answer.
 func (p *proc) metrics() string {
-	resp, err := httpGet("http://" + p.httpAddr + "/metrics")
+	resp, err := httpGet(p.ctx, "http://"+p.httpAddr+"/metrics")
 	if err != nil {
 		return ""
 	}
@@ -371,8 +373,13 @@ func (p *proc) metric(name string) (float64, bool) {
 
 // readyStatus returns the HTTP status of /readyz, 0 when it does not answer.
 func (p *proc) readyStatus() int {
-	c := http.Client{Timeout: 2 * time.Second}
-	resp, err := c.Get("http://" + p.httpAddr + "/readyz")
+	ctx, cancel := context.WithTimeout(p.ctx, httpGetTimeout)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+p.httpAddr+"/readyz", nil)
+	if err != nil {
+		return 0
+	}
+	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		return 0
 	}
@@ -418,9 +425,17 @@ func (p *proc) sockets() int {
 	return n
 }
 
-func httpGet(u string) (string, error) {
-	c := http.Client{Timeout: 2 * time.Second}
-	resp, err := c.Get(u)
+// httpGetTimeout bounds one request to a relay process, body included.
+const httpGetTimeout = 2 * time.Second
+
+func httpGet(ctx context.Context, u string) (string, error) {
+	ctx, cancel := context.WithTimeout(ctx, httpGetTimeout)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
+	if err != nil {
+		return "", err
+	}
+	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		return "", err
 	}

@@ -105,7 +105,10 @@ func TestDockerfile(t *testing.T) {
 		t.Fatal(err)
 	}
 	goLine := regexp.MustCompile(`(?m)^go (\S+)$`).FindSubmatch(gomod)
-	if goLine == nil || args["GO_VERSION"] != string(goLine[1]) {
+	if goLine == nil {
+		t.Fatal("go.mod has no go line")
+	}
+	if args["GO_VERSION"] != string(goLine[1]) {
 		t.Errorf("ARG GO_VERSION=%s, want go.mod's %s", args["GO_VERSION"], goLine[1])
 	}
 	if build.from != "golang:${GO_VERSION}-bookworm" {
@@ -215,7 +218,7 @@ func TestDockerBuildContextBuilds(t *testing.T) {
 			t.Errorf(".dockerignore admits %s", leaked)
 		}
 	}
-	cmd := exec.Command("go", "build", "-trimpath", "-buildvcs=false", "-o", t.TempDir()+"/", "./cmd/outbox-relay", "./cmd/fake-talkjs")
+	cmd := exec.CommandContext(t.Context(), "go", "build", "-trimpath", "-buildvcs=false", "-o", t.TempDir()+"/", "./cmd/outbox-relay", "./cmd/fake-talkjs")
 	cmd.Dir = ctxDir
 	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
 	if out, err := cmd.CombinedOutput(); err != nil {

@@ -7,6 +7,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -88,7 +89,7 @@ func exports(lines []string) map[string]string {
 
 func shell(t *testing.T, env []string, line string) string {
 	t.Helper()
-	cmd := exec.Command("sh", "-c", line)
+	cmd := exec.CommandContext(t.Context(), "sh", "-c", line)
 	cmd.Dir = repoRoot
 	cmd.Env = env
 	out, err := cmd.CombinedOutput()
@@ -131,12 +132,12 @@ func TestReadmeWalkthrough(t *testing.T) {
 	fake := faketalkjs.New(faketalkjs.Config{AppID: creds["TALKJS_APP_ID"], SecretKey: creds["TALKJS_SECRET_KEY"]})
 	api := httptest.NewServer(fake)
 	t.Cleanup(api.Close)
-	runEnv := append(env, "TALKJS_APP_ID="+creds["TALKJS_APP_ID"], "TALKJS_SECRET_KEY="+creds["TALKJS_SECRET_KEY"], "TALKJS_BASE_URL="+api.URL)
+	runEnv := slices.Concat(env, []string{"TALKJS_APP_ID=" + creds["TALKJS_APP_ID"], "TALKJS_SECRET_KEY=" + creds["TALKJS_SECRET_KEY"], "TALKJS_BASE_URL=" + api.URL})
 	for _, line := range steps[1] {
 		if strings.HasPrefix(line, "export ") {
 			continue
 		}
-		relay := exec.Command("sh", "-c", "exec "+line)
+		relay := exec.CommandContext(t.Context(), "sh", "-c", "exec "+line)
 		relay.Dir, relay.Env = repoRoot, runEnv
 		var logs relaytest.SyncBuffer
 		relay.Stdout, relay.Stderr = &logs, &logs
@@ -192,7 +193,7 @@ func TestReadmeSQL(t *testing.T) {
 			t.Errorf("README line %d: a %q block marked for TestReadmeSQL", b.lineNo, b.lang)
 		}
 		n++
-		cmd := exec.Command("psql", dbURL, "-X", "-v", "ON_ERROR_STOP=1")
+		cmd := exec.CommandContext(t.Context(), "psql", dbURL, "-X", "-v", "ON_ERROR_STOP=1")
 		cmd.Stdin = strings.NewReader(b.text)
 		if out, err := cmd.CombinedOutput(); err != nil {
 			t.Errorf("README SQL at line %d: %v\n%s", b.lineNo, err, out)

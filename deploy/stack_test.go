@@ -77,7 +77,7 @@ func TestComposeSetupRuns(t *testing.T) {
 	}
 	run := func(name string, args ...string) {
 		t.Helper()
-		cmd := exec.Command(name, args...)
+		cmd := exec.CommandContext(t.Context(), name, args...)
 		cmd.Env = env
 		if out, err := cmd.CombinedOutput(); err != nil {
 			t.Fatalf("%s %q: %v\n%s", name, args, err, out)
@@ -95,7 +95,7 @@ func TestComposeSetupRuns(t *testing.T) {
 	fake := faketalkjs.New(faketalkjs.Config{AppID: "dev-app", SecretKey: "sk_dev_not_a_real_secret"})
 	api := httptest.NewServer(fake)
 	t.Cleanup(api.Close)
-	relay := exec.Command(bin, "run")
+	relay := exec.CommandContext(t.Context(), bin, "run")
 	relayEnv := services["dev-relay-1"].Environment
 	// The compose hostnames become the test's; the port would clash.
 	relayEnv["DATABASE_URL"] = pgtest.WithUser(dbURL, users["RELAY_DB_USER"])

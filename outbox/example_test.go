@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"log"
 	"os"
 
 	"github.com/jackc/pgx/v5"
@@ -19,19 +18,19 @@ func ExampleEnqueue() {
 	ctx := context.Background()
 	pool, err := pgxpool.New(ctx, os.Getenv("DATABASE_URL"))
 	if err != nil {
-		log.Fatal(err)
+		panic(err)
 	}
 	defer pool.Close()
 
 	tx, err := pool.Begin(ctx)
 	if err != nil {
-		log.Fatal(err)
+		panic(err)
 	}
 	defer tx.Rollback(ctx) //nolint:errcheck
 
 	if _, err := tx.Exec(ctx, `INSERT INTO orders (id, buyer, seller) VALUES ($1, $2, $3)`,
 		"123", "u1", "u2"); err != nil {
-		log.Fatal(err)
+		panic(err)
 	}
 	id, err := outbox.Enqueue(ctx, tx, outbox.Intent{
 		Users: []outbox.User{
@@ -49,17 +48,17 @@ func ExampleEnqueue() {
 		},
 	}, outbox.WithKey("order-123"))
 	if err != nil {
-		log.Fatal(err)
+		panic(err)
 	}
 	if err := tx.Commit(ctx); err != nil {
-		log.Fatal(err)
+		panic(err)
 	}
 	fmt.Println("queued intent", id > 0)
 
 	// The relay delivers it; until then it is pending.
 	var state string
 	if err := pool.QueryRow(ctx, `SELECT state FROM outbox.intents WHERE key = 'order-123'`).Scan(&state); err != nil {
-		log.Fatal(err)
+		panic(err)
 	}
 	fmt.Println(state)
 	// Output:
@@ -73,7 +72,7 @@ func ExampleErrDuplicateKey() {
 	ctx := context.Background()
 	pool, err := pgxpool.New(ctx, os.Getenv("DATABASE_URL"))
 	if err != nil {
-		log.Fatal(err)
+		panic(err)
 	}
 	defer pool.Close()
 
@@ -103,7 +102,7 @@ func ExampleEnqueueBatch() {
 	ctx := context.Background()
 	pool, err := pgxpool.New(ctx, os.Getenv("DATABASE_URL"))
 	if err != nil {
-		log.Fatal(err)
+		panic(err)
 	}
 	defer pool.Close()
 
@@ -120,10 +119,10 @@ func ExampleEnqueueBatch() {
 	ids, err := outbox.EnqueueBatch(ctx, pool, items)
 	var batchErr *outbox.BatchError
 	if errors.As(err, &batchErr) {
-		log.Fatalf("order %d is invalid: %v", batchErr.Index, batchErr.Err)
+		panic(fmt.Sprintf("order %d is invalid: %v", batchErr.Index, batchErr.Err))
 	}
 	if err != nil {
-		log.Fatal(err)
+		panic(err)
 	}
 	fmt.Println("queued", len(ids), "intents")
 	// Output:

@@ -227,8 +227,13 @@ func checkHealth(addr string) error {
 	if ip := net.ParseIP(host); host == "" || (ip != nil && ip.IsUnspecified()) {
 		host = "127.0.0.1"
 	}
-	client := &http.Client{Timeout: 3 * time.Second}
-	resp, err := client.Get("http://" + net.JoinHostPort(host, port) + "/_fake/stats")
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+net.JoinHostPort(host, port)+"/_fake/stats", nil)
+	if err != nil {
+		return fmt.Errorf("-health: %w", err)
+	}
+	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		return fmt.Errorf("-health: %w", err)
 	}
@@ -258,7 +263,11 @@ func serveRefusingWhenDown(ctx context.Context, log *slog.Logger, srv *http.Serv
 	closeListener := func() {
 		if ln != nil {
 			_ = ln.Close()
-			<-served // Serve returns once its listener is closed
+			// Serve returns once its listener is closed; any other
+			// error is the listener's own failure.
+			if err := <-served; !errors.Is(err, net.ErrClosed) && !errors.Is(err, http.ErrServerClosed) {
+				log.Warn("API listener failed", "addr", addr, "err", err)
+			}
 			ln = nil
 		}
 	}

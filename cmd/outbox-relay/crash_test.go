@@ -47,7 +47,8 @@ func mustPool(t *testing.T, dbURL string) *pgxpool.Pool {
 // startProcess runs `outbox-relay run` as a child process.
 func startProcess(t *testing.T, name string, env ...string) *exec.Cmd {
 	t.Helper()
-	cmd := exec.Command(binary, "run")
+	// Killed when the test ends, as the cleanup below does anyway.
+	cmd := exec.CommandContext(t.Context(), binary, "run")
 	cmd.Env = append(os.Environ(), env...)
 	cmd.Env = append(cmd.Env, "OUTBOX_RELAY_NAME="+name, "OUTBOX_HTTP_ADDR=127.0.0.1:0", "OUTBOX_LOG_LEVEL=warn")
 	logs, err := os.Create(filepath.Join(t.TempDir(), name+".log"))

@@ -471,7 +471,8 @@ func TestRelayRole(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	cmd := exec.Command(binary, "run")
+	// Killed when the test ends, as its cleanup does anyway.
+	cmd := exec.CommandContext(t.Context(), binary, "run")
 	cmd.Env = append(os.Environ(), "DATABASE_URL="+relayURL, "OUTBOX_MIGRATE=false",
 		"TALKJS_APP_ID=app", "TALKJS_SECRET_KEY="+secret, "TALKJS_BASE_URL="+srv.URL,
 		"OUTBOX_LEASE=3s", "OUTBOX_RATE_LIMIT=0", "OUTBOX_RELAY_NAME=relay-role",
@@ -489,10 +490,10 @@ func TestRelayRole(t *testing.T) {
 	go func() { exited <- cmd.Wait() }()
 	t.Cleanup(func() {
 		_ = cmd.Process.Kill()
-		<-exited
+		exitErr := <-exited
 		if t.Failed() {
 			b, _ := os.ReadFile(logPath)
-			t.Logf("relay log:\n%s", b)
+			t.Logf("relay log (exit: %v):\n%s", exitErr, b)
 		}
 	})
 

@@ -32,7 +32,8 @@ type defaultRelay struct {
 
 func startDefaultRelay(t *testing.T, name string, env ...string) *defaultRelay {
 	t.Helper()
-	cmd := exec.Command(binary, "run")
+	// Killed when the test ends, as its cleanup does anyway.
+	cmd := exec.CommandContext(t.Context(), binary, "run")
 	for _, kv := range os.Environ() {
 		// Nothing from the test's own environment may stand in for a default.
 		if !strings.HasPrefix(kv, "OUTBOX_") && !strings.HasPrefix(kv, "TALKJS_") && !strings.HasPrefix(kv, "DATABASE_URL=") {
@@ -67,9 +68,9 @@ func startDefaultRelay(t *testing.T, name string, env ...string) *defaultRelay {
 	}()
 	t.Cleanup(func() {
 		_ = cmd.Process.Kill()
-		<-r.exited
+		exitErr := <-r.exited
 		if t.Failed() {
-			t.Logf("%s log:\n%s", name, r.logs.String())
+			t.Logf("%s log (exit: %v):\n%s", name, exitErr, r.logs.String())
 		}
 	})
 	return r
@@ -111,7 +112,7 @@ func TestRelaysShareAHostWithDefaults(t *testing.T) {
 	}
 	for addr, name := range addrs {
 		// The check a container runs: the binary asking its own relay.
-		health := exec.Command(binary, "health")
+		health := exec.CommandContext(t.Context(), binary, "health")
 		health.Env = []string{"OUTBOX_HTTP_ADDR=" + addr}
 		if out, err := health.CombinedOutput(); err != nil {
 			t.Fatalf("%s: outbox-relay health: %v\n%s", name, err, out)

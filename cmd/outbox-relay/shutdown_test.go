@@ -30,9 +30,14 @@ type readyz struct {
 	Draining bool `json:"draining"`
 }
 
-func getReadyz(addr string) (readyz, error) {
-	c := http.Client{Timeout: 2 * time.Second}
-	resp, err := c.Get("http://" + addr + "/readyz")
+func getReadyz(ctx context.Context, addr string) (readyz, error) {
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+addr+"/readyz", nil)
+	if err != nil {
+		return readyz{}, err
+	}
+	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		return readyz{}, err
 	}
@@ -116,7 +121,7 @@ func TestSIGTERMUnderLoad(t *testing.T) {
 		err := pool.QueryRow(ctx, `SELECT count(*) FROM outbox.intents WHERE state = 'delivering' AND lease_owner = 'sigterm-a'`).Scan(&held)
 		return err == nil && held == 20 && slowHeld.Load() >= 10 && quickCalls.Load() >= 10
 	})
-	if rz, err := getReadyz(addr); err != nil || rz.status != http.StatusOK || !rz.Ready || rz.Draining {
+	if rz, err := getReadyz(t.Context(), addr); err != nil || rz.status != http.StatusOK || !rz.Ready || rz.Draining {
 		t.Fatalf("/readyz before the signal = %+v, %v; want 200, ready", rz, err)
 	}
 
@@ -126,7 +131,7 @@ func TestSIGTERMUnderLoad(t *testing.T) {
 	}
 	var drainingSeen bool
 	relaytest.WaitFor(t, 5*time.Second, "/readyz to answer 503 draining", func() bool {
-		rz, err := getReadyz(addr)
+		rz, err := getReadyz(t.Context(), addr)
 		drainingSeen = err == nil && rz.status == http.StatusServiceUnavailable && rz.Draining && !rz.Ready
 		return drainingSeen
 	})

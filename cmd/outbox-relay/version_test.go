@@ -53,7 +53,7 @@ func TestDescribeBuild(t *testing.T) {
 // binaryVersion runs `outbox-relay version` and returns its first line.
 func binaryVersion(t *testing.T, bin string) string {
 	t.Helper()
-	out, err := exec.Command(bin, "version").Output()
+	out, err := exec.CommandContext(t.Context(), bin, "version").Output()
 	if err != nil {
 		t.Fatalf("%s version: %v", bin, err)
 	}
@@ -65,7 +65,7 @@ func binaryVersion(t *testing.T, bin string) string {
 // `go version -m` reads it back.
 func TestVersionIsTheStampedBuildInfo(t *testing.T) {
 	t.Parallel()
-	out, err := exec.Command("go", "version", "-m", binary).Output()
+	out, err := exec.CommandContext(t.Context(), "go", "version", "-m", binary).Output()
 	if err != nil {
 		t.Fatalf("go version -m: %v", err)
 	}
@@ -96,7 +96,7 @@ func TestVersionIsTheStampedBuildInfo(t *testing.T) {
 func TestVersionOverriddenAtLinkTime(t *testing.T) {
 	t.Parallel()
 	bin := filepath.Join(t.TempDir(), "outbox-relay")
-	cmd := exec.Command("go", "build", "-ldflags", "-X main.version=v9.8.7-test", "-o", bin, ".")
+	cmd := exec.CommandContext(t.Context(), "go", "build", "-ldflags", "-X main.version=v9.8.7-test", "-o", bin, ".")
 	cmd.Env = os.Environ()
 	if out, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("go build: %v\n%s", err, out)

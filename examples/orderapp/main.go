@@ -126,8 +126,9 @@ func placeOrder(ctx context.Context, pool *pgxpool.Pool, req orderRequest) (orde
 
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
-	if err := run(ctx); err != nil {
+	err := run(ctx)
+	stop()
+	if err != nil {
 		log.Fatal(err)
 	}
 }

@@ -37,7 +37,12 @@ func TestMain(m *testing.M) {
 
 func postOrder(t *testing.T, url, body string) (int, string) {
 	t.Helper()
-	resp, err := http.Post(url+"/orders", "application/json", strings.NewReader(body))
+	req, err := http.NewRequestWithContext(t.Context(), http.MethodPost, url+"/orders", strings.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -69,7 +74,7 @@ func TestOrderToConversation(t *testing.T) {
 	fake := faketalkjs.New(faketalkjs.Config{AppID: "shop", SecretKey: secret})
 	api := httptest.NewServer(fake)
 	t.Cleanup(api.Close)
-	relay := exec.Command(relayBinary, "run")
+	relay := exec.CommandContext(t.Context(), relayBinary, "run")
 	relay.Env = append(os.Environ(), "DATABASE_URL="+dbURL, "TALKJS_APP_ID=shop", "TALKJS_SECRET_KEY="+secret,
 		"TALKJS_BASE_URL="+api.URL, "OUTBOX_MIGRATE=false", "OUTBOX_LOG_LEVEL=warn")
 	var logs relaytest.SyncBuffer

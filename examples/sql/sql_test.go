@@ -26,7 +26,7 @@ func TestOrderScript(t *testing.T) {
 	}
 	dbURL := pgtest.NewDatabase(t)
 	for run := 1; run <= 2; run++ {
-		out, err := exec.Command("psql", dbURL, "-X", "-v", "ON_ERROR_STOP=1", "-f", "order.sql").CombinedOutput()
+		out, err := exec.CommandContext(t.Context(), "psql", dbURL, "-X", "-v", "ON_ERROR_STOP=1", "-f", "order.sql").CombinedOutput()
 		if err != nil {
 			t.Fatalf("run %d: psql: %v\n%s", run, err, out)
 		}

@@ -20,7 +20,11 @@ func TestClusterLifecycle(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer c.Remove()
+	t.Cleanup(func() {
+		if err := c.Remove(); err != nil {
+			t.Errorf("remove cluster: %v", err)
+		}
+	})
 	url := c.URL("postgres")
 	if err := pgcluster.Ping(ctx, url, 5*time.Second); err != nil {
 		t.Fatalf("ping after start: %v", err)

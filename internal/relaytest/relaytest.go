@@ -200,6 +200,10 @@ func (s *SyncBuffer) String() string {
 	return s.buf.String()
 }
 
+// buildTimeout bounds BuildRelay's go build (a cold build cache on a loaded
+// machine takes about a minute).
+const buildTimeout = 10 * time.Minute
+
 // BuildRelay builds cmd/outbox-relay (mainPkg is its path relative to the
 // calling test's package) into a temporary directory, and returns the
 // binary and a function that removes it.
@@ -210,7 +214,9 @@ func BuildRelay(mainPkg string) (binary string, remove func(), err error) {
 	}
 	remove = func() { _ = os.RemoveAll(dir) }
 	binary = filepath.Join(dir, "outbox-relay")
-	if out, err := exec.Command("go", "build", "-o", binary, mainPkg).CombinedOutput(); err != nil {
+	ctx, cancel := context.WithTimeout(context.Background(), buildTimeout)
+	defer cancel()
+	if out, err := exec.CommandContext(ctx, "go", "build", "-o", binary, mainPkg).CombinedOutput(); err != nil {
 		remove()
 		return "", nil, fmt.Errorf("build outbox-relay: %w\n%s", err, out)
 	}

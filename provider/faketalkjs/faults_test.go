@@ -3,6 +3,7 @@ package faketalkjs
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"net/http"
 	"slices"
 	"strings"
@@ -218,7 +219,9 @@ func TestRateLimitQueue(t *testing.T) {
 		return b.fake.queued == 1
 	})
 	cancel()
-	<-done
+	if err := <-done; !errors.Is(err, context.Canceled) {
+		t.Fatalf("request abandoned in the queue: error %v, want context.Canceled", err)
+	}
 	waitFor(t, "the queue empty", func() bool {
 		b.fake.mu.Lock()
 		defer b.fake.mu.Unlock()

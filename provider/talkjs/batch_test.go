@@ -67,7 +67,7 @@ func TestPutUsersRefusedBeforeSending(t *testing.T) {
 		"id twice":  {alice, bob, alice},
 	} {
 		err := b.client.PutUsers(t.Context(), users)
-		if e := wantError(t, err, provider.Permanent, 0); errors.Is(e, provider.ErrBatchUnsupported) {
+		if e := wantProviderError(t, err, provider.Permanent, 0); errors.Is(e, provider.ErrBatchUnsupported) {
 			t.Fatalf("%s: %v reads as batch unsupported", name, err)
 		}
 	}
@@ -103,7 +103,7 @@ func TestPutUsersFailures(t *testing.T) {
 			t.Parallel()
 			b := setup(t, tt.faults, nil)
 			err := b.client.PutUsers(t.Context(), tt.users)
-			e := wantError(t, err, tt.kind, tt.status)
+			e := wantProviderError(t, err, tt.kind, tt.status)
 			if got := errors.Is(err, provider.ErrBatchUnsupported); got != tt.unsupported {
 				t.Fatalf("errors.Is(ErrBatchUnsupported) = %t, want %t: %v", got, tt.unsupported, err)
 			}
@@ -140,7 +140,7 @@ func TestPutUsersUnreadable400(t *testing.T) {
 		c := newClient(t, srv.URL, nil)
 		err := c.PutUsers(t.Context(), []provider.User{alice, bob})
 		srv.Close()
-		e := wantError(t, err, provider.Permanent, 400)
+		e := wantProviderError(t, err, provider.Permanent, 400)
 		if len(e.InvalidIDs) != 0 || errors.Is(err, provider.ErrBatchUnsupported) {
 			t.Fatalf("body %q: InvalidIDs %q, unsupported %t", body, e.InvalidIDs, errors.Is(err, provider.ErrBatchUnsupported))
 		}

@@ -467,7 +467,7 @@ func (c *Client) doInspect(ctx context.Context, method, path string, body any, i
 	if err != nil {
 		return c.transportError(ctx, reqCtx, method, path, sent, err)
 	}
-	defer drainAndClose(resp.Body)
+	defer drainAndClose(resp)
 	if resp.StatusCode >= 200 && resp.StatusCode < 300 {
 		return nil // judged by status only: the body is not read
 	}

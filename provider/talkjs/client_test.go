@@ -120,7 +120,13 @@ func startConversation(ctx context.Context, c *Client) error {
 
 // wantError checks that err is a *provider.Error of the given kind and
 // status.
-func wantError(t *testing.T, err error, kind provider.Kind, status int) *provider.Error {
+func wantError(t *testing.T, err error, kind provider.Kind, status int) {
+	t.Helper()
+	_ = wantProviderError(t, err, kind, status)
+}
+
+// wantProviderError is wantError, returning the *provider.Error.
+func wantProviderError(t *testing.T, err error, kind provider.Kind, status int) *provider.Error {
 	t.Helper()
 	var pe *provider.Error
 	if !errors.As(err, &pe) {
@@ -286,7 +292,7 @@ func TestFailureClassification(t *testing.T) {
 			t.Parallel()
 			b := setup(t, tt.faults, nil)
 			err := tt.call(t.Context(), b.client)
-			pe := wantError(t, err, tt.wantKind, tt.wantStatus)
+			pe := wantProviderError(t, err, tt.wantKind, tt.wantStatus)
 			if pe.RetryAfter != tt.wantRetryAfter {
 				t.Fatalf("RetryAfter = %s, want %s", pe.RetryAfter, tt.wantRetryAfter)
 			}
@@ -330,7 +336,7 @@ func TestRetryAfterHTTPDateOn503(t *testing.T) {
 	}))
 	t.Cleanup(srv.Close)
 	c := newClient(t, srv.URL, func(c *Config) { c.Now = func() time.Time { return now } })
-	pe := wantError(t, c.PutUser(t.Context(), alice), provider.Retryable, 503)
+	pe := wantProviderError(t, c.PutUser(t.Context(), alice), provider.Retryable, 503)
 	if pe.RetryAfter != 90*time.Second {
 		t.Fatalf("RetryAfter = %s, want 90s", pe.RetryAfter)
 	}
@@ -447,7 +453,7 @@ func TestRedirectIsNotFollowed(t *testing.T) {
 	t.Cleanup(srv.Close)
 	c := newClient(t, srv.URL, nil)
 	err := c.PutUser(t.Context(), alice)
-	pe := wantError(t, err, provider.ClassifyStatus(302), 302)
+	pe := wantProviderError(t, err, provider.ClassifyStatus(302), 302)
 	if !strings.Contains(pe.Error(), "redirect") || len(b.rec.all()) != 0 {
 		t.Fatalf("error %v; fake saw %d requests", err, len(b.rec.all()))
 	}
@@ -765,7 +771,7 @@ func TestClientRateLimit(t *testing.T) {
 	ctx, cancel := context.WithTimeout(t.Context(), time.Second)
 	defer cancel()
 	err := b.client.PutUser(ctx, alice)
-	pe := wantError(t, err, provider.RateLimited, 0)
+	pe := wantProviderError(t, err, provider.RateLimited, 0)
 	if pe.RetryAfter < 90*time.Second {
 		t.Fatalf("RetryAfter = %s, want about 100s", pe.RetryAfter)
 	}

@@ -26,9 +26,9 @@ const (
 
 // drainAndClose reads what is left of a response body (up to maxDrain)
 // and closes it, so the transport can reuse the connection.
-func drainAndClose(body io.ReadCloser) {
-	_, _ = io.Copy(io.Discard, io.LimitReader(body, maxDrain))
-	_ = body.Close()
+func drainAndClose(resp *http.Response) {
+	_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, maxDrain))
+	_ = resp.Body.Close()
 }
 
 // statusError builds the *provider.Error of a non-2xx response, and returns
