@@ -151,8 +151,8 @@ func BenchmarkWakeup(b *testing.B) {
 }
 
 // BenchmarkClaimComplete measures the database side of delivering
-// intents: claims and completions (four attempt rows and two synced users
-// each), no HTTP, in batches of 1 (a relay held back by the API's rate
+// intents: claims and completions (four attempt rows, two synced users
+// and a synced conversation each), no HTTP, in batches of 1 (a relay held back by the API's rate
 // limit) and 100 (a full drain).
 //
 //	go test ./relay -run '^$' -bench ClaimComplete

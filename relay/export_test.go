@@ -9,9 +9,9 @@ import (
 )
 
 // ClaimAndComplete claims up to n intents and records them all done, as a
-// delivery round would (two users PUT, the conversation, the messages),
-// without making any calls. It returns how many were claimed. For
-// benchmarks.
+// delivery round would (two users PUT, the conversation PUT and recorded,
+// the messages), without making any calls. It returns how many were
+// claimed. For benchmarks.
 func (r *Relay) ClaimAndComplete(ctx context.Context, n int) (int, error) {
 	jobs, err := r.claim(ctx, n)
 	if err != nil {
@@ -27,6 +27,9 @@ func (r *Relay) ClaimAndComplete(ctx context.Context, n int) (int, error) {
 			{step: stepConversation, target: "c", status: 200, outcome: "ok", started: j.claimed},
 			{step: stepMessages, target: "c", status: 200, outcome: "ok", started: j.claimed},
 		}, syncs: []userSync{{id: u, hash: hash[:], ok: true}, {id: v, hash: hash[:], ok: true}}}
+		if j.convHash != nil {
+			batch[i].conv = &convSync{id: fmt.Sprint("c", j.id), hash: j.convHash, ok: true}
+		}
 	}
 	if len(batch) == 0 {
 		return 0, nil
