@@ -223,7 +223,7 @@ func TestFailedConversationPutLeavesNoRecord(t *testing.T) {
 			cfg := slowRetries(withLogs(testConfig("r1"), b))
 			client := b.client(t, testSecret)
 			if hang {
-				cfg.Lease = 2 * time.Second // the call's deadline: a tenth of it before its end
+				cfg.Lease = 4 * time.Second // a hung call ends a tenth of the lease before its end
 				client = b.clientWithTimeout(t, relay.MaxCallTimeout(cfg.Lease))
 			}
 			prov := &failConversation{Provider: client, conv: "c", hang: hang}

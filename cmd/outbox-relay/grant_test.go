@@ -317,6 +317,8 @@ func TestProducerRole(t *testing.T) {
 		 VALUES (1, 1, 'user', 'u', 'ok', 1, 'r', now())`,
 		`SELECT * FROM outbox.synced_users`,
 		`DELETE FROM outbox.synced_users`,
+		`SELECT * FROM outbox.synced_conversations`,
+		`DELETE FROM outbox.synced_conversations`,
 		`SELECT * FROM outbox.relays`,
 		`INSERT INTO outbox.relays (id) VALUES ('impostor')`,
 		`SELECT * FROM outbox.retired_keys`,
@@ -384,7 +386,7 @@ func TestAuditorRole(t *testing.T) {
 		}
 	}
 
-	reads := []string{"outbox.intents", "outbox.attempts", "outbox.synced_users", "outbox.relays", "outbox.retired_keys", "outbox.control"}
+	reads := []string{"outbox.intents", "outbox.attempts", "outbox.synced_users", "outbox.synced_conversations", "outbox.relays", "outbox.retired_keys", "outbox.control"}
 	reads = append(reads, schemaObjects(t, admin, "vm")...)
 	for _, rel := range reads {
 		var n int
@@ -541,14 +543,16 @@ func TestRelayRole(t *testing.T) {
 	}
 	relaytest.CheckDelivered(t, fake, intents)
 
-	var relayRows, attemptRows, syncRows int
+	var relayRows, attemptRows, syncRows, convSyncRows int
 	if err := admin.QueryRow(ctx, `SELECT (SELECT count(*) FROM outbox.relays WHERE id = 'relay-role'),
 	        (SELECT count(*) FROM outbox.attempts WHERE relay = 'relay-role'),
-	        (SELECT count(*) FROM outbox.synced_users)`).Scan(&relayRows, &attemptRows, &syncRows); err != nil {
+	        (SELECT count(*) FROM outbox.synced_users),
+	        (SELECT count(*) FROM outbox.synced_conversations)`).Scan(&relayRows, &attemptRows, &syncRows, &convSyncRows); err != nil {
 		t.Fatal(err)
 	}
-	if relayRows != 1 || attemptRows == 0 || syncRows == 0 {
-		t.Errorf("relays row %d, attempts %d, synced users %d: want 1 and some of each", relayRows, attemptRows, syncRows)
+	if relayRows != 1 || attemptRows == 0 || syncRows == 0 || convSyncRows == 0 {
+		t.Errorf("relays row %d, attempts %d, synced users %d, synced conversations %d: want 1 and some of each",
+			relayRows, attemptRows, syncRows, convSyncRows)
 	}
 
 	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
