@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"os"
 	"strconv"
 	"time"
@@ -70,11 +71,21 @@ type Config struct {
 	UserSyncTTL time.Duration
 
 	// RateLimit is the request rate (per second) the whole TalkJS app may
-	// spend, shared by all live relays (each takes RateLimit / live relays).
-	// Zero disables client-side limiting. RateBurst is the matching burst;
-	// default max(1, RateLimit).
+	// spend, shared by all live relays (each takes RateLimit / live relays,
+	// updated every heartbeat). With RateAdaptive it is a ceiling (0 for
+	// none) and the rate to start from; without, the fixed limit (0 for no
+	// client-side limit). RateBurst is the matching burst, shared the same
+	// way; default: one second of the current rate when adaptive, else
+	// max(1, RateLimit).
 	RateLimit float64
 	RateBurst int
+	// RateAdaptive finds the rate from the API's answers (see rate.go),
+	// when the provider reports them (provider/talkjs.Client does).
+	RateAdaptive bool
+	// RateStart is the rate of the whole app an adaptive limit starts from
+	// when RateLimit is 0 and no live relay publishes a rate. Default
+	// DefaultRateStart.
+	RateStart float64
 
 	// BreakerThreshold is how many consecutive retryable failures (with no
 	// success between) open the circuit breaker, after which only one probe
@@ -123,6 +134,7 @@ const (
 	DefaultUserSyncTTL      = time.Hour
 	DefaultBreakerThreshold = 10
 	DefaultShutdownTimeout  = 10 * time.Second
+	DefaultRateStart        = 20.0
 )
 
 // withDefaults returns c with every zero field set to its default.
@@ -141,9 +153,10 @@ func (c Config) withDefaults() Config {
 	c.Retry.Base = cmp.Or(c.Retry.Base, DefaultRetryBase)
 	c.Retry.Max = cmp.Or(c.Retry.Max, DefaultRetryMax)
 	c.UserSyncTTL = cmp.Or(c.UserSyncTTL, DefaultUserSyncTTL)
-	if c.RateBurst == 0 && c.RateLimit > 0 {
+	if c.RateBurst == 0 && c.RateLimit > 0 && !c.RateAdaptive {
 		c.RateBurst = max(1, int(c.RateLimit))
 	}
+	c.RateStart = cmp.Or(c.RateStart, DefaultRateStart)
 	c.BreakerThreshold = cmp.Or(c.BreakerThreshold, DefaultBreakerThreshold)
 	c.Retention = c.Retention.withDefaults()
 	c.ShutdownTimeout = cmp.Or(c.ShutdownTimeout, DefaultShutdownTimeout)
@@ -174,6 +187,7 @@ func (c Config) validate() error {
 	check(c.Retry.Max >= c.Retry.Base, "Retry.Max (%s) must be at least Retry.Base (%s)", c.Retry.Max, c.Retry.Base)
 	check(c.RateLimit >= 0, "RateLimit must not be negative, got %g", c.RateLimit)
 	check(c.RateBurst >= 0, "RateBurst must not be negative, got %d", c.RateBurst)
+	check(c.RateStart > 0 && !math.IsInf(c.RateStart, 0), "RateStart must be a positive number, got %g", c.RateStart)
 	check(c.BreakerThreshold > 0, "BreakerThreshold must be positive, got %d", c.BreakerThreshold)
 	errs = append(errs, c.Retention.validate()...)
 	check(c.ShutdownTimeout > 0, "ShutdownTimeout must be positive, got %s", c.ShutdownTimeout)

@@ -38,12 +38,6 @@ func (s *leaseSet) snapshot() []*job {
 	return out
 }
 
-// rateLimiter is implemented by providers whose request rate can be changed
-// at run time (provider/talkjs.Client).
-type rateLimiter interface {
-	SetRateLimit(limit float64, burst int)
-}
-
 // heartbeatLoop renews this relay's leases and its row in outbox.relays
 // every Lease/3, sharing the rate limit among live relays, and takes back
 // other relays' expired leases every sweep interval. Nothing else runs
@@ -63,6 +57,11 @@ func (r *Relay) heartbeatLoop(ctx context.Context) {
 			// Bounded, so a hung statement cannot stop the sweeps.
 			opCtx, cancel := context.WithTimeout(ctx, r.cfg.heartbeatInterval())
 			r.renewLeases(opCtx)
+			r.beat(opCtx)
+			cancel()
+		case <-r.relaysChanged:
+			// A relay came or went: share the rate limit again now.
+			opCtx, cancel := context.WithTimeout(ctx, r.cfg.heartbeatInterval())
 			r.beat(opCtx)
 			cancel()
 		case <-sweep.C:
@@ -133,16 +132,24 @@ func (r *Relay) renewLeases(ctx context.Context) {
 	}
 }
 
-// beat records this relay as live and adjusts its share of the rate limit.
+// beat records this relay as live, with the rate it found, and adjusts
+// its share of the rate limit.
 func (r *Relay) beat(ctx context.Context) {
+	r.beatMu.Lock()
+	defer r.beatMu.Unlock()
 	var live int
-	if err := r.pool.QueryRow(ctx, heartbeat, r.cfg.Name, 3*r.cfg.heartbeatInterval(), r.cfg.Version).Scan(&live); err != nil {
+	var others float64
+	if err := r.pool.QueryRow(ctx, heartbeat, r.cfg.Name, 3*r.cfg.heartbeatInterval(), r.cfg.Version, r.published).Scan(&live, &others); err != nil {
 		r.setDB(false, "heartbeat", err)
 		return
 	}
 	r.setDB(true, "", nil)
 	r.writes.Add(1)
 	r.metrics.liveRelays.Set(float64(live))
+	if r.rate != nil {
+		r.published = r.rate.beat(r.cfg.RateLimit, live, others)
+		return
+	}
 	if rl, ok := r.provider.(rateLimiter); ok && r.cfg.RateLimit > 0 {
 		share := r.cfg.RateLimit / float64(live)
 		burst := max(1, r.cfg.RateBurst/live)
@@ -194,6 +201,10 @@ func (r *Relay) deregister() {
 	defer cancel()
 	if _, err := r.pool.Exec(ctx, forgetRelays, r.cfg.Name); err != nil {
 		r.log.Warn("could not remove relay row", "error", err)
+		return
+	}
+	if r.rate != nil {
+		r.notifyRelays(ctx)
 	}
 }
 
@@ -234,5 +245,14 @@ func (r *Relay) unparkHeads(ctx context.Context) {
 		if _, err := r.pool.Exec(ctx, wakeRelays); err != nil {
 			r.log.Warn("could not wake the other relays after unparking intents", "error", err)
 		}
+	}
+}
+
+// notifyRelays tells the other relays that this one came or went, so
+// that they share the rate limit again at once. A lost notification costs
+// them no more than waiting for their next heartbeat.
+func (r *Relay) notifyRelays(ctx context.Context) {
+	if _, err := r.pool.Exec(ctx, relaysChanged); err != nil {
+		r.log.Warn("could not tell the other relays to share the rate limit again", "error", err)
 	}
 }

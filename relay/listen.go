@@ -55,8 +55,17 @@ func (r *Relay) listen(ctx context.Context) error {
 	r.listening.Store(true)
 	r.signal()
 	for {
-		if _, err := conn.WaitForNotification(ctx); err != nil {
+		n, err := conn.WaitForNotification(ctx)
+		if err != nil {
 			return err
+		}
+		if n.Payload == relaysPayload {
+			// A relay came or went: nothing to claim, a rate to share.
+			select {
+			case r.relaysChanged <- struct{}{}:
+			default:
+			}
+			continue
 		}
 		r.metrics.notifications.Inc()
 		select {

@@ -3,6 +3,8 @@ package relay
 import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promauto"
+
+	"github.com/outbox-relay/outbox-relay/provider/ratecontrol"
 )
 
 // metrics are the relay's Prometheus collectors. Labels carry no ids and no
@@ -33,6 +35,9 @@ type metrics struct {
 	retryAfterWait prometheus.Counter     // calls held for a 429's Retry-After
 	retryAfterSecs prometheus.Counter
 	warnings       *prometheus.CounterVec // rate-limited warnings, by class (logwarn.go)
+	rate           prometheus.Gauge       // the adaptive rate limit (rate.go)
+	rateCeiling    prometheus.Gauge
+	rateCuts       *prometheus.CounterVec // by cause
 }
 
 // newMetrics creates the collectors, registered with reg unless it is nil.
@@ -85,6 +90,18 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Namespace: "outbox_relay", Name: "paused",
 			Help: "1 while delivery is paused, by reason (auth, breaker, operator).",
 		}, []string{"reason"}),
+		rate: f.NewGauge(prometheus.GaugeOpts{
+			Namespace: "outbox_relay", Name: "rate_limit",
+			Help: "Requests per second this relay allows itself: the rate its adaptive limit found (0 when it has none).",
+		}),
+		rateCeiling: f.NewGauge(prometheus.GaugeOpts{
+			Namespace: "outbox_relay", Name: "rate_limit_ceiling",
+			Help: "This relay's share of OUTBOX_RATE_LIMIT, the most its adaptive limit may reach (0: no ceiling).",
+		}),
+		rateCuts: f.NewCounterVec(prometheus.CounterOpts{
+			Namespace: "outbox_relay", Name: "rate_limit_cuts_total",
+			Help: "Cuts of the adaptive rate limit, by cause: 429 (TalkJS refused a call) or slow (answers slowing down).",
+		}, []string{"cause"}),
 		liveRelays: f.NewGauge(prometheus.GaugeOpts{
 			Namespace: "outbox_relay", Name: "live_relays",
 			Help: "Relay processes with a recent heartbeat, this one included.",
@@ -149,6 +166,9 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	// Every reason present from the start, so an alert sees 0, not nothing.
 	for _, reason := range []string{pauseAuth, pauseBreaker, pauseOperator} {
 		m.paused.WithLabelValues(reason)
+	}
+	for _, cause := range []string{ratecontrol.CauseRateLimited, ratecontrol.CauseSlow} {
+		m.rateCuts.WithLabelValues(cause)
 	}
 	return m
 }

@@ -40,6 +40,13 @@ type Relay struct {
 	metrics  *metrics
 	gate     *gate
 	retainer *retainer
+	// rate is the adaptive rate limit (rate.go), nil when there is none.
+	rate *adaptiveRate
+	// beatMu serialises heartbeats; published is the rate the next one
+	// publishes (0 before the first).
+	beatMu        sync.Mutex
+	published     float64
+	relaysChanged chan struct{} // another relay came or went
 
 	epoch       time.Time     // origin of the monotonic lease clock
 	callTimeout time.Duration // the longest one call may take
@@ -108,6 +115,12 @@ func New(pool *pgxpool.Pool, p provider.Provider, cfg Config) (*Relay, error) {
 		done:        make(chan struct{}),
 	}
 	registerProviderMetrics(cfg.Registerer, p)
+	r.relaysChanged = make(chan struct{}, 1)
+	rate, err := newAdaptiveRate(cfg, p, r.metrics)
+	if err != nil {
+		return nil, fmt.Errorf("relay: adaptive rate limit: %w", err)
+	}
+	r.rate = rate
 	r.warns = newWarnEvery(warnInterval, cfg.Clock)
 	r.gate = newGate(cfg.BreakerThreshold, cfg.Clock, r.onPauseChange)
 	r.retainer = newRetainer(cfg.Retention, cfg.AppID, r.syncTTL(), pool, r.log, r.metrics)
@@ -153,6 +166,10 @@ func (r *Relay) Start(ctx context.Context) error {
 	// Register before the first claim, so the rate limit is already shared
 	// with the relays running.
 	r.beat(ctx)
+	if r.rate != nil {
+		// The others take their share back at once.
+		r.notifyRelays(ctx)
+	}
 	r.readControl(ctx)
 	r.updateReadyMetric()
 	// Retention runs beside delivery, never in its way: its own goroutine,

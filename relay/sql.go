@@ -543,21 +543,27 @@ UPDATE outbox.wakeup
    SET waiting = true
  WHERE ctid = (SELECT ctid FROM outbox.wakeup WHERE NOT waiting FOR UPDATE SKIP LOCKED)`
 
-	// heartbeat registers this relay as live and returns how many relays
-	// are live (heartbeat within $2), itself included.
+	// heartbeat registers this relay as live with its current request
+	// rate $4 (0: none yet) and returns how many relays are live
+	// (heartbeat within $2), itself included, and the sum of the others'
+	// published rates.
 	heartbeat = `
 WITH me AS (
-    INSERT INTO outbox.relays (id, started_at, heartbeat_at, version)
-    VALUES ($1, now(), now(), $3)
-    ON CONFLICT (id) DO UPDATE SET heartbeat_at = now()
+    INSERT INTO outbox.relays (id, started_at, heartbeat_at, version, rate)
+    VALUES ($1, now(), now(), $3, $4)
+    ON CONFLICT (id) DO UPDATE SET heartbeat_at = now(), rate = $4
 )
-SELECT count(*) + 1
+SELECT count(*) + 1, coalesce(sum(rate), 0)::float8
   FROM outbox.relays
  WHERE id <> $1
    AND heartbeat_at > now() - $2::interval`
 
 	// forgetRelays removes this relay's row (at shutdown).
 	forgetRelays = `DELETE FROM outbox.relays WHERE id = $1`
+
+	// relaysChanged tells the other relays that one came or went, so they
+	// share the rate limit again at once (rate.go).
+	relaysChanged = `SELECT pg_notify('` + notifyChannel + `', '` + relaysPayload + `')`
 
 	// Retention (retention.go). Each statement deletes one bounded batch
 	// and returns how many rows it deleted. Locking: every batch selects

@@ -41,8 +41,9 @@ type runConfig struct {
 	RetryBase        time.Duration `env:"OUTBOX_RETRY_BASE, default=1s"`
 	RetryMax         time.Duration `env:"OUTBOX_RETRY_MAX, default=10m"`
 	UserSyncTTL      time.Duration `env:"OUTBOX_USER_SYNC_TTL, default=1h"`
-	RateLimit        float64       `env:"OUTBOX_RATE_LIMIT, default=100"`
+	RateLimit        float64       `env:"OUTBOX_RATE_LIMIT, default=0"`
 	RateBurst        int           `env:"OUTBOX_RATE_BURST, default=0"`
+	RateAdaptive     bool          `env:"OUTBOX_RATE_ADAPTIVE, default=true"`
 	BreakerThreshold int           `env:"OUTBOX_BREAKER_THRESHOLD, default=10"`
 	ShutdownTimeout  time.Duration `env:"OUTBOX_SHUTDOWN_TIMEOUT, default=10s"`
 	Retention        time.Duration `env:"OUTBOX_RETENTION, default=0"`
@@ -241,6 +242,7 @@ func (c *runConfig) relayConfig(logger *slog.Logger) relay.Config {
 		UserSyncTTL:      userSyncTTL(c.UserSyncTTL),
 		RateLimit:        c.RateLimit,
 		RateBurst:        c.RateBurst,
+		RateAdaptive:     c.RateAdaptive,
 		BreakerThreshold: c.BreakerThreshold,
 		ShutdownTimeout:  c.ShutdownTimeout,
 		Retention: relay.RetentionConfig{

@@ -42,7 +42,7 @@ func TestConvergesToHiddenRate(t *testing.T) {
 	}
 	t.Cleanup(func() { _ = client.Close() })
 
-	ctl, err := ratecontrol.New(ratecontrol.Config{Initial: 30, Floor: 5, Increase: 50, Cooldown: 300 * time.Millisecond})
+	ctl, err := ratecontrol.New(ratecontrol.Config{Initial: 30, Floor: 5})
 	if err != nil {
 		t.Fatal(err)
 	}

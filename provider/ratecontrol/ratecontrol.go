@@ -1,10 +1,18 @@
 // Package ratecontrol finds the request rate an API allows from its
 // answers, for an API that publishes no sustained rate (TalkJS limits per
-// app and only documents a burst and a queue). A Controller raises the
-// rate additively while answers come back normally and cuts it
-// multiplicatively on a 429 (pausing for its Retry-After) and on answers
-// slowing down well above their usual latency, which is how an API that
-// queues requests over its rate shows the limit before it refuses them.
+// app and only documents a burst and a queue).
+//
+// A Controller starts by doubling its rate every SlowStart until the API
+// first objects: a 429, or answers slowing down well above their usual
+// latency (an API that queues requests over its rate shows the limit that
+// way before it refuses them). On such a signal it cuts the rate to
+// Backoff (or SlowBackoff) × the rate of answers actually measured just
+// before, which is what the API let through, not to a fraction of what
+// was asked for; one cut per Cooldown, however many signals the calls
+// already sent at the old rate meet. It then climbs back as CUBIC does: fast
+// while far below the rate that drew the cut, flat near it, and faster
+// again the longer it goes above it without a signal. So it spends most
+// of its time just under the API's rate, with rare refusals.
 //
 // A Controller only computes: it sends nothing and waits for nothing. Its
 // owner feeds it what each call met (Answered, RateLimited), reads Rate
@@ -23,12 +31,13 @@ import (
 // Defaults of Config.
 const (
 	DefaultFloor       = 1.0
-	DefaultIncrease    = 5.0
-	DefaultBackoff     = 0.5
-	DefaultSlowBackoff = 0.8
+	DefaultBackoff     = 0.9
+	DefaultSlowBackoff = 0.9
 	DefaultSlowFactor  = 2.0
 	DefaultSlowMargin  = 50 * time.Millisecond
 	DefaultCooldown    = time.Second
+	DefaultSlowStart   = 500 * time.Millisecond
+	DefaultRecover     = 4 * time.Second
 )
 
 // How the latencies move: the recent latency follows answers quickly
@@ -45,6 +54,28 @@ const (
 	baselineRise = 10 * time.Second
 )
 
+// The meter: answers are counted in slots of meterSlot over the last
+// meterSlots × meterSlot, the window the rate "measured just before" a cut
+// is taken over. It spans a Retry-After of a second and the catch-up after
+// it, so a pause does not read as a low rate. A cut needs minMeasured
+// answers in the window, and minHistory of answers, to trust the
+// measure; else it cuts the rate itself.
+const (
+	meterSlot   = 100 * time.Millisecond
+	meterSlots  = 20
+	minMeasured = 10
+	// minHistory: answers over a shorter time (just started) do not
+	// measure a rate yet: the calls made so far were not yet made at the
+	// full rate.
+	minHistory = time.Second
+)
+
+// usedHeadroom bounds growth by use: the rate rises to at most this many
+// times the rate of calls actually made (and never falls for want of
+// use), so a relay that has little to send does not build a rate it has
+// never tried and then fire it all at once.
+const usedHeadroom = 2.0
+
 // Config configures a Controller. Every field has a default.
 type Config struct {
 	// Initial is the rate to start from, in requests per second. Default
@@ -55,16 +86,18 @@ type Config struct {
 	Floor float64
 	// Ceiling is the highest rate, requests per second; 0 for none.
 	Ceiling float64
-	// Increase is how much the rate rises per second of normal answers at
-	// the full rate, in requests per second: each normal answer adds
-	// Increase / rate, so a caller using only part of its rate raises it
-	// that much slower, and an idle one not at all. Default
-	// DefaultIncrease.
-	Increase float64
-	// Backoff multiplies the rate on a 429, in (0, 1). Default
-	// DefaultBackoff.
+	// SlowStart is how long the rate takes to double before the first
+	// cut, while calls are made at the full rate. Default
+	// DefaultSlowStart.
+	SlowStart time.Duration
+	// Recover is how long after a cut the rate takes to climb back to the
+	// rate that drew it; it then stays near it for a while and probes
+	// above, faster and faster (CUBIC's K). Default DefaultRecover.
+	Recover time.Duration
+	// Backoff is the fraction of the measured rate of answers a 429 cuts
+	// to, in (0, 1). Default DefaultBackoff.
 	Backoff float64
-	// SlowBackoff multiplies the rate when answers slow down, in (0, 1).
+	// SlowBackoff is the same for answers slowing down, in (0, 1).
 	// Default DefaultSlowBackoff.
 	SlowBackoff float64
 	// SlowFactor and SlowMargin say what slow is: the recent latency above
@@ -73,13 +106,23 @@ type Config struct {
 	// DefaultSlowFactor (> 1) and DefaultSlowMargin.
 	SlowFactor float64
 	SlowMargin time.Duration
-	// Cooldown is how long after a cut further signals to cut are ignored
-	// and the rate does not rise: the answers to calls already sent at the
-	// old rate say nothing about the new one. Default DefaultCooldown.
+	// Cooldown is how long after a cut (or until a Retry-After has passed,
+	// if later) further signals to cut are ignored and the rate does not
+	// rise: the answers to calls already sent at the old rate say nothing
+	// about the new one. Default DefaultCooldown.
 	Cooldown time.Duration
+	// OnCut, when set, is called (under the controller's lock: it must
+	// not call back) with "429" or "slow" for every cut.
+	OnCut func(cause string)
 	// Now is the clock; default time.Now.
 	Now func() time.Time
 }
+
+// Causes of a cut, as passed to Config.OnCut.
+const (
+	CauseRateLimited = "429"
+	CauseSlow        = "slow"
+)
 
 // validate reports the first invalid field, by name.
 func (c Config) validate() error {
@@ -93,8 +136,10 @@ func (c Config) validate() error {
 		return fmt.Errorf("ratecontrol: Floor %g is above Ceiling %g", c.Floor, c.Ceiling)
 	case bad(c.Initial) || c.Initial < 0:
 		return fmt.Errorf("ratecontrol: Initial must be a finite number >= 0, got %g", c.Initial)
-	case bad(c.Increase) || c.Increase < 0:
-		return fmt.Errorf("ratecontrol: Increase must be a finite number >= 0, got %g", c.Increase)
+	case c.SlowStart < 0:
+		return fmt.Errorf("ratecontrol: SlowStart must not be negative, got %s", c.SlowStart)
+	case c.Recover < 0:
+		return fmt.Errorf("ratecontrol: Recover must not be negative, got %s", c.Recover)
 	case bad(c.Backoff) || c.Backoff < 0 || c.Backoff >= 1:
 		return fmt.Errorf("ratecontrol: Backoff must be in (0, 1), got %g", c.Backoff)
 	case bad(c.SlowBackoff) || c.SlowBackoff < 0 || c.SlowBackoff >= 1:
@@ -114,8 +159,17 @@ func (c Config) validate() error {
 type Controller struct {
 	cfg Config
 
-	mu         sync.Mutex
-	rate       float64
+	mu   sync.Mutex
+	rate float64
+	// slowStart: no cut yet, the rate doubles every SlowStart.
+	slowStart bool
+	// wMax is the rate the last cut measured (what the API let through);
+	// epoch is when the climb back to it began. lastGrow is when the rate
+	// last rose.
+	wMax     float64
+	epoch    time.Time
+	lastGrow time.Time
+
 	baseline   time.Duration // 0 until the first answer
 	recent     time.Duration
 	lastCut    time.Time // zero: never cut
@@ -124,6 +178,8 @@ type Controller struct {
 	// answers, 0 when answers are not slow.
 	slowPeak    time.Duration
 	pausedUntil time.Time
+
+	meter meter
 }
 
 // New validates cfg, fills in its defaults and returns a Controller.
@@ -136,7 +192,8 @@ func New(cfg Config) (*Controller, error) {
 		return nil, fmt.Errorf("ratecontrol: Floor %g is above Ceiling %g", cfg.Floor, cfg.Ceiling)
 	}
 	cfg.Initial = cmp.Or(cfg.Initial, cfg.Ceiling, 10*cfg.Floor)
-	cfg.Increase = cmp.Or(cfg.Increase, DefaultIncrease)
+	cfg.SlowStart = cmp.Or(cfg.SlowStart, DefaultSlowStart)
+	cfg.Recover = cmp.Or(cfg.Recover, DefaultRecover)
 	cfg.Backoff = cmp.Or(cfg.Backoff, DefaultBackoff)
 	cfg.SlowBackoff = cmp.Or(cfg.SlowBackoff, DefaultSlowBackoff)
 	cfg.SlowFactor = cmp.Or(cfg.SlowFactor, DefaultSlowFactor)
@@ -145,7 +202,7 @@ func New(cfg Config) (*Controller, error) {
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
-	c := &Controller{cfg: cfg}
+	c := &Controller{cfg: cfg, slowStart: true}
 	c.rate = c.bound(cfg.Initial)
 	return c, nil
 }
@@ -156,6 +213,13 @@ func (c *Controller) Rate() float64 {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return c.rate
+}
+
+// Ceiling returns the current ceiling, 0 for none.
+func (c *Controller) Ceiling() float64 {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.cfg.Ceiling
 }
 
 // SetCeiling changes the ceiling at run time (0 for none), as a relay's
@@ -175,6 +239,36 @@ func (c *Controller) SetCeiling(ceiling float64) {
 	c.rate = c.bound(c.rate)
 }
 
+// Scale multiplies the rate, and the rate of the last cut, by f: when
+// callers sharing one API come or go, each rescales so that their total
+// stays what they had found together.
+func (c *Controller) Scale(f float64) {
+	if math.IsNaN(f) || math.IsInf(f, 0) || f <= 0 {
+		return
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.rate = c.bound(c.rate * f)
+	c.wMax *= f
+}
+
+// Join starts from a rate others found (a share of theirs): as if a cut
+// had measured it Recover ago, so the rate stays near it for a while and
+// then probes above, instead of doubling from it.
+func (c *Controller) Join(rate float64) {
+	if math.IsNaN(rate) || math.IsInf(rate, 0) || rate <= 0 {
+		return
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	now := c.cfg.Now()
+	c.rate = c.bound(rate)
+	c.wMax = c.rate
+	c.slowStart = false
+	c.epoch = now.Add(-c.cfg.Recover)
+	c.lastGrow = now
+}
+
 // PausedFor returns how long no call should be sent: what is left of the
 // latest Retry-After, 0 when none.
 func (c *Controller) PausedFor() time.Duration {
@@ -186,14 +280,15 @@ func (c *Controller) PausedFor() time.Duration {
 // Answered records a call the API answered with anything but 429 (a
 // success, or a failure that is the call's own) after latency. A call
 // that got no answer within its timeout is fed as answered at the
-// timeout: it is the slowest answer there is. A normal answer raises the
-// rate; answers slowing down well above the baseline cut it, once per
+// timeout: it is the slowest answer there is. A normal answer lets the
+// rate rise; answers slowing down well above the baseline cut it, once per
 // Cooldown while they keep getting slower.
 func (c *Controller) Answered(latency time.Duration) {
 	latency = max(latency, 0)
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	now := c.cfg.Now()
+	c.meter.add(now)
 	if c.baseline == 0 {
 		c.baseline, c.recent, c.lastAnswer = max(latency, 1), latency, now
 	}
@@ -218,14 +313,57 @@ func (c *Controller) Answered(latency time.Duration) {
 		// only cost throughput.
 		if c.recent > c.slowPeak {
 			c.slowPeak = c.recent
-			c.cutLocked(now, c.cfg.SlowBackoff)
+			c.cutLocked(now, c.cfg.SlowBackoff, CauseSlow)
 		}
+		c.lastGrow = now
 	case c.coolingLocked(now):
 		c.slowPeak = 0
+		c.lastGrow = now
 	default:
 		c.slowPeak = 0
-		c.rate = c.bound(c.rate + c.cfg.Increase/c.rate)
+		c.growLocked(now)
 	}
+}
+
+// growLocked raises the rate for the time since it last rose: doubling
+// every SlowStart before the first cut, else along the cubic curve back to
+// (and then above) the rate of the last cut. It rises to at most
+// usedHeadroom × the rate of calls actually answered.
+func (c *Controller) growLocked(now time.Time) {
+	if c.lastGrow.IsZero() {
+		c.lastGrow = now
+		return
+	}
+	dt := now.Sub(c.lastGrow)
+	if dt <= 0 {
+		return
+	}
+	// A long silence (nothing to send) is not time spent at the rate.
+	dt = min(dt, time.Second)
+	c.lastGrow = now
+	var target float64
+	if c.slowStart {
+		target = c.rate * math.Exp2(dt.Seconds()/c.cfg.SlowStart.Seconds())
+	} else {
+		// CUBIC: w(t) = wMax + C (t - K)³, with C chosen so that w(0) is
+		// Backoff × wMax: K = Recover.
+		k := c.cfg.Recover.Seconds()
+		x := (now.Sub(c.epoch).Seconds() - k) / k
+		cube := x * x * x
+		if x > 3 {
+			// Beyond 3K (+270% at Backoff 0.9) go on in a straight line,
+			// as steep as the curve there.
+			cube = 27 + 27*(x-3)
+		}
+		target = c.wMax * (1 + (1-c.cfg.Backoff)*cube)
+	}
+	if target <= c.rate {
+		return
+	}
+	if used, ok := c.meter.rate(now, 1, c.rate); ok {
+		target = min(target, max(c.rate, usedHeadroom*used))
+	}
+	c.rate = c.bound(target)
 }
 
 // RateLimited records a 429. retryAfter is the answer's Retry-After (0
@@ -236,22 +374,37 @@ func (c *Controller) RateLimited(retryAfter time.Duration) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	now := c.cfg.Now()
+	c.cutLocked(now, c.cfg.Backoff, CauseRateLimited)
 	if until := now.Add(retryAfter); retryAfter > 0 && until.After(c.pausedUntil) {
 		c.pausedUntil = until
 	}
-	c.cutLocked(now, c.cfg.Backoff)
 }
 
-// cutLocked multiplies the rate by factor unless a cut is cooling down.
-func (c *Controller) cutLocked(now time.Time, factor float64) {
+// cutLocked cuts the rate to factor × the rate of answers measured just
+// before (what the API let through; the current rate when too few answers
+// were measured), unless a cut is cooling down. A cut never raises the
+// rate.
+func (c *Controller) cutLocked(now time.Time, factor float64, cause string) {
 	if c.coolingLocked(now) {
 		return
 	}
-	c.rate = c.bound(c.rate * factor)
-	c.lastCut = now
+	base := c.rate
+	if m, ok := c.meter.rate(now, minMeasured, c.rate); ok && now.Sub(c.meter.first) >= minHistory {
+		base = min(base, m)
+	}
+	c.wMax = base
+	c.rate = c.bound(min(c.rate, factor*base))
+	c.slowStart = false
+	c.lastCut, c.epoch, c.lastGrow = now, now, now
+	if c.cfg.OnCut != nil {
+		c.cfg.OnCut(cause)
+	}
 }
 
 func (c *Controller) coolingLocked(now time.Time) bool {
+	if now.Before(c.pausedUntil) {
+		return true
+	}
 	return !c.lastCut.IsZero() && now.Sub(c.lastCut) < c.cfg.Cooldown
 }
 
@@ -262,4 +415,48 @@ func (c *Controller) bound(r float64) float64 {
 		r = min(r, c.cfg.Ceiling)
 	}
 	return r
+}
+
+// meter counts answers in time slots over a sliding window.
+type meter struct {
+	slot  [meterSlots]int64 // slot number (time / meterSlot) each count is for
+	count [meterSlots]int
+	first time.Time // the first answer counted
+}
+
+func (m *meter) add(now time.Time) {
+	if m.first.IsZero() {
+		m.first = now
+	}
+	n := now.UnixNano() / int64(meterSlot)
+	i := n % meterSlots
+	if m.slot[i] != n {
+		m.slot[i], m.count[i] = n, 0
+	}
+	m.count[i]++
+}
+
+// rate returns the answers per second over the window (or since the
+// first answer, if sooner), and whether at least need answers were
+// counted. expected is the rate answers are expected at.
+func (m *meter) rate(now time.Time, need int, expected float64) (float64, bool) {
+	if m.first.IsZero() {
+		return 0, false
+	}
+	n := now.UnixNano() / int64(meterSlot)
+	total := 0
+	for i := range meterSlots {
+		if s := m.slot[i]; s > n-meterSlots && s <= n {
+			total += m.count[i]
+		}
+	}
+	// The window: the slots before this one, and this one so far, or
+	// since the first answer plus the interval before it (at the expected
+	// rate), when that is shorter.
+	window := (meterSlots-1)*meterSlot + time.Duration(now.UnixNano()-n*int64(meterSlot))
+	span := min(window, now.Sub(m.first)+time.Duration(float64(time.Second)/expected))
+	if total < need || span <= 0 {
+		return 0, false
+	}
+	return float64(total) / span.Seconds(), true
 }

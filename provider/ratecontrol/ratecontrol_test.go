@@ -34,6 +34,23 @@ func answer(c *Controller, clk *clock, n int, latency time.Duration) {
 
 func near(got, want float64) bool { return math.Abs(got-want) < 1e-6*max(1, want) }
 
+// answerFor feeds answers of the given latency at the current rate for d.
+func answerFor(c *Controller, clk *clock, d, latency time.Duration) {
+	end := clk.now.Add(d)
+	for clk.now.Before(end) {
+		answer(c, clk, 1, latency)
+	}
+}
+
+// cutAt brings c to a steady rate r (the meter full of answers at r) and
+// cuts it with a 429 without Retry-After.
+func cutAt(c *Controller, clk *clock, r float64) {
+	c.SetCeiling(r)
+	answerFor(c, clk, 5*time.Second, 10*time.Millisecond)
+	c.SetCeiling(0)
+	c.RateLimited(0)
+}
+
 func TestController(t *testing.T) {
 	t.Parallel()
 	ms := time.Millisecond
@@ -58,25 +75,46 @@ func TestController(t *testing.T) {
 			wantMin: 40, wantMax: 40,
 		},
 		{
-			name:    "additive increase: Increase per second at the full rate",
-			cfg:     Config{Initial: 10, Increase: 5},
-			run:     func(c *Controller, clk *clock) { answer(c, clk, 10, 10*ms) }, // about 0.8s at 10 to 14 per second
-			wantMin: 14, wantMax: 14.5,
+			name:    "slow start: the rate doubles every SlowStart while used in full",
+			cfg:     Config{Initial: 10, SlowStart: time.Second},
+			run:     func(c *Controller, clk *clock) { answerFor(c, clk, 2*time.Second, 10*ms) },
+			wantMin: 36, wantMax: 44, // 10 × 2² (the first answer starts the clock)
+		},
+		{
+			name: "the rate rises to at most twice the rate of calls made",
+			cfg:  Config{Initial: 10, SlowStart: 100 * ms},
+			run: func(c *Controller, clk *clock) {
+				for range 100 { // 10 answers a second, for 10 s
+					clk.Advance(100 * ms)
+					c.Answered(10 * ms)
+				}
+			},
+			wantMin: 19, wantMax: 25, // 2 × 10, and the slack of a meter of 100ms slots
 		},
 		{
 			name:    "increase stops at the ceiling",
-			cfg:     Config{Initial: 10, Ceiling: 12, Increase: 50},
+			cfg:     Config{Initial: 10, Ceiling: 12},
 			run:     func(c *Controller, clk *clock) { answer(c, clk, 100, 10*ms) },
 			wantMin: 12, wantMax: 12,
 		},
 		{
-			name: "a 429 halves the rate and pauses for its Retry-After",
-			cfg:  Config{Initial: 100},
+			name: "a 429 cuts to Backoff × the rate measured, and pauses for its Retry-After",
+			cfg:  Config{Initial: 200},
 			run: func(c *Controller, clk *clock) {
+				for range 300 { // 100 answers a second: what the API lets through
+					clk.Advance(10 * ms)
+					c.Answered(10 * ms)
+				}
 				c.RateLimited(3 * time.Second)
 				clk.Advance(time.Second)
 			},
-			wantMin: 50, wantMax: 50, wantPause: 2 * time.Second,
+			wantMin: 89, wantMax: 91, wantPause: 2 * time.Second,
+		},
+		{
+			name:    "a 429 with too few answers measured cuts the rate itself",
+			cfg:     Config{Initial: 100},
+			run:     func(c *Controller, _ *clock) { c.RateLimited(0) },
+			wantMin: 90, wantMax: 90,
 		},
 		{
 			name: "429s within the cooldown cut once; a later Retry-After extends the pause",
@@ -88,31 +126,25 @@ func TestController(t *testing.T) {
 					c.RateLimited(time.Second)
 				}
 			},
-			wantMin: 50, wantMax: 50, wantPause: time.Second,
+			wantMin: 90, wantMax: 90, wantPause: time.Second,
 		},
 		{
-			name:    "a 429 without Retry-After cuts without a pause",
-			cfg:     Config{Initial: 100},
-			run:     func(c *Controller, _ *clock) { c.RateLimited(0) },
-			wantMin: 50, wantMax: 50,
-		},
-		{
-			name: "no increase while cooling down",
-			cfg:  Config{Initial: 100, Increase: 50},
+			name: "no increase while cooling down or paused",
+			cfg:  Config{Initial: 100, Cooldown: 200 * ms},
 			run: func(c *Controller, clk *clock) {
-				c.RateLimited(0)
-				for range 10 {
+				c.RateLimited(time.Second)
+				for range 19 {
 					clk.Advance(50 * ms)
 					c.Answered(10 * ms)
 				}
 			},
-			wantMin: 50, wantMax: 50,
+			wantMin: 90, wantMax: 90, wantPause: 50 * ms,
 		},
 		{
 			name: "429s after each cooldown cut again, down to the floor",
 			cfg:  Config{Initial: 100, Floor: 20},
 			run: func(c *Controller, clk *clock) {
-				for range 5 {
+				for range 30 {
 					c.RateLimited(0)
 					clk.Advance(DefaultCooldown)
 				}
@@ -120,50 +152,77 @@ func TestController(t *testing.T) {
 			wantMin: 20, wantMax: 20,
 		},
 		{
-			name: "answers slowing down cut the rate, once per cooldown while they get slower",
-			cfg:  Config{Initial: 100, Increase: 1},
+			name: "after a cut the rate is back at the cut's measure after Recover",
+			cfg:  Config{Initial: 10, Recover: 4 * time.Second},
 			run: func(c *Controller, clk *clock) {
-				answer(c, clk, 50, 10*ms) // baseline 10ms, rate ≈ 100.5
-				for i := range 120 {      // a queue growing: cut at once, and once more a second later
+				cutAt(c, clk, 100)
+				answerFor(c, clk, 4*time.Second, 10*ms)
+			},
+			wantMin: 99, wantMax: 100.5,
+		},
+		{
+			name: "halfway back: most of the way (concave)",
+			cfg:  Config{Initial: 10, Recover: 4 * time.Second},
+			run: func(c *Controller, clk *clock) {
+				cutAt(c, clk, 100)
+				answerFor(c, clk, 2*time.Second, 10*ms)
+			},
+			wantMin: 98.5, wantMax: 99, // 100 × (1 - 0.1 × (1/2)³)
+		},
+		{
+			name: "then it probes above, faster the longer no signal comes (convex)",
+			cfg:  Config{Initial: 10, Recover: 4 * time.Second},
+			run: func(c *Controller, clk *clock) {
+				cutAt(c, clk, 100)
+				answerFor(c, clk, 8*time.Second, 10*ms)
+			},
+			wantMin: 109, wantMax: 111, // 100 × (1 + 0.1 × 1³)
+		},
+		{
+			name: "answers slowing down cut the rate, once per cooldown while they get slower",
+			cfg:  Config{Initial: 100, Ceiling: 100},
+			run: func(c *Controller, clk *clock) {
+				answer(c, clk, 300, 10*ms) // baseline 10ms, 100/s measured
+				for i := range 120 {       // a queue growing: cut at once, and once more a second later
 					answer(c, clk, 1, time.Duration(100+2*i)*ms)
 				}
 			},
-			wantMin: 100.5 * 0.8 * 0.8 * 0.99, wantMax: 100.5 * 0.8 * 0.8 * 1.01,
+			wantMin: 100 * 0.9 * 0.9 * 0.97, wantMax: 100 * 0.9 * 0.9 * 1.03,
 		},
 		{
 			name: "answers slow but getting faster (a queue draining) are not cut again",
-			cfg:  Config{Initial: 100, Increase: 1},
+			cfg:  Config{Initial: 100, Ceiling: 100},
 			run: func(c *Controller, clk *clock) {
-				answer(c, clk, 50, 10*ms)
+				answer(c, clk, 300, 10*ms)
 				answer(c, clk, 10, 400*ms) // cut once
 				for i := range 150 {
 					answer(c, clk, 1, time.Duration(390-2*i)*ms)
 				}
 			},
-			wantMin: 100.5 * 0.8 * 0.99, wantMax: 100.5 * 0.8 * 1.01,
+			wantMin: 89, wantMax: 100, // cut once to 90, then climbing back
 		},
 		{
 			name: "jitter within the margin is not slow",
-			cfg:  Config{Initial: 100, Increase: 10},
+			cfg:  Config{Initial: 100, Ceiling: 110, SlowStart: 100 * ms},
 			run: func(c *Controller, clk *clock) {
 				answer(c, clk, 50, ms)
 				answer(c, clk, 50, 40*ms) // 40× the baseline, but only 39ms above it
 			},
-			wantMin: 109, wantMax: 111,
+			wantMin: 110, wantMax: 110,
 		},
 		{
 			name: "a lasting change of latency is learnt: the rate rises again",
-			cfg:  Config{Initial: 100, Increase: 10, Floor: 10},
+			cfg:  Config{Initial: 100, Floor: 10},
 			run: func(c *Controller, clk *clock) {
 				answer(c, clk, 50, 10*ms)
 				answer(c, clk, 2000, 200*ms)
 				before := c.Rate()
-				answer(c, clk, 100, 200*ms)
+				answer(c, clk, 500, 200*ms)
 				if c.Rate() <= before {
 					panic("the rate did not rise once 200ms was the usual latency")
 				}
 			},
-			wantMin: 10, wantMax: 1000,
+			wantMin: 10, wantMax: 1e9,
 		},
 		{
 			name: "SetCeiling brings the rate under it at once, and lifts no rate",
@@ -176,6 +235,21 @@ func TestController(t *testing.T) {
 				c.SetCeiling(0)
 			},
 			wantMin: 30, wantMax: 30,
+		},
+		{
+			name:    "Scale multiplies the rate",
+			cfg:     Config{Initial: 90},
+			run:     func(c *Controller, _ *clock) { c.Scale(2.0 / 3) },
+			wantMin: 60, wantMax: 60,
+		},
+		{
+			name: "Join starts from a rate found by others, and holds near it before probing",
+			cfg:  Config{Initial: 10, Recover: 4 * time.Second},
+			run: func(c *Controller, clk *clock) {
+				c.Join(50)
+				answerFor(c, clk, 2*time.Second, 10*ms)
+			},
+			wantMin: 50, wantMax: 51, // 50 × (1 + 0.1 × (1/2)³)
 		},
 	}
 	for _, tt := range tests {
@@ -193,6 +267,21 @@ func TestController(t *testing.T) {
 	}
 }
 
+// Every cut is reported with its cause.
+func TestOnCut(t *testing.T) {
+	t.Parallel()
+	var causes []string
+	c, clk := newController(t, Config{Initial: 100, OnCut: func(cause string) { causes = append(causes, cause) }})
+	c.RateLimited(0)
+	c.RateLimited(0) // cooling down: no cut
+	clk.Advance(2 * time.Second)
+	answer(c, clk, 50, 10*time.Millisecond)
+	answer(c, clk, 20, time.Second)
+	if len(causes) != 2 || causes[0] != CauseRateLimited || causes[1] != CauseSlow {
+		t.Fatalf("causes %q, want [429 slow]", causes)
+	}
+}
+
 func TestNewValidates(t *testing.T) {
 	t.Parallel()
 	for _, tt := range []struct {
@@ -205,7 +294,8 @@ func TestNewValidates(t *testing.T) {
 		{Config{Floor: 5, Ceiling: 2}, "Floor"},
 		{Config{Ceiling: 0.5}, "Floor"}, // under the default floor
 		{Config{Initial: -3}, "Initial"},
-		{Config{Increase: -1}, "Increase"},
+		{Config{SlowStart: -1}, "SlowStart"},
+		{Config{Recover: -1}, "Recover"},
 		{Config{Backoff: 1}, "Backoff"},
 		{Config{SlowBackoff: 1.5}, "SlowBackoff"},
 		{Config{SlowFactor: 0.9}, "SlowFactor"},

@@ -185,6 +185,32 @@ type Client struct {
 
 	slotWaits   atomic.Int64 // requests that waited for the rate limiter
 	slotWaitsNS atomic.Int64 // and how long, in total
+
+	onAnswer atomic.Pointer[func(status int, latency, retryAfter time.Duration)] // nil: nobody listens
+}
+
+// OnAnswer sets the function told about every request's answer (nil to
+// stop), as an adaptive rate limit needs: a 429, or answers slowing down,
+// are the API's signs that requests come too fast. f is given the HTTP
+// status of the answer (0 when none came: a timeout, a reset, a refused
+// connection), how long after sending it came (or was given up on), and
+// its Retry-After (0 when absent). Requests the client did not send
+// (refused by its own limiter, invalid) and requests whose caller
+// cancelled them are not reported. f runs on the request's goroutine, so
+// it must be quick.
+func (c *Client) OnAnswer(f func(status int, latency, retryAfter time.Duration)) {
+	if f == nil {
+		c.onAnswer.Store(nil)
+		return
+	}
+	c.onAnswer.Store(&f)
+}
+
+// answered reports a sent request's end to the OnAnswer function.
+func (c *Client) answered(status int, sent time.Time, retryAfter time.Duration) {
+	if f := c.onAnswer.Load(); f != nil {
+		(*f)(status, time.Since(sent), retryAfter)
+	}
 }
 
 // RateLimitWaits reports how many requests waited for the client-side
@@ -465,13 +491,18 @@ func (c *Client) doInspect(ctx context.Context, method, path string, body any, i
 	}
 	resp, err := c.hc.Do(req)
 	if err != nil {
+		if ctx.Err() == nil || !errors.Is(ctx.Err(), context.Canceled) {
+			c.answered(0, sent, 0)
+		}
 		return c.transportError(ctx, reqCtx, method, path, sent, err)
 	}
 	defer drainAndClose(resp)
 	if resp.StatusCode >= 200 && resp.StatusCode < 300 {
+		c.answered(resp.StatusCode, sent, 0)
 		return nil // judged by status only: the body is not read
 	}
 	e, raw := c.statusError(method, path, resp, token)
+	c.answered(resp.StatusCode, sent, e.RetryAfter)
 	if inspect != nil {
 		inspect(e, raw)
 	}

@@ -1,0 +1,154 @@
+package relay
+
+import (
+	"math"
+	"net/http"
+	"sync"
+	"time"
+
+	"github.com/outbox-relay/outbox-relay/provider/ratecontrol"
+)
+
+// relaysPayload is the payload of the notification a relay sends when it
+// joins or leaves: the others share the rate limit again at once instead
+// of at their next heartbeat. It wakes no claimer.
+const relaysPayload = "relays"
+
+// rateBurstWindow sizes an adaptive limit's burst when RateBurst is not
+// set: one second of the current rate. A 429's Retry-After (a second,
+// from TalkJS and the fake: whole seconds, rounded up) holds every call;
+// the client's limiter keeps filling meanwhile, up to this burst, so when
+// the hold ends the calls the hold kept back go at once, into an API
+// bucket that refilled as long. A hold of a second then costs no
+// throughput.
+const rateBurstWindow = time.Second
+
+// answerReporter is implemented by providers that report every request's
+// answer (provider/talkjs.Client).
+type answerReporter interface {
+	OnAnswer(func(status int, latency, retryAfter time.Duration))
+}
+
+// rateLimiter is implemented by providers whose request rate can be changed
+// at run time (provider/talkjs.Client).
+type rateLimiter interface {
+	SetRateLimit(limit float64, burst int)
+}
+
+// adaptiveRate is this relay's adaptive limit: a controller fed every
+// answer the provider reports, whose rate the provider's limiter follows.
+// The ceiling is the relay's share of RateLimit; the relays share what
+// they find through outbox.relays (beat).
+type adaptiveRate struct {
+	ctl     *ratecontrol.Controller
+	limiter rateLimiter
+	burst   int // the app's RateBurst, 0 for one second of the rate
+	m       *metrics
+
+	mu      sync.Mutex
+	live    int // live relays at the last heartbeat; 0 before the first
+	applied float64
+	bursted int
+}
+
+// newAdaptiveRate returns the adaptive limit of a relay with cfg over p,
+// or nil when the relay has none (not RateAdaptive, or a provider that
+// reports no answers or has no limiter).
+func newAdaptiveRate(cfg Config, p any, m *metrics) (*adaptiveRate, error) {
+	if !cfg.RateAdaptive {
+		return nil, nil
+	}
+	rep, ok1 := p.(answerReporter)
+	lim, ok2 := p.(rateLimiter)
+	if !ok1 || !ok2 {
+		return nil, nil
+	}
+	a := &adaptiveRate{limiter: lim, burst: cfg.RateBurst, m: m}
+	start := cfg.RateStart
+	if cfg.RateLimit > 0 {
+		start = cfg.RateLimit
+	}
+	ctl, err := ratecontrol.New(ratecontrol.Config{
+		Initial: start,
+		// Under a configured limit the floor must fit in the smallest
+		// share; a relay never goes slower than one call a second.
+		Floor: min(ratecontrol.DefaultFloor, start),
+		OnCut: func(cause string) { m.rateCuts.WithLabelValues(cause).Inc() },
+	})
+	if err != nil {
+		return nil, err
+	}
+	a.ctl = ctl
+	a.limit(cfg.RateLimit, 1)
+	rep.OnAnswer(a.answered)
+	return a, nil
+}
+
+// answered feeds one answer to the controller and applies its rate.
+func (a *adaptiveRate) answered(status int, latency, retryAfter time.Duration) {
+	if status == http.StatusTooManyRequests {
+		a.ctl.RateLimited(retryAfter)
+	} else {
+		// Any other answer, or none within the timeout (status 0): its
+		// latency is what counts.
+		a.ctl.Answered(latency)
+	}
+	a.apply()
+}
+
+// limit sets the ceiling: the relay's share of the app's limit.
+func (a *adaptiveRate) limit(appLimit float64, live int) {
+	if appLimit > 0 {
+		a.ctl.SetCeiling(appLimit / float64(max(live, 1)))
+	} else {
+		a.ctl.SetCeiling(0)
+	}
+	a.m.rateCeiling.Set(a.ctl.Ceiling())
+}
+
+// apply sets the provider's limiter to the controller's rate, when it
+// moved by more than a little (setting it takes the limiter's lock).
+func (a *adaptiveRate) apply() {
+	r := a.ctl.Rate()
+	a.mu.Lock()
+	burst := a.burst
+	if burst > 0 {
+		burst = max(1, burst/max(a.live, 1))
+	} else {
+		burst = max(1, int(math.Ceil(r*rateBurstWindow.Seconds())))
+	}
+	if math.Abs(r-a.applied) <= 0.002*a.applied && burst == a.bursted {
+		a.mu.Unlock()
+		return
+	}
+	a.applied, a.bursted = r, burst
+	a.limiter.SetRateLimit(r, burst)
+	a.mu.Unlock()
+	a.m.rate.Set(r)
+}
+
+// beat shares the limit after a heartbeat found live relays (itself
+// included) whose others publish rates summing to others. On the first
+// heartbeat a relay joining relays that publish rates starts from its
+// share of their sum; when the number of live relays changes, each scales
+// its rate so that the app's total stays what it was. It returns the rate
+// to publish.
+func (a *adaptiveRate) beat(appLimit float64, live int, others float64) float64 {
+	live = max(live, 1)
+	a.mu.Lock()
+	before := a.live
+	a.live = live
+	a.mu.Unlock()
+	a.limit(appLimit, live)
+	switch {
+	case before == 0 && live > 1 && others > 0:
+		a.ctl.Join(others / float64(live))
+	case before > 0 && live != before:
+		a.ctl.Scale(float64(before) / float64(live))
+	}
+	a.apply()
+	return a.ctl.Rate()
+}
+
+// rate returns the current rate.
+func (a *adaptiveRate) rate() float64 { return a.ctl.Rate() }
