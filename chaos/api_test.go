@@ -100,9 +100,12 @@ func TestAPIOutage(t *testing.T) {
 	}
 	lost, dup := checkExactlyOnce(t, b, intents)
 
-	// Every call is recorded in outbox.attempts (skipped user PUTs aside).
+	// Every call is recorded in outbox.attempts (skipped user PUTs aside),
+	// a batch users call once per intent and user it served, under one
+	// call_id.
 	calls := func(from, to time.Time) int {
-		return queryInt(t, b.pool, `SELECT count(*) FROM outbox.attempts WHERE outcome <> 'skipped' AND started_at >= $1 AND started_at < $2`, from, to)
+		return queryInt(t, b.pool, `SELECT count(DISTINCT coalesce(call_id::text, id::text)) FROM outbox.attempts
+			WHERE outcome <> 'skipped' AND started_at >= $1 AND started_at < $2`, from, to)
 	}
 	total, whileOpen := calls(start, recovered), calls(openedAt, recovered)
 	// A probe is one intent: at most its two user PUTs (sent together)

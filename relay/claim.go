@@ -20,6 +20,7 @@ type job struct {
 	skip     map[string]bool   // users TalkJS holds with this content, per outbox.synced_users
 	convHash []byte            // the conversation PUT's content hash; nil when syncs are off (TTL 0)
 	convSkip bool              // TalkJS holds the conversation with this content, per outbox.synced_conversations
+	users    *intentUsers      // its payload and the user PUTs it waits for (userbatch.go)
 	probe    bool              // let through by a paused gate to test the API
 	claimed  time.Time
 	deadline atomic.Int64 // local monotonic lease deadline, ns since relay.epoch
@@ -225,11 +226,16 @@ func (r *Relay) claimArgs(limit int) []any {
 // dispatch starts a worker per job. The caller has checked there are free
 // slots for all of them.
 func (r *Relay) dispatch(workCtx context.Context, jobs []*job, workers *sync.WaitGroup) {
-	for _, j := range jobs {
+	jctxs := make([]context.Context, len(jobs))
+	for i, j := range jobs {
+		jctxs[i], j.cancel = context.WithCancel(workCtx)
+	}
+	// The batch's users are PUT together, before any conversation step.
+	r.startUserSync(workCtx, jobs, jctxs, workers)
+	for i, j := range jobs {
 		r.slots <- struct{}{}
 		r.metrics.inFlight.Inc()
-		var jctx context.Context
-		jctx, j.cancel = context.WithCancel(workCtx)
+		jctx := jctxs[i]
 		r.held.add(j)
 		workers.Add(1)
 		go func() {

@@ -38,7 +38,9 @@ func TestHungEndpointIsCountedAndDeadLettered(t *testing.T) {
 	}
 	t.Cleanup(func() { _ = client.Close() })
 	// Defaults, but a budget of 2 attempts so the test sees it spent.
-	cfg := relay.Config{Name: "hung", MaxAttempts: 2, Logger: slogTo(b)}
+	// One intent per claim: each first call is its own (a batch users call
+	// serving many intents is one call to the breaker).
+	cfg := relay.Config{Name: "hung", MaxAttempts: 2, BatchSize: 1, Logger: slogTo(b)}
 	r, err := relay.New(b.pool, client, cfg)
 	if err != nil {
 		t.Fatal(err)

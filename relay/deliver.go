@@ -2,7 +2,6 @@ package relay
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"math/rand/v2"
@@ -87,19 +86,20 @@ func (res *result) record(c callRecord) {
 	res.mu.Unlock()
 }
 
-// deliver makes one intent's calls in contract order: its users (at once,
-// they are independent), then the conversation, then the messages.
+// deliver makes one intent's calls in contract order: its users (synced
+// with its claim batch's, see userbatch.go), then the conversation, then
+// the messages.
 func (r *Relay) deliver(ctx context.Context, j *job) *result {
 	res := &result{job: j}
-	var in outbox.Intent
-	if err := json.Unmarshal(j.payload, &in); err != nil {
-		return r.decide(res, fmt.Errorf("payload: %w", err), "")
+	if j.users == nil {
+		// Not started with its claim batch (see dispatch): alone.
+		r.startUserSync(ctx, []*job{j}, []context.Context{ctx}, &sync.WaitGroup{})
 	}
-	if err := in.Validate(); err != nil {
+	in := j.users.intent
+	if err := j.users.err; err != nil {
 		return r.decide(res, err, "")
 	}
-
-	if err := r.putUsers(ctx, j, res, in.Users); err != nil {
+	if err := r.awaitUsers(j, res); err != nil {
 		return r.decide(res, err, stepUser)
 	}
 
@@ -161,70 +161,6 @@ func (r *Relay) deliverSafely(ctx context.Context, j *job) (res *result) {
 	return r.deliver(ctx, j)
 }
 
-// putUsers upserts the intent's users concurrently, skipping those the
-// claim found synchronised with identical content within the TTL.
-func (r *Relay) putUsers(ctx context.Context, j *job, res *result, users []outbox.User) error {
-	errs := make([]error, len(users))
-	var wg sync.WaitGroup
-	for i, u := range users {
-		if j.skip[u.ID] {
-			r.skipUser(res, u.ID, "unchanged since last synchronised")
-			continue
-		}
-		pu := provider.User{
-			ID:             u.ID,
-			Name:           u.Name,
-			Email:          u.Email,
-			PhotoURL:       u.PhotoURL,
-			WelcomeMessage: u.WelcomeMessage,
-			Role:           u.Role,
-			Custom:         u.Custom,
-		}
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			errs[i] = r.putUser(ctx, j, res, pu, j.hashes[u.ID])
-		}()
-	}
-	wg.Wait()
-	return worstError(errs)
-}
-
-// putUser PUTs one user, or shares the answer to the same PUT another
-// delivery of this relay has under way. hash is the content's hash from
-// the claim, nil when user syncs are not recorded (TTL 0): then every PUT
-// is made.
-func (r *Relay) putUser(ctx context.Context, j *job, res *result, pu provider.User, hash []byte) error {
-	put := func() error {
-		return r.call(ctx, j, res, stepUser, pu.ID, func(ctx context.Context) error {
-			return r.provider.PutUser(ctx, pu)
-		})
-	}
-	if hash == nil {
-		return put()
-	}
-	f, leader := r.users.begin(pu.ID, hash)
-	if !leader {
-		ok, err := f.wait(ctx)
-		if err != nil {
-			return err
-		}
-		if ok {
-			r.skipUser(res, pu.ID, "synchronised by a concurrent delivery")
-			return nil
-		}
-		// That PUT failed: make this one's own.
-	}
-	err := put()
-	if leader {
-		r.users.end(pu.ID, hash, f, err == nil)
-	}
-	res.mu.Lock()
-	res.syncs = append(res.syncs, userSync{id: pu.ID, hash: hash, ok: err == nil})
-	res.mu.Unlock()
-	return err
-}
-
 // skipUser records a user PUT not made because TalkJS has that content.
 func (r *Relay) skipUser(res *result, id, why string) {
 	res.record(callRecord{step: stepUser, target: id, outcome: "skipped", err: why, started: time.Now()})
@@ -234,53 +170,12 @@ func (r *Relay) skipUser(res *result, id, why string) {
 	r.metrics.calls.WithLabelValues(stepUser, "skipped").Inc()
 }
 
-// call makes one API call, after any relay-wide Retry-After and only while
-// the lease is still ours, and records it.
+// call makes one API call for one intent (see callFor) and records it.
 func (r *Relay) call(ctx context.Context, j *job, res *result, step, target string, fn func(context.Context) error) error {
-	if err := r.waitRetryAfter(ctx); err != nil {
-		return err
-	}
-	gen, ok := r.gate.send(j.probe)
-	if !ok {
-		return errPaused
-	}
-	// The call may not outlive the lease: once another relay may own the
-	// intent, a late upsert from here could overwrite its newer one. The
-	// provider's own timeout (at most half the lease) usually ends it
-	// first; either way an unanswered call is a failure of the API.
-	started := time.Now()
-	budget, ok := callBudget(time.Duration(j.deadline.Load()-r.monotonic(started)), r.cfg.Lease)
-	if !ok {
-		return errLeaseExpired
-	}
-	callCtx, cancel := context.WithTimeout(ctx, budget)
-	err := noAnswer(fn(callCtx), ctx.Err() != nil, budget)
-	cancel()
-	d := time.Since(started)
-	rec := callRecord{step: step, target: target, outcome: "ok", duration: d, started: started}
-	var pe *provider.Error
-	switch {
-	case err == nil:
-	case errors.As(err, &pe):
-		rec.status = pe.Status
-		rec.outcome = pe.Kind.String()
-		rec.err = truncate(err.Error())
-	default:
-		rec.outcome = "retryable"
-		if ctx.Err() != nil {
-			rec.outcome = "canceled"
-		}
-		rec.err = truncate(err.Error())
-	}
-	if ctx.Err() == nil || err == nil {
-		r.gate.observe(err, gen)
-	}
-	res.record(rec)
-	r.metrics.calls.WithLabelValues(step, rec.outcome).Inc()
-	r.metrics.callDuration.WithLabelValues(step).Observe(d.Seconds())
-	if err != nil && r.log.Enabled(ctx, levelDebug) {
-		r.log.Debug("call failed", "intent_id", j.id, "attempt", j.attempt, "step", step,
-			"status", rec.status, "error", rec.err)
+	rec, err := r.callFor(ctx, []*job{j}, step, fn)
+	if rec != nil {
+		rec.target = target
+		res.record(*rec)
 	}
 	return err
 }

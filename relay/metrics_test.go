@@ -131,7 +131,7 @@ func TestMetricsAfterScriptedRun(t *testing.T) {
 	}{
 		{"outbox_relay_intents_claimed_total", nil, 21},
 		{"outbox_relay_intents_completed_total", []string{"outcome", "dead"}, 1},
-		{"outbox_relay_api_calls_total", []string{"step", "user", "outcome", "permanent"}, 1},
+		{"outbox_relay_api_calls_total", []string{"step", "users", "outcome", "permanent"}, 1}, // the refused batch
 		{"outbox_relay_api_calls_total", []string{"step", "conversation", "outcome", "ok"}, 20},
 		{"outbox_relay_api_calls_total", []string{"step", "messages", "outcome", "ok"}, 20},
 		{"outbox_relay_intents", []string{"state", "pending"}, 0},

@@ -57,6 +57,7 @@ type Relay struct {
 	results   chan *result
 	held      *leaseSet
 	users     *userFlights
+	batchOff  atomic.Bool // the API has no batch users endpoint: users are PUT one by one
 	listening atomic.Bool // the LISTEN connection is up
 	operator  operatorPause
 	// parkCursor is the conversation the last unparkHeads pass ended at.

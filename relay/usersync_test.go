@@ -233,8 +233,13 @@ func TestNoSyncRecordsWithoutTTL(t *testing.T) {
 	if records != 0 {
 		t.Errorf("%d records written with skipping off, want 0", records)
 	}
-	if puts = b.fake.Stats().Routes[faketalkjs.RouteUserPut]; puts != 4 {
-		t.Errorf("%d user PUTs, want 4: none skipped", puts)
+	var skipped int
+	if err := b.pool.QueryRow(ctx, `SELECT count(*) FILTER (WHERE outcome = 'ok'), count(*) FILTER (WHERE outcome = 'skipped')
+		FROM outbox.attempts WHERE step = 'user'`).Scan(&puts, &skipped); err != nil {
+		t.Fatal(err)
+	}
+	if puts != 4 || skipped != 0 {
+		t.Errorf("%d user PUTs made and %d skipped, want 4 made: none skipped", puts, skipped)
 	}
 
 	if _, err := b.pool.Exec(ctx, `INSERT INTO outbox.synced_users (app_id, user_id, content_hash, synced_at)

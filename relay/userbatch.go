@@ -1,0 +1,581 @@
+package relay
+
+import (
+	"cmp"
+	"context"
+	"crypto/rand"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"runtime/debug"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/outbox-relay/outbox-relay/outbox"
+	"github.com/outbox-relay/outbox-relay/provider"
+)
+
+// Batch user sync. The users of a claim batch are PUT together, before
+// any intent's conversation step: each distinct user once, with the
+// content of the highest intent id that carries it (commit order within a
+// conversation), in batch calls of at most provider.MaxUsersPerPut users
+// (PUT /v1/{appId}/users), made at once. An intent's conversation and
+// messages wait only for the calls holding its own users.
+//
+// Which users are PUT follows the claim's records (outbox.synced_users),
+// as for single PUTs: a user an intent skips is not PUT for it. A user
+// whose highest intent skips it (TalkJS holds that, the latest, content)
+// is PUT for no intent of the batch: sending an earlier intent's content
+// would overwrite a later one.
+//
+// A batch call that fails fails every intent it served as a failed user
+// PUT does (retryable, rate limited, auth, ...). A 400 applied nothing:
+// the entries it names fail their intents alone, permanently, and the
+// others are sent again; a 400 that names none of them is searched by
+// halves, down to single PUTs. A 404 or 405 from the batch route means
+// the API has none: this relay sends users one by one from then on.
+
+// metricStepUsers labels batch user calls in the calls metrics, apart
+// from single PUTs (stepUser). Their rows in outbox.attempts have step
+// 'user', one per intent and user served, sharing a call id.
+const metricStepUsers = "users"
+
+// batchUser is one user a claim batch PUTs: the content sent, and the
+// intents it is PUT for.
+type batchUser struct {
+	user provider.User
+	hash []byte // hash of the content sent, from the claim; nil when user syncs are off (TTL 0)
+	from int64  // the intent whose content is sent: the highest id carrying the user
+	jobs []*job // the intents it is PUT for, in id order
+
+	flight *userFlight // this relay's flight for (id, hash) when it leads it
+
+	done chan struct{} // closed when it is settled; the fields below are written before
+	// calls are the calls that carried it, in order: each is recorded for
+	// every intent in jobs, with target the user's id.
+	calls []callRecord
+	err   error  // nil: TalkJS holds the content sent
+	put   bool   // a PUT of it was sent or tried: its end goes to synced_users
+	skip  string // not PUT: why (another delivery of this relay PUT the same content)
+}
+
+// intentUsers is what a claimed intent's delivery reads of the batch sync.
+type intentUsers struct {
+	intent  outbox.Intent
+	err     error        // the payload cannot be delivered: no user was PUT for it
+	users   []*batchUser // the users PUT for it
+	skipped []string     // users it skips: TalkJS holds its content (outbox.synced_users)
+	covered []string     // users not PUT for it: a later intent's content is held
+}
+
+// planIntent is a claimed intent as the plan reads it.
+type planIntent struct {
+	id     int64
+	users  []outbox.User
+	hashes map[string][]byte
+	skip   map[string]bool
+}
+
+// userPlan is the users of a claim batch to PUT, and for each intent the
+// users it waits for.
+type userPlan struct {
+	put      []*batchUser // by the first intent they serve, then user id
+	byIntent map[int64][]*batchUser
+	covered  map[int64][]string // intent id -> users not PUT for it (see planUsers)
+}
+
+// planUsers groups the users of a claim batch's intents: each user some
+// intent does not skip is PUT once, with the content of the highest
+// intent id carrying it, for the intents that do not skip it. When that
+// highest intent skips the user (TalkJS holds its content), the user is
+// PUT for no one, and is covered for the intents that do not skip it.
+// jobs maps intent ids to the jobs the plan's batchUsers name.
+func planUsers(intents []planIntent, jobs map[int64]*job) userPlan {
+	intents = slices.SortedFunc(slices.Values(intents), func(a, b planIntent) int { return cmp.Compare(a.id, b.id) })
+	type latest struct {
+		intent *planIntent
+		user   outbox.User
+	}
+	last := map[string]latest{}
+	needers := map[string][]int64{} // user id -> intents that do not skip it, in id order
+	var order []string              // user ids in the order first met
+	for i := range intents {
+		in := &intents[i]
+		for _, u := range in.users {
+			if _, seen := last[u.ID]; !seen {
+				order = append(order, u.ID)
+			}
+			last[u.ID] = latest{in, u}
+			if !in.skip[u.ID] {
+				needers[u.ID] = append(needers[u.ID], in.id)
+			}
+		}
+	}
+	p := userPlan{byIntent: map[int64][]*batchUser{}, covered: map[int64][]string{}}
+	for _, id := range order {
+		ids := needers[id]
+		if len(ids) == 0 {
+			continue
+		}
+		l := last[id]
+		if l.intent.skip[id] {
+			for _, n := range ids {
+				p.covered[n] = append(p.covered[n], id)
+			}
+			continue
+		}
+		bu := &batchUser{user: providerUser(l.user), from: l.intent.id, done: make(chan struct{})}
+		if l.intent.hashes != nil {
+			bu.hash = l.intent.hashes[id]
+		}
+		for _, n := range ids {
+			bu.jobs = append(bu.jobs, jobs[n])
+			p.byIntent[n] = append(p.byIntent[n], bu)
+		}
+		p.put = append(p.put, bu)
+	}
+	// Keep an intent's users together, so that its calls are few and it
+	// waits for as few calls as may be.
+	first := map[*batchUser]int64{}
+	for i := range intents {
+		for _, bu := range p.byIntent[intents[i].id] {
+			if _, ok := first[bu]; !ok {
+				first[bu] = intents[i].id
+			}
+		}
+	}
+	slices.SortStableFunc(p.put, func(a, b *batchUser) int {
+		return cmp.Or(cmp.Compare(first[a], first[b]), strings.Compare(a.user.ID, b.user.ID))
+	})
+	return p
+}
+
+func providerUser(u outbox.User) provider.User {
+	return provider.User{
+		ID:             u.ID,
+		Name:           u.Name,
+		Email:          u.Email,
+		PhotoURL:       u.PhotoURL,
+		WelcomeMessage: u.WelcomeMessage,
+		Role:           u.Role,
+		Custom:         u.Custom,
+	}
+}
+
+// chunks splits users into runs of at most size, in order.
+func chunks[T any](users []T, size int) [][]T {
+	var out [][]T
+	for len(users) > size {
+		out = append(out, users[:size])
+		users = users[size:]
+	}
+	if len(users) > 0 {
+		out = append(out, users)
+	}
+	return out
+}
+
+// splitRefused splits the users of a batch refused with 400 into those
+// the answer named (bad, with what it said of each) and the others, in
+// order. Names that match no user sent are ignored.
+func splitRefused(sent []*batchUser, ids, reasons []string) (bad []*batchUser, why []string, rest []*batchUser) {
+	named := make(map[string]string, len(ids))
+	for i, id := range ids {
+		r := ""
+		if i < len(reasons) {
+			r = reasons[i]
+		}
+		named[id] = r
+	}
+	for _, bu := range sent {
+		if r, ok := named[bu.user.ID]; ok {
+			bad = append(bad, bu)
+			why = append(why, r)
+		} else {
+			rest = append(rest, bu)
+		}
+	}
+	return bad, why, rest
+}
+
+// newCallID returns a random UUID (version 4) naming one batch call.
+func newCallID() string {
+	var b [16]byte
+	_, _ = rand.Read(b[:]) // never fails (crypto/rand)
+	b[6] = b[6]&0x0f | 0x40
+	b[8] = b[8]&0x3f | 0x80
+	return fmt.Sprintf("%x-%x-%x-%x-%x", b[0:4], b[4:6], b[6:8], b[8:10], b[10:16])
+}
+
+// startUserSync reads the claimed intents' payloads, plans their users
+// and starts the PUTs; each job's users field says what to wait for. The
+// calls run under workCtx, cut short once every job they serve has ended
+// (its context done), and are tracked by workers.
+func (r *Relay) startUserSync(workCtx context.Context, jobs []*job, jobCtxs []context.Context, workers *sync.WaitGroup) {
+	byID := make(map[int64]*job, len(jobs))
+	intents := make([]planIntent, 0, len(jobs))
+	for _, j := range jobs {
+		byID[j.id] = j
+		iu := &intentUsers{}
+		j.users = iu
+		if err := json.Unmarshal(j.payload, &iu.intent); err != nil {
+			iu.err = fmt.Errorf("payload: %w", err)
+			continue
+		}
+		if err := iu.intent.Validate(); err != nil {
+			iu.err = err
+			continue
+		}
+		for _, u := range iu.intent.Users {
+			if j.skip[u.ID] {
+				iu.skipped = append(iu.skipped, u.ID)
+			}
+		}
+		intents = append(intents, planIntent{id: j.id, users: iu.intent.Users, hashes: j.hashes, skip: j.skip})
+	}
+	plan := planUsers(intents, byID)
+	for id, list := range plan.byIntent {
+		byID[id].users.users = list
+	}
+	for id, list := range plan.covered {
+		byID[id].users.covered = list
+	}
+	if len(plan.put) == 0 {
+		return
+	}
+
+	// The calls stop when every job of the batch has ended (each job's
+	// own calls are over by then, or it would still be waiting).
+	ctx, cancel := context.WithCancel(workCtx)
+	var live atomic.Int64
+	live.Store(int64(len(jobCtxs)))
+	for _, jctx := range jobCtxs {
+		context.AfterFunc(jctx, func() {
+			if live.Add(-1) == 0 {
+				cancel()
+			}
+		})
+	}
+	workers.Add(1)
+	go func() {
+		defer workers.Done()
+		defer cancel()
+		r.syncUsers(ctx, plan.put)
+	}()
+}
+
+// syncUsers PUTs users and settles each of them, whatever happens.
+func (r *Relay) syncUsers(ctx context.Context, users []*batchUser) {
+	defer func() {
+		if p := recover(); p != nil {
+			r.log.Error("user sync panicked; its intents are retried", "panic", p, "stack", string(debug.Stack()))
+			err := fmt.Errorf("relay error: panic in user sync: %v", p)
+			for _, bu := range users {
+				r.settleIfOpen(bu, err)
+			}
+		}
+	}()
+	var lead []*batchUser
+	var wg sync.WaitGroup
+	for _, bu := range users {
+		if bu.hash == nil {
+			lead = append(lead, bu)
+			continue
+		}
+		f, leader := r.users.begin(bu.user.ID, bu.hash)
+		if leader {
+			bu.flight = f
+			lead = append(lead, bu)
+			continue
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			r.followFlight(ctx, bu, f)
+		}()
+	}
+	for _, c := range chunks(lead, provider.MaxUsersPerPut) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			r.putBatch(ctx, c)
+		}()
+	}
+	wg.Wait()
+}
+
+// followFlight waits for the PUT of the same content another delivery of
+// this relay has under way, and makes its own when that one failed.
+func (r *Relay) followFlight(ctx context.Context, bu *batchUser, f *userFlight) {
+	ok, err := f.wait(ctx)
+	switch {
+	case err != nil:
+		r.settle(bu, err, false)
+	case ok:
+		bu.skip = "synchronised by a concurrent delivery"
+		r.settle(bu, nil, false)
+	default:
+		r.putOne(ctx, bu)
+	}
+}
+
+// putBatch PUTs users in one batch call when it can, and settles them.
+func (r *Relay) putBatch(ctx context.Context, users []*batchUser) {
+	bp, ok := r.provider.(provider.BatchUserPutter)
+	if !ok || r.batchOff.Load() || len(users) == 1 {
+		r.putEach(ctx, users)
+		return
+	}
+	pus := make([]provider.User, len(users))
+	for i, bu := range users {
+		pus[i] = bu.user
+	}
+	callID := newCallID()
+	rec, err := r.callFor(ctx, jobsOf(users), metricStepUsers, func(ctx context.Context) error {
+		return bp.PutUsers(ctx, pus)
+	})
+	if rec != nil {
+		rec.callID = callID
+	}
+	var pe *provider.Error
+	switch {
+	case err == nil:
+		for _, bu := range users {
+			r.settle(bu, nil, true, *rec)
+		}
+	case errors.Is(err, provider.ErrBatchUnsupported):
+		if r.batchOff.CompareAndSwap(false, true) {
+			r.log.Warn("TalkJS has no batch users endpoint; users are sent one by one from now on",
+				"status", rec.status)
+		}
+		rec.err = truncate(fmt.Sprintf("%s (sent again one by one)", rec.err))
+		note(users, *rec)
+		r.putEach(ctx, users)
+	case errors.As(err, &pe) && pe.Kind == provider.Permanent && pe.Status == 400:
+		bad, why, rest := splitRefused(users, pe.InvalidIDs, pe.InvalidReasons)
+		if len(bad) == 0 {
+			// The answer names none of them: search by halves.
+			rec.err = truncate(fmt.Sprintf("%s (no entry named: sent again in halves)", rec.err))
+			note(users, *rec)
+			half := len(users) / 2
+			var wg sync.WaitGroup
+			for _, part := range [][]*batchUser{users[:half], users[half:]} {
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					r.putBatch(ctx, part)
+				}()
+			}
+			wg.Wait()
+			return
+		}
+		for i, bu := range bad {
+			brec := *rec
+			ue := &provider.Error{Kind: provider.Permanent, Status: pe.Status,
+				Err: fmt.Errorf("user %q refused by TalkJS in a batch users PUT: %s", bu.user.ID, why[i])}
+			brec.err = truncate(ue.Error())
+			r.settle(bu, ue, true, brec)
+		}
+		if len(rest) > 0 {
+			ids := make([]string, len(bad))
+			for i, bu := range bad {
+				ids[i] = bu.user.ID
+			}
+			rec.err = truncate(fmt.Sprintf("refused for other entries (%s), nothing applied: sent again", strings.Join(ids, ", ")))
+			note(rest, *rec)
+			r.putBatch(ctx, rest)
+		}
+	default:
+		for _, bu := range users {
+			if rec != nil {
+				r.settle(bu, err, true, *rec)
+			} else {
+				r.settle(bu, err, true)
+			}
+		}
+	}
+}
+
+// note records a call that carried users without settling them.
+func note(users []*batchUser, rec callRecord) {
+	for _, bu := range users {
+		bu.calls = append(bu.calls, rec)
+	}
+}
+
+// putEach PUTs users one by one, at once.
+func (r *Relay) putEach(ctx context.Context, users []*batchUser) {
+	var wg sync.WaitGroup
+	for _, bu := range users {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			r.putOne(ctx, bu)
+		}()
+	}
+	wg.Wait()
+}
+
+// putOne PUTs one user with a single call and settles it.
+func (r *Relay) putOne(ctx context.Context, bu *batchUser) {
+	rec, err := r.callFor(ctx, bu.jobs, stepUser, func(ctx context.Context) error {
+		return r.provider.PutUser(ctx, bu.user)
+	})
+	if rec != nil {
+		r.settle(bu, err, true, *rec)
+		return
+	}
+	r.settle(bu, err, true)
+}
+
+// settle ends a user's sync with err and the call that ended it, if any,
+// and ends the flight it leads.
+func (r *Relay) settle(bu *batchUser, err error, put bool, last ...callRecord) {
+	bu.calls = append(bu.calls, last...)
+	bu.err, bu.put = err, put
+	if bu.flight != nil {
+		r.users.end(bu.user.ID, bu.hash, bu.flight, err == nil)
+		bu.flight = nil
+	}
+	close(bu.done)
+}
+
+// settleIfOpen settles bu with err unless it is settled already (after a
+// panic, where it may be either).
+func (r *Relay) settleIfOpen(bu *batchUser, err error) {
+	select {
+	case <-bu.done:
+	default:
+		r.settle(bu, err, true)
+	}
+}
+
+func jobsOf(users []*batchUser) []*job {
+	var out []*job
+	seen := map[*job]bool{}
+	for _, bu := range users {
+		for _, j := range bu.jobs {
+			if !seen[j] {
+				seen[j] = true
+				out = append(out, j)
+			}
+		}
+	}
+	return out
+}
+
+// awaitUsers waits until the users of j are settled, records what their
+// calls did for it and returns the error that decides its attempt. Every
+// call it waits for is bounded by the lease of an intent it serves.
+func (r *Relay) awaitUsers(j *job, res *result) error {
+	iu := j.users
+	for _, id := range iu.skipped {
+		r.skipUser(res, id, "unchanged since last synchronised")
+	}
+	for _, id := range iu.covered {
+		r.skipUser(res, id, "a later intent of the batch carries this user, with content TalkJS holds")
+	}
+	for _, bu := range iu.users {
+		<-bu.done
+	}
+	// The calls that carried a user and sent it again (a batch refused
+	// for another entry, or the batch route missing) first, then the call
+	// that settled each: the last failed row of an intent is what failed it.
+	for _, bu := range iu.users {
+		for _, c := range bu.calls[:max(len(bu.calls)-1, 0)] {
+			c.target = bu.user.ID
+			res.record(c)
+		}
+	}
+	errs := make([]error, 0, len(iu.users))
+	for _, bu := range iu.users {
+		if bu.skip != "" {
+			r.skipUser(res, bu.user.ID, bu.skip)
+			continue
+		}
+		if n := len(bu.calls); n > 0 {
+			c := bu.calls[n-1]
+			c.target = bu.user.ID
+			res.record(c)
+		}
+		if bu.put && bu.hash != nil {
+			res.mu.Lock()
+			res.syncs = append(res.syncs, userSync{id: bu.user.ID, hash: bu.hash, ok: bu.err == nil})
+			res.mu.Unlock()
+		}
+		errs = append(errs, bu.err)
+	}
+	return worstError(errs)
+}
+
+// callFor makes one API call for jobs of one claim batch, as call does
+// for one intent: after any relay-wide Retry-After, through the gate (a
+// probe if any job is one), with a deadline from the tightest lease among
+// the jobs still held. It returns the call's record, nil when no call was
+// made (paused, lease ended, shutdown), and the metrics count it once
+// under metricStep.
+func (r *Relay) callFor(ctx context.Context, jobs []*job, metricStep string, fn func(context.Context) error) (*callRecord, error) {
+	if err := r.waitRetryAfter(ctx); err != nil {
+		return nil, err
+	}
+	probe := false
+	for _, j := range jobs {
+		probe = probe || j.probe
+	}
+	gen, ok := r.gate.send(probe)
+	if !ok {
+		return nil, errPaused
+	}
+	// The call may not outlive a lease it serves: once another relay may
+	// own the intent, a late upsert from here could overwrite its newer
+	// one. The provider's own timeout (at most half the lease) usually
+	// ends it first; either way an unanswered call is a failure of the API.
+	started := time.Now()
+	now := r.monotonic(started)
+	var tightest int64
+	for _, j := range jobs {
+		if d := j.deadline.Load(); d != 0 && (tightest == 0 || d < tightest) {
+			tightest = d
+		}
+	}
+	budget, ok := callBudget(time.Duration(tightest-now), r.cfg.Lease)
+	if tightest == 0 || !ok {
+		return nil, errLeaseExpired
+	}
+	callCtx, cancel := context.WithTimeout(ctx, budget)
+	err := noAnswer(fn(callCtx), ctx.Err() != nil, budget)
+	cancel()
+	d := time.Since(started)
+	step := metricStep
+	if step == metricStepUsers {
+		step = stepUser
+	}
+	rec := &callRecord{step: step, outcome: "ok", duration: d, started: started}
+	var pe *provider.Error
+	switch {
+	case err == nil:
+	case errors.As(err, &pe):
+		rec.status = pe.Status
+		rec.outcome = pe.Kind.String()
+		rec.err = truncate(err.Error())
+	default:
+		rec.outcome = "retryable"
+		if ctx.Err() != nil {
+			rec.outcome = "canceled"
+		}
+		rec.err = truncate(err.Error())
+	}
+	if ctx.Err() == nil || err == nil {
+		r.gate.observe(err, gen)
+	}
+	r.metrics.calls.WithLabelValues(metricStep, rec.outcome).Inc()
+	r.metrics.callDuration.WithLabelValues(metricStep).Observe(d.Seconds())
+	if err != nil && r.log.Enabled(ctx, levelDebug) {
+		r.log.Debug("call failed", "intent_id", jobs[0].id, "intents", len(jobs), "attempt", jobs[0].attempt,
+			"step", metricStep, "status", rec.status, "error", rec.err)
+	}
+	return rec, err
+}
