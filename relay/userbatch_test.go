@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/outbox-relay/outbox-relay/internal/relaytest"
 	"github.com/outbox-relay/outbox-relay/outbox"
 	"github.com/outbox-relay/outbox-relay/provider"
 	"github.com/outbox-relay/outbox-relay/provider/faketalkjs"
@@ -328,4 +329,36 @@ func TestBatchSyncBisectsANamelessRefusal(t *testing.T) {
 	if n := b.routes()[faketalkjs.RouteUserPut]; n < 1 || n > 2 {
 		t.Errorf("%d single PUTs, want 1 or 2 (the bad user, found)", n)
 	}
+}
+
+// BenchmarkDrainCallsPerIntent measures the API calls a backlog costs:
+// 2,000 intents (per op), each with two users TalkJS does not have yet, a
+// conversation and one message POST, inserted before a relay with the
+// default settings starts. Reports the fake's requests per intent.
+//
+//	go test ./relay -run '^$' -bench DrainCallsPerIntent -benchtime 1x
+func BenchmarkDrainCallsPerIntent(b *testing.B) {
+	const perOp = 2000
+	bd := setup(b, faketalkjs.Faults{})
+	n := perOp * b.N
+	intents := make([]outbox.Intent, n)
+	for i := range intents {
+		in := orderIntent(fmt.Sprintf("drain-%d", i), i)
+		in.Users[1].ID = fmt.Sprintf("seller-%d", i) // two new users
+		intents[i] = in
+	}
+	for lo := 0; lo < n; lo += 500 {
+		relaytest.InsertSQL(b, bd.pool, intents[lo:min(lo+500, n)])
+	}
+	b.ResetTimer()
+	bd.startRelay(b, relay.Config{Name: "drain", Logger: slogTo(bd)}, testSecret)
+	relaytest.WaitFor(b, 10*time.Minute, "the backlog delivered", func() bool {
+		c := relaytest.Counts(b, bd.pool)
+		return c["done"] == n
+	})
+	b.StopTimer()
+	st := bd.fake.Stats()
+	b.ReportMetric(float64(st.Requests)/float64(n), "calls/intent")
+	b.ReportMetric(float64(st.Routes[faketalkjs.RouteUsersPut]+st.Routes[faketalkjs.RouteUserPut])/float64(n), "user-calls/intent")
+	b.ReportMetric(float64(n)/b.Elapsed().Seconds(), "intents/s")
 }
