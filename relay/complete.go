@@ -250,7 +250,7 @@ func (r *Relay) completeBatch(ctx context.Context, batch []*result) error {
 		for _, id := range res.forget {
 			syncs.add(res.job, userSync{id: id, hash: []byte{}})
 		}
-		if c := res.conv; c != nil && !c.skipped {
+		if c := res.convRecord(); c != nil {
 			convs.add(res.job, c)
 		}
 	}

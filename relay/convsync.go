@@ -63,3 +63,13 @@ func doubtConversation(res *result, step string, pe *provider.Error) bool {
 	res.conv.ok, res.conv.skipped = false, false
 	return skipped
 }
+
+// convRecord is what the completion is to record of the attempt's
+// conversation PUT, nil for nothing: syncs off, the PUT not reached, or
+// skipped and not put in doubt.
+func (res *result) convRecord() *convSync {
+	if res.conv == nil || res.conv.skipped {
+		return nil
+	}
+	return res.conv
+}
