@@ -71,7 +71,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		}),
 		calls: f.NewCounterVec(prometheus.CounterOpts{
 			Namespace: "outbox_relay", Name: "api_calls_total",
-			Help: "TalkJS calls, by step (user, conversation, messages) and outcome.",
+			Help: "TalkJS calls, by step (users: a batch users PUT; user, conversation, messages) and outcome.",
 		}, []string{"step", "outcome"}),
 		callDuration: f.NewHistogramVec(prometheus.HistogramOpts{
 			Namespace: "outbox_relay", Name: "api_call_duration_seconds",

@@ -53,7 +53,8 @@ type batchUser struct {
 
 	flight *userFlight // this relay's flight for (id, hash) when it leads it
 
-	done chan struct{} // closed when it is settled; the fields below are written before
+	settled atomic.Bool   // settle ran (after a panic, guard may try again)
+	done    chan struct{} // closed when it is settled; the fields below are written before
 	// calls are the calls that carried it, in order: each is recorded for
 	// every intent in jobs, with target the user's id.
 	calls []callRecord
@@ -267,17 +268,22 @@ func (r *Relay) startUserSync(workCtx context.Context, jobs []*job, jobCtxs []co
 	}()
 }
 
+// guard, deferred by every goroutine of a user sync, turns a panic into
+// a failed sync of the users it handles (their intents are retried), so
+// that a bug fails a batch's users instead of crashing the relay.
+func (r *Relay) guard(users []*batchUser) {
+	if p := recover(); p != nil {
+		r.log.Error("user sync panicked; its intents are retried", "panic", p, "stack", string(debug.Stack()))
+		err := fmt.Errorf("relay error: panic in user sync: %v", p)
+		for _, bu := range users {
+			r.settleIfOpen(bu, err)
+		}
+	}
+}
+
 // syncUsers PUTs users and settles each of them, whatever happens.
 func (r *Relay) syncUsers(ctx context.Context, users []*batchUser) {
-	defer func() {
-		if p := recover(); p != nil {
-			r.log.Error("user sync panicked; its intents are retried", "panic", p, "stack", string(debug.Stack()))
-			err := fmt.Errorf("relay error: panic in user sync: %v", p)
-			for _, bu := range users {
-				r.settleIfOpen(bu, err)
-			}
-		}
-	}()
+	defer r.guard(users)
 	var lead []*batchUser
 	var wg sync.WaitGroup
 	for _, bu := range users {
@@ -294,6 +300,7 @@ func (r *Relay) syncUsers(ctx context.Context, users []*batchUser) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
+			defer r.guard([]*batchUser{bu})
 			r.followFlight(ctx, bu, f)
 		}()
 	}
@@ -301,6 +308,7 @@ func (r *Relay) syncUsers(ctx context.Context, users []*batchUser) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
+			defer r.guard(c)
 			r.putBatch(ctx, c)
 		}()
 	}
@@ -366,6 +374,7 @@ func (r *Relay) putBatch(ctx context.Context, users []*batchUser) {
 				wg.Add(1)
 				go func() {
 					defer wg.Done()
+					defer r.guard(part)
 					r.putBatch(ctx, part)
 				}()
 			}
@@ -413,6 +422,7 @@ func (r *Relay) putEach(ctx context.Context, users []*batchUser) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
+			defer r.guard([]*batchUser{bu})
 			r.putOne(ctx, bu)
 		}()
 	}
@@ -434,6 +444,9 @@ func (r *Relay) putOne(ctx context.Context, bu *batchUser) {
 // settle ends a user's sync with err and the call that ended it, if any,
 // and ends the flight it leads.
 func (r *Relay) settle(bu *batchUser, err error, put bool, last ...callRecord) {
+	if !bu.settled.CompareAndSwap(false, true) {
+		return
+	}
 	bu.calls = append(bu.calls, last...)
 	bu.err, bu.put = err, put
 	if bu.flight != nil {
@@ -446,9 +459,7 @@ func (r *Relay) settle(bu *batchUser, err error, put bool, last ...callRecord) {
 // settleIfOpen settles bu with err unless it is settled already (after a
 // panic, where it may be either).
 func (r *Relay) settleIfOpen(bu *batchUser, err error) {
-	select {
-	case <-bu.done:
-	default:
+	if !bu.settled.Load() {
 		r.settle(bu, err, true)
 	}
 }

@@ -362,3 +362,31 @@ func BenchmarkDrainCallsPerIntent(b *testing.B) {
 	b.ReportMetric(float64(st.Routes[faketalkjs.RouteUsersPut]+st.Routes[faketalkjs.RouteUserPut])/float64(n), "user-calls/intent")
 	b.ReportMetric(float64(n)/b.Elapsed().Seconds(), "intents/s")
 }
+
+// panicUsers panics in every batch users call.
+type panicUsers struct{ provider.Provider }
+
+func (panicUsers) PutUsers(context.Context, []provider.User) error { panic("batch users") }
+
+// A bug in a batch call fails the intents it serves (retried later), not
+// the relay.
+func TestBatchSyncPanicFailsItsIntentsNotTheRelay(t *testing.T) {
+	t.Parallel()
+	b := setup(t, faketalkjs.Faults{})
+	r, err := relay.New(b.pool, panicUsers{b.client(t, testSecret)}, withLogs(slowRetries(testConfig("r1")), b))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ids := b.insertSQL(t, paddedOrders(3))
+	if err := r.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(r.Stop)
+	waitFor(t, 20*time.Second, "the intents to fail their attempt", func() bool {
+		return b.count(t, `SELECT count(*) FROM outbox.intents WHERE id = ANY ($1) AND state = 'pending' AND attempts = 1
+			AND last_error LIKE '%panic in user sync%'`, ids) == 3
+	})
+	if n := b.fake.Stats().Requests; n != 0 {
+		t.Errorf("the fake saw %d requests, want none", n)
+	}
+}
