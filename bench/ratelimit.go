@@ -174,9 +174,13 @@ func (e *env) rateLimited(ctx context.Context, log *slog.Logger, spec systemSpec
 // rateSpecs are the systems of a rate-limited scenario, by -systems key.
 func rateSpecs(limit float64, burst int) map[string]systemSpec {
 	return map[string]systemSpec{
-		keyOurs: oursWith("ours, not told the limit", func(c *relay.Config) { c.RateLimit = 0 }),
+		// As OUTBOX_RATE_LIMIT unset configures it: adaptive, no ceiling.
+		keyOurs: oursWith("ours, not told the limit", func(c *relay.Config) {
+			c.RateAdaptive, c.RateLimit = true, 0
+		}),
+		// Told the limit and holding it: a fixed limit, not adaptive.
 		keyOursExact: oursWith(fmt.Sprintf("ours, told the exact limit (%g/s)", limit), func(c *relay.Config) {
-			c.RateLimit, c.RateBurst = limit, burst
+			c.RateAdaptive, c.RateLimit, c.RateBurst = false, limit, burst
 		}),
 		keyNaive:     naiveSpec(false),
 		keyRiver:     riverSpec(inFlight, riverFetchTune),
