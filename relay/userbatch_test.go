@@ -334,12 +334,27 @@ func TestBatchSyncBisectsANamelessRefusal(t *testing.T) {
 // BenchmarkDrainCallsPerIntent measures the API calls a backlog costs:
 // 2,000 intents (per op), each with two users TalkJS does not have yet, a
 // conversation and one message POST, inserted before a relay with the
-// default settings starts. Reports the fake's requests per intent.
+// daemon's default settings (an adaptive rate limit) starts; against an
+// API without a limit, and one limited to 100 requests/s (burst 100, then
+// 429 with Retry-After) that the relay is not told of. Reports the fake's
+// requests (429s included) per intent.
 //
 //	go test ./relay -run '^$' -bench DrainCallsPerIntent -benchtime 1x
 func BenchmarkDrainCallsPerIntent(b *testing.B) {
+	for _, api := range []struct {
+		name   string
+		faults faketalkjs.Faults
+	}{
+		{"api=unlimited", faketalkjs.Faults{}},
+		{"api=100rps", faketalkjs.Faults{RateLimit: 100, Burst: 100}},
+	} {
+		b.Run(api.name, func(b *testing.B) { benchDrain(b, api.faults) })
+	}
+}
+
+func benchDrain(b *testing.B, faults faketalkjs.Faults) {
 	const perOp = 2000
-	bd := setup(b, faketalkjs.Faults{})
+	bd := setup(b, faults)
 	n := perOp * b.N
 	intents := make([]outbox.Intent, n)
 	for i := range intents {
@@ -351,7 +366,7 @@ func BenchmarkDrainCallsPerIntent(b *testing.B) {
 		relaytest.InsertSQL(b, bd.pool, intents[lo:min(lo+500, n)])
 	}
 	b.ResetTimer()
-	bd.startRelay(b, relay.Config{Name: "drain", Logger: slogTo(bd)}, testSecret)
+	bd.startRelay(b, relay.Config{Name: "drain", RateAdaptive: true, Logger: slogTo(bd)}, testSecret)
 	relaytest.WaitFor(b, 10*time.Minute, "the backlog delivered", func() bool {
 		c := relaytest.Counts(b, bd.pool)
 		return c["done"] == n
@@ -360,6 +375,7 @@ func BenchmarkDrainCallsPerIntent(b *testing.B) {
 	st := bd.fake.Stats()
 	b.ReportMetric(float64(st.Requests)/float64(n), "calls/intent")
 	b.ReportMetric(float64(st.Routes[faketalkjs.RouteUsersPut]+st.Routes[faketalkjs.RouteUserPut])/float64(n), "user-calls/intent")
+	b.ReportMetric(float64(st.Statuses[429])/float64(max(st.Requests, 1)), "429-share")
 	b.ReportMetric(float64(n)/b.Elapsed().Seconds(), "intents/s")
 }
 
