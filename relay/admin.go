@@ -91,8 +91,10 @@ SELECT id, key, conversation_id, attempts, last_error, updated_at
 
 	statusLag = `SELECT lag_s FROM outbox.lag`
 
+	// The rows of one batch users call (one per intent and user it
+	// served) share a call_id: they count as one call.
 	statusFailedCalls = `
-SELECT step, outcome, count(*) AS calls
+SELECT step, outcome, count(*) FILTER (WHERE call_id IS NULL) + count(DISTINCT call_id) AS calls
   FROM outbox.attempts
  WHERE started_at > now() - interval '1 hour'
    AND outcome NOT IN ('ok', 'skipped')

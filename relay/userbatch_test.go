@@ -406,3 +406,29 @@ func TestBatchSyncPanicFailsItsIntentsNotTheRelay(t *testing.T) {
 		t.Errorf("the fake saw %d requests, want none", n)
 	}
 }
+
+// Claim batches delivered at the same time share a PUT of the same
+// content under way: the seller, carried by every intent, is sent by the
+// first batch's call, and the batches claimed while it is in flight (the
+// fake answers after a second) wait for it instead of sending it again.
+func TestBatchSyncSharesInFlightPutsAcrossClaimBatches(t *testing.T) {
+	t.Parallel()
+	b := setup(t, faketalkjs.Faults{Latency: time.Second})
+	intents := paddedOrders(50)
+	b.insertSQL(t, intents)
+	cfg := testConfig("r1")
+	cfg.BatchSize = 10 // five claim batches at least
+	b.startRelay(t, cfg, testSecret)
+	if c := b.waitSettled(t, 60*time.Second); c["done"] != 50 {
+		t.Fatalf("states = %v, want 50 done", c)
+	}
+	b.checkDelivered(t, intents)
+	sent := b.count(t, `SELECT count(DISTINCT coalesce(call_id::text, id::text)) FROM outbox.attempts
+		WHERE target = 'seller' AND outcome = 'ok'`)
+	shared := b.count(t, `SELECT count(*) FROM outbox.attempts
+		WHERE target = 'seller' AND outcome = 'skipped' AND error LIKE '%concurrent delivery%'`)
+	t.Logf("seller sent in %d calls, %d intents waited for another batch's", sent, shared)
+	if sent < 1 || sent >= 5 || shared == 0 {
+		t.Errorf("seller sent in %d calls (%d intents waited for another batch's), want fewer calls than claim batches (5)", sent, shared)
+	}
+}
