@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net/http"
 	"runtime/debug"
 	"slices"
 	"strings"
@@ -34,8 +35,8 @@ import (
 // A batch call that fails fails every intent it served as a failed user
 // PUT does (retryable, rate limited, auth, ...). A 400 applied nothing:
 // the entries it names fail their intents alone, permanently, and the
-// others are sent again; a 400 that names none of them is searched by
-// halves, down to single PUTs. A 404 or 405 from the batch route means
+// others are sent again; a 400 that names none of them, or any other
+// permanent answer to a batch, is searched by halves, down to single PUTs. A 404 or 405 from the batch route means
 // the API has none: this relay sends users one by one from then on.
 
 // metricStepUsers labels batch user calls in the calls metrics, apart
@@ -362,10 +363,17 @@ func (r *Relay) putBatch(ctx context.Context, users []*batchUser) {
 		rec.err = truncate(fmt.Sprintf("%s (sent again one by one)", rec.err))
 		note(users, *rec)
 		r.putEach(ctx, users)
-	case errors.As(err, &pe) && pe.Kind == provider.Permanent && pe.Status == 400:
-		bad, why, rest := splitRefused(users, pe.InvalidIDs, pe.InvalidReasons)
+	case errors.As(err, &pe) && pe.Kind == provider.Permanent:
+		var bad, rest []*batchUser
+		var why []string
+		if pe.Status == http.StatusBadRequest {
+			bad, why, rest = splitRefused(users, pe.InvalidIDs, pe.InvalidReasons)
+		}
 		if len(bad) == 0 {
-			// The answer names none of them: search by halves.
+			// The answer names none of them (or is not a 400, which
+			// says nothing of any one entry): search by halves, so that
+			// only a single PUT's answer or a named entry fails an
+			// intent.
 			rec.err = truncate(fmt.Sprintf("%s (no entry named: sent again in halves)", rec.err))
 			note(users, *rec)
 			half := len(users) / 2

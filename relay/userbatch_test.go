@@ -281,28 +281,39 @@ func TestBatchSyncMixedCallOutcomes(t *testing.T) {
 }
 
 // refuseNameless answers a batch holding a given user as TalkJS might: a
-// 400 whose body names no entry. Single PUTs go to the API.
+// permanent error (a 400 whose body names no entry, a 422) that names no
+// entry. Single PUTs go to the API.
 type refuseNameless struct {
 	provider.Provider
-	bad   string
-	calls atomic.Int64 // batch calls
+	bad    string
+	status int
+	calls  atomic.Int64 // batch calls
 }
 
 func (p *refuseNameless) PutUsers(ctx context.Context, users []provider.User) error {
 	p.calls.Add(1)
 	if slices.ContainsFunc(users, func(u provider.User) bool { return u.ID == p.bad }) {
-		return &provider.Error{Kind: provider.Permanent, Status: 400, Err: fmt.Errorf("bad request")}
+		return &provider.Error{Kind: provider.Permanent, Status: p.status, Err: fmt.Errorf("refused")}
 	}
 	return p.Provider.(provider.BatchUserPutter).PutUsers(ctx, users)
 }
 
-// A 400 that names no entry: the relay finds the bad one by halves (a
-// single PUT at the end, which TalkJS refuses for it alone), and only its
-// intent goes dead.
+// A 400 that names no entry, or another permanent answer to a batch: the
+// relay finds the bad one by halves (a single PUT at the end, which TalkJS
+// refuses for it alone), and only its intent goes dead.
 func TestBatchSyncBisectsANamelessRefusal(t *testing.T) {
 	t.Parallel()
+	for _, status := range []int{400, 422} {
+		t.Run(fmt.Sprint(status), func(t *testing.T) {
+			t.Parallel()
+			testBisect(t, status)
+		})
+	}
+}
+
+func testBisect(t *testing.T, status int) {
 	b := setup(t, faketalkjs.Faults{RejectUserIDs: []string{"buyer-c005"}})
-	p := &refuseNameless{Provider: b.client(t, testSecret), bad: "buyer-c005"}
+	p := &refuseNameless{Provider: b.client(t, testSecret), bad: "buyer-c005", status: status}
 	r, err := relay.New(b.pool, p, withLogs(testConfig("r1"), b))
 	if err != nil {
 		t.Fatal(err)
