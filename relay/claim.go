@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/hex"
 	"encoding/json"
-	"sync"
 	"sync/atomic"
 	"time"
 )
@@ -37,11 +36,27 @@ const (
 	parkBatch = 1000
 )
 
+// claimer is the service that claims intents and starts their workers in
+// the worker pool. Stopping it stops claiming; deliveries under way go on
+// (the pool drains them).
+type claimer struct {
+	r *Relay
+	startStop
+}
+
+func newClaimer(r *Relay) *claimer { return &claimer{r: r, startStop: startStop{name: "claimer"}} }
+
+// Start claims in the background until Stop.
+func (c *claimer) Start(ctx context.Context) error { return c.start(ctx, c.r.claimLoop) }
+
+// Stop stops claiming and waits for the claim under way to end.
+func (c *claimer) Stop(ctx context.Context) error { return c.stop(ctx) }
+
 // claimLoop claims intents while there are free slots and starts a worker
 // for each. It sleeps only when a claim found nothing (or the gate says
 // wait), until a notification, a freed slot, a gate change or the poll
 // interval.
-func (r *Relay) claimLoop(ctx, workCtx context.Context, workers *sync.WaitGroup) {
+func (r *Relay) claimLoop(ctx context.Context) {
 	timer := time.NewTimer(0)
 	defer timer.Stop()
 	dbRetry := dbRetryMin
@@ -94,7 +109,7 @@ func (r *Relay) claimLoop(ctx, workCtx context.Context, workers *sync.WaitGroup)
 						jobs[0].probe = true
 					}
 				}
-				r.dispatch(workCtx, jobs, workers)
+				r.dispatch(jobs)
 				if len(jobs) > 0 {
 					claimedSinceAsked, quiet = true, false
 				} else if notifiedWake && !claimedSinceAsked {
@@ -123,7 +138,7 @@ func (r *Relay) claimLoop(ctx, workCtx context.Context, workers *sync.WaitGroup)
 						r.setDB(false, "claim", err)
 						break
 					}
-					r.dispatch(workCtx, jobs, workers)
+					r.dispatch(jobs)
 					if len(jobs) > 0 {
 						claimedSinceAsked = true
 						continue
@@ -223,9 +238,10 @@ func (r *Relay) claimArgs(limit int) []any {
 	return []any{limit, r.cfg.Name, r.cfg.Lease, r.syncTTL(), r.cfg.AppID, parkBatch}
 }
 
-// dispatch starts a worker per job. The caller has checked there are free
-// slots for all of them.
-func (r *Relay) dispatch(workCtx context.Context, jobs []*job, workers *sync.WaitGroup) {
+// dispatch starts a worker per job in the worker pool. The caller has
+// checked there are free slots for all of them.
+func (r *Relay) dispatch(jobs []*job) {
+	workCtx, workers := r.workers.workCtx(), &r.workers.wg
 	jctxs := make([]context.Context, len(jobs))
 	for i, j := range jobs {
 		jctxs[i], j.cancel = context.WithCancel(workCtx)
@@ -245,7 +261,7 @@ func (r *Relay) dispatch(workCtx context.Context, jobs []*job, workers *sync.Wai
 			if j.probe {
 				r.gate.probeDone() // whatever it met, the next probe may be scheduled
 			}
-			r.results <- res
+			r.completer.send(res)
 			<-r.slots
 			r.metrics.inFlight.Dec()
 			r.signal()

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgconn"
@@ -16,24 +17,72 @@ const levelDebug = slog.LevelDebug
 // maxCompletionBatch bounds one completion transaction.
 const maxCompletionBatch = 500
 
-// completeLoop writes results as they come, batching whatever is ready into
-// one transaction: no added latency when idle, few round trips under load.
-// It returns when results is closed and drained.
-func (r *Relay) completeLoop() {
-	for {
-		res, ok := <-r.results
-		if !ok {
-			return
-		}
-		r.writeResults(r.moreResults([]*result{res}))
+// completer is the service that records results. Workers hand it their
+// results (send); it writes whatever is ready in one transaction: no added
+// latency when idle, few round trips under load. Stop closes its queue
+// and returns once every result sent before has been written (or dropped,
+// see writeResults): stop it after the worker pool.
+type completer struct {
+	r    *Relay
+	size int // queue capacity
+	startStop
+
+	mu      sync.Mutex
+	results chan *result // nil when not started
+}
+
+func newCompleter(r *Relay, size int) *completer {
+	return &completer{r: r, size: size, startStop: startStop{name: "completer"}}
+}
+
+// Start writes results in the background until Stop.
+func (c *completer) Start(ctx context.Context) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.results != nil {
+		return errors.New("completer: already started")
+	}
+	results := make(chan *result, c.size)
+	if err := c.start(ctx, func(context.Context) { c.r.completeLoop(results) }); err != nil {
+		return err
+	}
+	c.results = results
+	return nil
+}
+
+// Stop closes the queue and waits until it is written.
+func (c *completer) Stop(ctx context.Context) error {
+	c.mu.Lock()
+	if c.results != nil {
+		close(c.results)
+		c.results = nil
+	}
+	c.mu.Unlock()
+	return c.stop(ctx)
+}
+
+// send queues a result. Only workers send, and only while the completer
+// runs (the pool is stopped before it).
+func (c *completer) send(res *result) {
+	c.mu.Lock()
+	results := c.results
+	c.mu.Unlock()
+	results <- res
+}
+
+// completeLoop writes results as they come, batching whatever is ready
+// into one transaction. It returns when results is closed and drained.
+func (r *Relay) completeLoop(results chan *result) {
+	for res := range results {
+		r.writeResults(results, moreResults(results, []*result{res}))
 	}
 }
 
 // moreResults adds the results ready now to batch, up to a full batch.
-func (r *Relay) moreResults(batch []*result) []*result {
+func moreResults(results chan *result, batch []*result) []*result {
 	for len(batch) < maxCompletionBatch {
 		select {
-		case res, ok := <-r.results:
+		case res, ok := <-results:
 			if !ok {
 				return batch
 			}
@@ -45,7 +94,8 @@ func (r *Relay) moreResults(batch []*result) []*result {
 	return batch
 }
 
-// writeResults records a batch. A result is kept until written: its
+// writeResults records a batch (results arriving on results meanwhile
+// join it when it must be tried again). A result is kept until written: its
 // attempts happened and must be recorded, and its lease is only given up by
 // the write. Should the lease expire first, the fenced update simply
 // changes nothing.
@@ -58,7 +108,7 @@ func (r *Relay) moreResults(batch []*result) []*result {
 // messages deduplicated by their idempotency keys. While the database does
 // not answer at all, nothing is split or dropped: the batch is tried again
 // with backoff, and results that arrive meanwhile join it.
-func (r *Relay) writeResults(batch []*result) {
+func (r *Relay) writeResults(results chan *result, batch []*result) {
 	rejections := map[*result]int{}
 	writesBefore := map[*result]int64{} // r.writes when the result was first refused
 	retry := dbRetryMin
@@ -97,7 +147,7 @@ func (r *Relay) writeResults(batch []*result) {
 		retry = min(2*retry, dbRetryMax)
 		// Results that arrived meanwhile go with the next try, so that
 		// they are not held up behind these.
-		batch = r.moreResults(batch)
+		batch = moreResults(results, batch)
 	}
 	r.signal()
 }

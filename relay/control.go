@@ -141,27 +141,36 @@ type operatorPause struct {
 
 func (o *operatorPause) get() *OperatorPause { return o.current.Load() }
 
-// controlLoop reads outbox.control every controlInterval, and the queue
-// gauges every gaugeInterval, until ctx ends.
-func (r *Relay) controlLoop(ctx context.Context) {
+// controlReader is the service that reads outbox.control every
+// controlInterval (the relay's copy of the operator's pause), and flushes
+// the warnings held back meanwhile.
+type controlReader struct {
+	r *Relay
+	startStop
+}
+
+func newControlReader(r *Relay) *controlReader {
+	return &controlReader{r: r, startStop: startStop{name: "control reader"}}
+}
+
+// Start reads in the background until Stop.
+func (c *controlReader) Start(ctx context.Context) error { return c.start(ctx, c.loop) }
+
+// Stop waits for the read under way (bounded) and stops.
+func (c *controlReader) Stop(ctx context.Context) error { return c.stop(ctx) }
+
+func (c *controlReader) loop(ctx context.Context) {
 	t := time.NewTicker(controlInterval)
 	defer t.Stop()
-	g := time.NewTicker(gaugeInterval)
-	defer g.Stop()
-	r.refreshGauges(ctx)
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
 			opCtx, cancel := context.WithTimeout(ctx, controlInterval)
-			r.readControl(opCtx)
+			c.r.readControl(opCtx)
 			cancel()
-			r.flushWarnings()
-		case <-g.C:
-			opCtx, cancel := context.WithTimeout(ctx, gaugeInterval)
-			r.refreshGauges(opCtx)
-			cancel()
+			c.r.flushWarnings()
 		}
 	}
 }

@@ -47,7 +47,7 @@ func (r *Relay) Prepare(ctx context.Context) error {
 // stranded parked heads.
 func (r *Relay) ExpireLeases(ctx context.Context) {
 	r.expireLeases(ctx)
-	r.unparkHeads(ctx)
+	r.sweeper.unparkHeads(ctx)
 }
 
 // Job is a claimed intent, for tests that drive claims and completions.

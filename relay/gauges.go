@@ -24,6 +24,39 @@ SELECT l.pending, l.delivering,
        l.lag_s
   FROM outbox.lag l`
 
+// gaugeReader is the service that reads the queue gauges at start and
+// every gaugeInterval.
+type gaugeReader struct {
+	r *Relay
+	startStop
+}
+
+func newGaugeReader(r *Relay) *gaugeReader {
+	return &gaugeReader{r: r, startStop: startStop{name: "gauge reader"}}
+}
+
+// Start reads in the background until Stop.
+func (g *gaugeReader) Start(ctx context.Context) error { return g.start(ctx, g.loop) }
+
+// Stop waits for the read under way (bounded) and stops.
+func (g *gaugeReader) Stop(ctx context.Context) error { return g.stop(ctx) }
+
+func (g *gaugeReader) loop(ctx context.Context) {
+	t := time.NewTicker(gaugeInterval)
+	defer t.Stop()
+	g.r.refreshGauges(ctx)
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			opCtx, cancel := context.WithTimeout(ctx, gaugeInterval)
+			g.r.refreshGauges(opCtx)
+			cancel()
+		}
+	}
+}
+
 // refreshGauges reads the queue gauges from the database.
 func (r *Relay) refreshGauges(ctx context.Context) {
 	var pending, delivering, dead int64

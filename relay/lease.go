@@ -38,23 +38,36 @@ func (s *leaseSet) snapshot() []*job {
 	return out
 }
 
-// heartbeatLoop renews this relay's leases and its row in outbox.relays
-// every Lease/3, sharing the rate limit among live relays, and takes back
-// other relays' expired leases every sweep interval. Nothing else runs
-// here: retention has its own service (retention.go), so however much
-// history it deletes, no renewal waits for it.
-func (r *Relay) heartbeatLoop(ctx context.Context) {
+// leaseKeeper is the service that renews this relay's leases and its row
+// in outbox.relays every Lease/3, sharing the rate limit among live
+// relays, and again at once when a relay came or went. Nothing else runs
+// here: the sweep (sweep.go) and retention (retention.go) have their own
+// services, so however long they take, no renewal waits for them.
+type leaseKeeper struct {
+	r *Relay
+	startStop
+}
+
+func newLeaseKeeper(r *Relay) *leaseKeeper {
+	return &leaseKeeper{r: r, startStop: startStop{name: "lease keeper"}}
+}
+
+// Start renews in the background until Stop.
+func (k *leaseKeeper) Start(ctx context.Context) error { return k.start(ctx, k.loop) }
+
+// Stop waits for the renewal under way (bounded by Lease/3) and stops.
+func (k *leaseKeeper) Stop(ctx context.Context) error { return k.stop(ctx) }
+
+func (k *leaseKeeper) loop(ctx context.Context) {
+	r := k.r
 	renew := time.NewTicker(r.cfg.heartbeatInterval())
 	defer renew.Stop()
-	sweep := time.NewTicker(r.cfg.sweepInterval())
-	defer sweep.Stop()
-	var lastUnpark time.Time
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-renew.C:
-			// Bounded, so a hung statement cannot stop the sweeps.
+			// Bounded, so a hung statement cannot hold up the next renewal.
 			opCtx, cancel := context.WithTimeout(ctx, r.cfg.heartbeatInterval())
 			r.renewLeases(opCtx)
 			r.beat(opCtx)
@@ -63,14 +76,6 @@ func (r *Relay) heartbeatLoop(ctx context.Context) {
 			// A relay came or went: share the rate limit again now.
 			opCtx, cancel := context.WithTimeout(ctx, r.cfg.heartbeatInterval())
 			r.beat(opCtx)
-			cancel()
-		case <-sweep.C:
-			opCtx, cancel := context.WithTimeout(ctx, r.cfg.heartbeatInterval())
-			r.expireLeases(opCtx)
-			if time.Since(lastUnpark) >= unparkHeadsInterval {
-				lastUnpark = time.Now()
-				r.unparkHeads(opCtx)
-			}
 			cancel()
 		}
 	}
@@ -157,42 +162,6 @@ func (r *Relay) beat(ctx context.Context) {
 	}
 }
 
-// expireLeases takes back intents whose relay stopped renewing its lease,
-// and wakes every relay to claim them.
-func (r *Relay) expireLeases(ctx context.Context) {
-	rows, err := r.pool.Query(ctx, expireLeases, planFresh, r.cfg.MaxAttempts, r.cfg.MaxAge, r.callTimeout)
-	if err != nil {
-		r.setDB(false, "expire_leases", err)
-		return
-	}
-	n := 0
-	for rows.Next() {
-		var id int64
-		var state string
-		if err := rows.Scan(&id, &state); err != nil {
-			rows.Close()
-			r.setDB(false, "expire_leases", err)
-			return
-		}
-		n++
-		r.log.Warn("took back an intent whose lease expired", "intent_id", id, "state", state)
-	}
-	rows.Close()
-	if err := rows.Err(); err != nil {
-		r.setDB(false, "expire_leases", err)
-		return
-	}
-	if n > 0 {
-		r.metrics.leasesExpired.Add(float64(n))
-		r.signal()
-		// Other relays may have free slots when this one has none. A
-		// lost notification costs them a poll interval, nothing more.
-		if _, err := r.pool.Exec(ctx, wakeRelays); err != nil {
-			r.log.Warn("could not wake the other relays after taking back expired leases", "error", err)
-		}
-	}
-}
-
 // deregister removes this relay from outbox.relays at shutdown, so the
 // others take its share of the rate limit at once. The rows of relays that
 // never got to do so are removed by retention.
@@ -210,43 +179,6 @@ func (r *Relay) deregister() {
 
 // monotonic converts t to nanoseconds on the relay's monotonic clock.
 func (r *Relay) monotonic(t time.Time) int64 { return int64(t.Sub(r.epoch)) }
-
-// unparkHeadsPerSweep bounds the conversations one pass of unparkHeads
-// visits for a stranded parked head, and unparkHeadsInterval how often a
-// sweep makes a pass, whatever the lease: a pass costs at most this many
-// index probes (a pass of 200 took 4 to 17 ms by EXPLAIN ANALYZE with
-// 20,000 active conversations, 1,000 took 35 to 70 ms), and a stranded
-// intent is unparked within (active conversations / this) seconds.
-const (
-	unparkHeadsPerSweep = 200
-	unparkHeadsInterval = time.Second
-)
-
-// unparkHeads runs one bounded pass of unparkHeads from where the last
-// pass stopped, wrapping around after the last conversation, and wakes
-// the relays when it unparked a head.
-func (r *Relay) unparkHeads(ctx context.Context) {
-	r.parkCursor.Lock()
-	defer r.parkCursor.Unlock()
-	var last string
-	var visited, unparked int
-	if err := r.pool.QueryRow(ctx, unparkHeads, planFresh, r.parkCursor.after, unparkHeadsPerSweep).
-		Scan(&last, &visited, &unparked); err != nil {
-		r.setDB(false, "unpark_heads", err)
-		return
-	}
-	r.parkCursor.after = last
-	if visited < unparkHeadsPerSweep {
-		r.parkCursor.after = ""
-	}
-	if unparked > 0 {
-		r.log.Warn("unparked intents nothing active precedes", "count", unparked)
-		r.signal()
-		if _, err := r.pool.Exec(ctx, wakeRelays); err != nil {
-			r.log.Warn("could not wake the other relays after unparking intents", "error", err)
-		}
-	}
-}
 
 // notifyRelays tells the other relays that this one came or went, so
 // that they share the rate limit again at once. A lost notification costs

@@ -12,6 +12,21 @@ const (
 	listenRetryMax = 2 * time.Second
 )
 
+// listener is the service that keeps a dedicated connection LISTENing,
+// and wakes the claimer (notified) or the lease keeper (relaysChanged).
+type listener struct {
+	r *Relay
+	startStop
+}
+
+func newListener(r *Relay) *listener { return &listener{r: r, startStop: startStop{name: "listener"}} }
+
+// Start listens in the background until Stop.
+func (l *listener) Start(ctx context.Context) error { return l.start(ctx, l.r.listenLoop) }
+
+// Stop closes the connection and waits for the service to end.
+func (l *listener) Stop(ctx context.Context) error { return l.stop(ctx) }
+
 // listenLoop keeps a dedicated connection LISTENing for wake-ups, and
 // reconnects with backoff when it is lost. Every (re)connect wakes the
 // claimer, since notifications sent while disconnected are gone.

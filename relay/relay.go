@@ -39,7 +39,17 @@ type Relay struct {
 	log      *slog.Logger
 	metrics  *metrics
 	gate     *gate
-	retainer *retainer
+
+	// The services, in the order they start (stopped in reverse).
+	keeper    *leaseKeeper
+	sweeper   *sweeper
+	control   *controlReader
+	gauges    *gaugeReader
+	completer *completer
+	workers   *workerPool
+	listener  *listener
+	retainer  *retainer
+	claimer   *claimer
 	// rate is the adaptive rate limit (rate.go), nil when there is none.
 	rate *adaptiveRate
 	// beatMu serialises heartbeats; published is the rate the next one
@@ -54,28 +64,37 @@ type Relay struct {
 	wake      chan struct{} // something may be claimable now
 	notified  chan struct{} // a producer's NOTIFY arrived
 	slots     chan struct{} // one token per intent in flight
-	results   chan *result
 	held      *leaseSet
 	users     *userFlights
 	batchOff  atomic.Bool // the API has no batch users endpoint: users are PUT one by one
 	listening atomic.Bool // the LISTEN connection is up
 	operator  operatorPause
-	// parkCursor is the conversation the last unparkHeads pass ended at.
-	parkCursor struct {
-		sync.Mutex
-		after string
-	}
-	dbOK     atomic.Bool  // the last database operation succeeded
-	writes   atomic.Int64 // completions and heartbeats the database accepted
-	started  atomic.Bool
-	stopping atomic.Bool  // Stop was called: results are written with a deadline
-	stopTime atomic.Int64 // when Stop was called, unix ns
-	warns    *warnEvery   // retryable failures logged at most once per class per minute
+	dbOK      atomic.Bool  // the last database operation succeeded
+	writes    atomic.Int64 // completions and heartbeats the database accepted
+	started   atomic.Bool
+	stopping  atomic.Bool  // Stop was called: results are written with a deadline
+	stopTime  atomic.Int64 // when Stop was called, unix ns
+	warns     *warnEvery   // retryable failures logged at most once per class per minute
 
-	mu     sync.Mutex
-	cancel context.CancelFunc // stops claiming
-	done   chan struct{}      // closed when everything has stopped
+	mu    sync.Mutex
+	state lifecycle
+	done  chan struct{} // closed once Stop has stopped everything
 }
+
+// lifecycle is where a relay is between New and Stop.
+type lifecycle int
+
+const (
+	lifecycleNew      lifecycle = iota // created, or its Start failed
+	lifecycleStarting                  // Start is under way
+	lifecycleRunning                   // started
+	lifecycleStopping                  // Stop is under way
+	lifecycleStopped                   // stopped: it cannot be started again
+)
+
+// ErrStopped is returned by Start on a relay that has been stopped: a
+// relay runs once. Create another with New.
+var ErrStopped = errors.New("relay: stopped; a relay cannot be started again, create a new one with New")
 
 // New returns a relay delivering the intents of pool's database through p.
 // The outbox schema must already be migrated (see package migrations).
@@ -108,12 +127,10 @@ func New(pool *pgxpool.Pool, p provider.Provider, cfg Config) (*Relay, error) {
 		wake:        make(chan struct{}, 1),
 		notified:    make(chan struct{}, 1),
 		slots:       make(chan struct{}, cfg.Concurrency),
-		results:     make(chan *result, cfg.Concurrency),
 		held:        newLeaseSet(),
 		users:       newUserFlights(),
 		epoch:       time.Now(),
 		callTimeout: callTimeout,
-		done:        make(chan struct{}),
 	}
 	registerProviderMetrics(cfg.Registerer, p)
 	r.relaysChanged = make(chan struct{}, 1)
@@ -124,7 +141,15 @@ func New(pool *pgxpool.Pool, p provider.Provider, cfg Config) (*Relay, error) {
 	r.rate = rate
 	r.warns = newWarnEvery(warnInterval, cfg.Clock)
 	r.gate = newGate(cfg.BreakerThreshold, cfg.Clock, r.onPauseChange)
+	r.keeper = newLeaseKeeper(r)
+	r.sweeper = newSweeper(r)
+	r.control = newControlReader(r)
+	r.gauges = newGaugeReader(r)
+	r.completer = newCompleter(r, cfg.Concurrency)
+	r.workers = newWorkerPool(cfg.ShutdownTimeout, r.log, func() int { return len(r.slots) })
+	r.listener = newListener(r)
 	r.retainer = newRetainer(cfg.Retention, cfg.AppID, r.syncTTL(), pool, r.log, r.metrics)
+	r.claimer = newClaimer(r)
 	return r, nil
 }
 
@@ -137,12 +162,82 @@ type callTimeouter interface {
 // Name returns the relay's name, as recorded in leases and attempts.
 func (r *Relay) Name() string { return r.cfg.Name }
 
+// services are the relay's services in the order they start: those that
+// keep the relay's leases and copies of the database first, then the
+// completer before the workers that feed it, the workers before the
+// claimer that starts them. Stopping in reverse stops claiming first,
+// drains the workers, writes their results, and only then stops renewing
+// the leases.
+func (r *Relay) services() []service {
+	return []service{r.keeper, r.sweeper, r.control, r.gauges, r.completer, r.workers,
+		r.listener, r.retainer, r.claimer}
+}
+
 // Start checks the database and starts delivering in the background. It
-// returns an error when the outbox schema cannot be read. Call Stop to end.
+// returns an error when the outbox schema cannot be read; nothing is left
+// running then, and Start may be called again. Call Stop to end. A
+// stopped relay cannot be started again (ErrStopped).
 func (r *Relay) Start(ctx context.Context) error {
-	if !r.started.CompareAndSwap(false, true) {
+	if err := r.toStarting(); err != nil {
+		return err
+	}
+	if err := r.start(ctx); err != nil {
+		r.mu.Lock()
+		r.state = lifecycleNew
+		r.mu.Unlock()
+		r.started.Store(false)
+		r.updateReadyMetric()
+		return err
+	}
+	r.mu.Lock()
+	r.state, r.done = lifecycleRunning, make(chan struct{})
+	r.mu.Unlock()
+	r.log.Info("relay started", "concurrency", r.cfg.Concurrency, "lease", r.cfg.Lease,
+		"call_timeout", r.callTimeout, "max_attempts", r.cfg.MaxAttempts, "max_age", r.cfg.MaxAge)
+	return nil
+}
+
+// toStarting moves a new relay to starting, or says why it cannot start.
+func (r *Relay) toStarting() error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	switch r.state {
+	case lifecycleNew:
+		r.state = lifecycleStarting
+		r.started.Store(true)
+		return nil
+	case lifecycleStopping, lifecycleStopped:
+		return ErrStopped
+	default:
 		return errors.New("relay: already started")
 	}
+}
+
+// start checks the database, registers the relay and starts the services.
+func (r *Relay) start(ctx context.Context) error {
+	if err := r.checkDatabase(ctx); err != nil {
+		return err
+	}
+	r.dbOK.Store(true)
+	// Register before the first claim, so the rate limit is already shared
+	// with the relays running.
+	r.beat(ctx)
+	if r.rate != nil {
+		// The others take their share back at once.
+		r.notifyRelays(ctx)
+	}
+	r.readControl(ctx)
+	r.updateReadyMetric()
+	if err := startAll(ctx, r.services()); err != nil {
+		r.deregister()
+		return fmt.Errorf("relay: %w", err)
+	}
+	return nil
+}
+
+// checkDatabase reads the schema and the session's timeouts, and checks
+// that no live relay has this one's name.
+func (r *Relay) checkDatabase(ctx context.Context) error {
 	var waiting bool
 	if err := r.pool.QueryRow(ctx, schemaCheck).Scan(&waiting); err != nil {
 		return fmt.Errorf("relay: read the outbox schema (is the database migrated?): %w", err)
@@ -163,111 +258,51 @@ func (r *Relay) Start(ctx context.Context) error {
 	if taken {
 		return fmt.Errorf("relay: another live relay is named %q: give each relay its own name", r.cfg.Name)
 	}
-	r.dbOK.Store(true)
-	// Register before the first claim, so the rate limit is already shared
-	// with the relays running.
-	r.beat(ctx)
-	if r.rate != nil {
-		// The others take their share back at once.
-		r.notifyRelays(ctx)
-	}
-	r.readControl(ctx)
-	r.updateReadyMetric()
-	// Retention runs beside delivery, never in its way: its own goroutine,
-	// stopped once claiming has.
-	if err := r.retainer.Start(ctx); err != nil {
-		return fmt.Errorf("relay: %w", err)
-	}
-
-	// Claiming stops when runCtx ends; workers, the completer and the
-	// heartbeat keep going until in-flight work is drained (see Stop).
-	runCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
-	workCtx, cancelWork := context.WithCancel(context.WithoutCancel(ctx))
-	r.mu.Lock()
-	r.cancel = cancel
-	r.mu.Unlock()
-
-	var workers sync.WaitGroup
-	completerDone := make(chan struct{})
-	heartbeatDone := make(chan struct{})
-	hbCtx, stopHeartbeat := context.WithCancel(context.WithoutCancel(ctx))
-
-	go func() {
-		defer close(heartbeatDone)
-		r.heartbeatLoop(hbCtx)
-	}()
-	listenerDone := make(chan struct{})
-	go func() {
-		defer close(listenerDone)
-		r.listenLoop(runCtx)
-	}()
-	controlDone := make(chan struct{})
-	go func() {
-		defer close(controlDone)
-		r.controlLoop(hbCtx)
-	}()
-	go func() {
-		defer close(completerDone)
-		r.completeLoop()
-	}()
-	go func() {
-		defer close(r.done)
-		r.claimLoop(runCtx, workCtx, &workers)
-		r.retainer.Stop()
-		// Claiming has stopped. Let in-flight deliveries finish, then
-		// cancel the stragglers (they are released back to pending).
-		drained := make(chan struct{})
-		go func() { workers.Wait(); close(drained) }()
-		t := time.NewTimer(r.cfg.ShutdownTimeout)
-		select {
-		case <-drained:
-			t.Stop()
-		case <-t.C:
-			r.log.Warn("shutdown timeout: cancelling in-flight deliveries", "in_flight", len(r.slots))
-			cancelWork()
-			<-drained
-		}
-		cancelWork()
-		close(r.results)
-		<-completerDone
-		stopHeartbeat()
-		<-heartbeatDone
-		<-controlDone
-		<-listenerDone
-		r.deregister()
-	}()
-	r.log.Info("relay started", "concurrency", r.cfg.Concurrency, "lease", r.cfg.Lease,
-		"call_timeout", r.callTimeout, "max_attempts", r.cfg.MaxAttempts, "max_age", r.cfg.MaxAge)
 	return nil
 }
 
 // Stop stops claiming, waits up to ShutdownTimeout for in-flight deliveries,
 // releases what is left, and returns once everything has stopped. It is safe
-// to call more than once and before Start.
+// to call more than once, at the same time, and before Start.
 func (r *Relay) Stop() {
 	r.mu.Lock()
-	cancel := r.cancel
+	state, done := r.state, r.done
+	if state == lifecycleRunning {
+		r.state = lifecycleStopping
+	}
 	r.mu.Unlock()
-	if cancel == nil {
+	switch state {
+	case lifecycleRunning:
+	case lifecycleStopping, lifecycleStopped:
+		<-done
+		return
+	default:
 		return
 	}
 	r.stopTime.Store(time.Now().UnixNano())
-	if !r.stopping.Swap(true) {
-		r.updateReadyMetric()
-	}
-	cancel()
-	<-r.done
+	r.stopping.Store(true)
+	r.updateReadyMetric()
+	// Each service bounds its own stop (the workers by ShutdownTimeout).
+	_ = stopAll(context.Background(), r.services())
+	r.deregister()
+	r.mu.Lock()
+	r.state = lifecycleStopped
+	r.mu.Unlock()
+	close(done)
 }
 
-// Run starts the relay and delivers until ctx is cancelled, then stops
-// gracefully.
+// Run starts the relay and delivers until ctx is cancelled (or Stop is
+// called), then stops gracefully.
 func (r *Relay) Run(ctx context.Context) error {
 	if err := r.Start(ctx); err != nil {
 		return err
 	}
+	r.mu.Lock()
+	done := r.done
+	r.mu.Unlock()
 	select {
 	case <-ctx.Done():
-	case <-r.done:
+	case <-done:
 	}
 	r.Stop()
 	r.log.Info("relay stopped")

@@ -3,11 +3,9 @@ package relay
 import (
 	"cmp"
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
 	"strconv"
-	"sync"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -109,45 +107,21 @@ type retainer struct {
 	pool    *pgxpool.Pool
 	log     *slog.Logger
 	metrics *metrics
-
-	mu     sync.Mutex
-	cancel context.CancelFunc
-	done   chan struct{}
+	startStop
 }
 
 func newRetainer(cfg RetentionConfig, appID string, syncTTL time.Duration, pool *pgxpool.Pool, log *slog.Logger, m *metrics) *retainer {
-	return &retainer{cfg: cfg, appID: appID, syncTTL: syncTTL, pool: pool, log: log, metrics: m}
+	return &retainer{cfg: cfg, appID: appID, syncTTL: syncTTL, pool: pool, log: log, metrics: m,
+		startStop: startStop{name: "retention"}}
 }
 
 // Start runs retention in the background until Stop: once now, then every
 // Interval.
-func (s *retainer) Start(ctx context.Context) error {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.done != nil {
-		return errors.New("retention: already started")
-	}
-	ctx, s.cancel = context.WithCancel(context.WithoutCancel(ctx))
-	s.done = make(chan struct{})
-	go func() {
-		defer close(s.done)
-		s.loop(ctx)
-	}()
-	return nil
-}
+func (s *retainer) Start(ctx context.Context) error { return s.start(ctx, s.loop) }
 
 // Stop cancels the run under way (its batch is rolled back) and waits for
 // the service to end. Safe to call twice, and before Start.
-func (s *retainer) Stop() {
-	s.mu.Lock()
-	cancel, done := s.cancel, s.done
-	s.mu.Unlock()
-	if cancel == nil {
-		return
-	}
-	cancel()
-	<-done
-}
+func (s *retainer) Stop(ctx context.Context) error { return s.stop(ctx) }
 
 func (s *retainer) loop(ctx context.Context) {
 	t := time.NewTimer(0)

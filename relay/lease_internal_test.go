@@ -1,0 +1,37 @@
+package relay
+
+import (
+	"testing"
+	"time"
+)
+
+func TestLeaseKeeperService(t *testing.T) {
+	t.Parallel()
+	r, pool := newServiceRelay(t)
+	insertIntents(t, pool, 1)
+	jobs, err := r.claim(t.Context(), 1)
+	if err != nil || len(jobs) != 1 {
+		t.Fatalf("claim: %v, %d jobs", err, len(jobs))
+	}
+	j := jobs[0]
+	r.held.add(j)
+	first := j.deadline.Load()
+	startService(t, r.keeper)
+	// Within a heartbeat interval (Lease/3) it renews the lease and
+	// records the relay as live.
+	waitFor(t, 10*time.Second, "a renewed lease", func() bool { return j.deadline.Load() > first })
+	var rows int
+	if err := pool.QueryRow(t.Context(), `SELECT count(*) FROM outbox.relays WHERE id = $1`, r.cfg.Name).Scan(&rows); err != nil {
+		t.Fatal(err)
+	}
+	if rows != 1 {
+		t.Fatalf("relay rows = %d, want 1", rows)
+	}
+	stopService(t, r.keeper)
+	stopped := j.deadline.Load()
+	if err := r.keeper.Start(t.Context()); err != nil { // started again once stopped
+		t.Fatal(err)
+	}
+	waitFor(t, 10*time.Second, "a lease renewed after a restart", func() bool { return j.deadline.Load() > stopped })
+	stopService(t, r.keeper)
+}
