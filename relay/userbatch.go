@@ -36,8 +36,9 @@ import (
 // PUT does (retryable, rate limited, auth, ...). A 400 applied nothing:
 // the entries it names fail their intents alone, permanently, and the
 // others are sent again; a 400 that names none of them, or any other
-// permanent answer to a batch, is searched by halves, down to single PUTs. A 404 or 405 from the batch route means
-// the API has none: this relay sends users one by one from then on.
+// permanent answer to a batch, is searched by halves, down to single
+// PUTs. A 404 or 405 from the batch route means the API has none: this
+// relay sends users one by one from then on.
 
 // metricStepUsers labels batch user calls in the calls metrics, apart
 // from single PUTs (stepUser). Their rows in outbox.attempts have step
@@ -117,6 +118,7 @@ func planUsers(intents []planIntent, jobs map[int64]*job) userPlan {
 		}
 	}
 	p := userPlan{byIntent: map[int64][]*batchUser{}, covered: map[int64][]string{}}
+	first := map[*batchUser]int64{} // the lowest intent id it serves
 	for _, id := range order {
 		ids := needers[id]
 		if len(ids) == 0 {
@@ -137,18 +139,11 @@ func planUsers(intents []planIntent, jobs map[int64]*job) userPlan {
 			bu.jobs = append(bu.jobs, jobs[n])
 			p.byIntent[n] = append(p.byIntent[n], bu)
 		}
+		first[bu] = ids[0]
 		p.put = append(p.put, bu)
 	}
 	// Keep an intent's users together, so that its calls are few and it
 	// waits for as few calls as may be.
-	first := map[*batchUser]int64{}
-	for i := range intents {
-		for _, bu := range p.byIntent[intents[i].id] {
-			if _, ok := first[bu]; !ok {
-				first[bu] = intents[i].id
-			}
-		}
-	}
 	slices.SortStableFunc(p.put, func(a, b *batchUser) int {
 		return cmp.Or(cmp.Compare(first[a], first[b]), strings.Compare(a.user.ID, b.user.ID))
 	})
