@@ -25,8 +25,10 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 
 // Within a conversation, id order is commit order: a second transaction's
 // insert waits for the first transaction to end, so it gets the later id
-// even though it started its insert while the first was still open.
-// Inserts for another conversation do not wait.
+// even though it started its insert while the first was still open, and
+// before the first inserted its second intent (an id drawn before the
+// order lock would be lower than that one's). Inserts for another
+// conversation do not wait.
 func TestIDOrderIsCommitOrderPerConversation(t *testing.T) {
 	t.Parallel()
 	pool, dbURL := pgtest.NewPool(t)
@@ -91,6 +93,11 @@ SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE pid = $1 AND wait_event_type
 	default:
 	}
 
+	// A's second intent of the conversation, inserted while B waits.
+	idA2, err := outbox.Enqueue(ctx, txA, simpleIntent("order_C", "from A, again"))
+	if err != nil {
+		t.Fatal(err)
+	}
 	if err := txA.Commit(ctx); err != nil {
 		t.Fatal(err)
 	}
@@ -106,7 +113,7 @@ SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE pid = $1 AND wait_event_type
 	if err := txB.Commit(ctx); err != nil {
 		t.Fatal(err)
 	}
-	if idA >= rB.id {
-		t.Errorf("id(A) = %d, id(B) = %d: want A's id first, as A committed first", idA, rB.id)
+	if idA >= rB.id || idA2 >= rB.id {
+		t.Errorf("ids of A = %d and %d, id of B = %d: want A's ids first, as A committed first", idA, idA2, rB.id)
 	}
 }
