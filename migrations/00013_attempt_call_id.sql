@@ -50,7 +50,82 @@ SELECT date_trunc('minute', a.started_at) AS minute,
  WHERE a.started_at > now() - interval '1 hour'
  GROUP BY 1, 2, 3;
 
+-- The histories show which rows are one batch call.
+CREATE OR REPLACE VIEW outbox.conversation_history AS
+SELECT i.conversation_id,
+       i.id AS intent_id,
+       i.key,
+       i.state,
+       i.created_at,
+       i.done_at,
+       a.attempt,
+       a.step,
+       a.target,
+       a.status,
+       a.outcome,
+       a.error,
+       a.started_at,
+       a.call_id
+  FROM outbox.intents i
+  LEFT JOIN outbox.attempts a ON a.intent_id = i.id;
+
+CREATE OR REPLACE VIEW outbox.user_history AS
+SELECT a.target AS user_id,
+       a.intent_id,
+       i.conversation_id,
+       a.attempt,
+       a.status,
+       a.outcome,
+       a.error,
+       a.started_at,
+       a.relay,
+       a.call_id
+  FROM outbox.attempts a
+  LEFT JOIN outbox.intents i ON i.id = a.intent_id
+ WHERE a.step = 'user';
+
 -- +goose Down
+-- A view's columns cannot be dropped by CREATE OR REPLACE: the histories
+-- are made again as 00007 made them.
+DROP VIEW outbox.user_history;
+DROP VIEW outbox.conversation_history;
+CREATE VIEW outbox.conversation_history AS
+SELECT i.conversation_id,
+       i.id AS intent_id,
+       i.key,
+       i.state,
+       i.created_at,
+       i.done_at,
+       a.attempt,
+       a.step,
+       a.target,
+       a.status,
+       a.outcome,
+       a.error,
+       a.started_at
+  FROM outbox.intents i
+  LEFT JOIN outbox.attempts a ON a.intent_id = i.id;
+
+COMMENT ON VIEW outbox.conversation_history IS
+    'Every intent of a conversation with every call made for it; filter by conversation_id.';
+
+CREATE VIEW outbox.user_history AS
+SELECT a.target AS user_id,
+       a.intent_id,
+       i.conversation_id,
+       a.attempt,
+       a.status,
+       a.outcome,
+       a.error,
+       a.started_at,
+       a.relay
+  FROM outbox.attempts a
+  LEFT JOIN outbox.intents i ON i.id = a.intent_id
+ WHERE a.step = 'user';
+
+COMMENT ON VIEW outbox.user_history IS
+    'Every PUT (made or skipped) of a user, with its intent; filter by user_id.';
+
 CREATE OR REPLACE VIEW outbox.calls_per_minute AS
 SELECT date_trunc('minute', a.started_at) AS minute,
        a.step,
