@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/outbox-relay/outbox-relay/outbox"
+	"github.com/outbox-relay/outbox-relay/provider"
 	"github.com/outbox-relay/outbox-relay/provider/faketalkjs"
 	"github.com/outbox-relay/outbox-relay/provider/talkjs"
 	"github.com/outbox-relay/outbox-relay/relay"
@@ -38,10 +39,11 @@ func TestHungEndpointIsCountedAndDeadLettered(t *testing.T) {
 	}
 	t.Cleanup(func() { _ = client.Close() })
 	// Defaults, but a budget of 2 attempts so the test sees it spent.
-	// One intent per claim: each first call is its own (a batch users call
-	// serving many intents is one call to the breaker).
-	cfg := relay.Config{Name: "hung", MaxAttempts: 2, BatchSize: 1, Logger: slogTo(b)}
-	r, err := relay.New(b.pool, client, cfg)
+	cfg := relay.Config{Name: "hung", MaxAttempts: 2, Logger: slogTo(b)}
+	// Users PUT one by one, so that the intents' first calls, all made at
+	// once, are one call each: a batch users call serving them all would
+	// be one failure to the breaker.
+	r, err := relay.New(b.pool, singleUserPuts{client}, cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -210,3 +212,18 @@ func TestClientLimiterRefusalReleasesOneIntent(t *testing.T) {
 	}
 	t.Logf("%d calls refused by the client's limiter and their intents sent back alone", refused)
 }
+
+// singleUserPuts is a client without the batch users call: users are PUT
+// one by one. It keeps the client's own call timeout.
+type singleUserPuts struct{ c *talkjs.Client }
+
+func (p singleUserPuts) PutUser(ctx context.Context, u provider.User) error {
+	return p.c.PutUser(ctx, u)
+}
+func (p singleUserPuts) PutConversation(ctx context.Context, c provider.Conversation) error {
+	return p.c.PutConversation(ctx, c)
+}
+func (p singleUserPuts) PostMessages(ctx context.Context, id string, msgs []provider.Message) error {
+	return p.c.PostMessages(ctx, id, msgs)
+}
+func (p singleUserPuts) Timeout() time.Duration { return p.c.Timeout() }
