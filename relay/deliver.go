@@ -210,6 +210,12 @@ func releases(err error) bool {
 
 // decide turns the error that ended an attempt into its outcome.
 func (r *Relay) decide(res *result, err error, step string) *result {
+	return decideOutcome(res, err, step, r.cfg.Retry)
+}
+
+// decideOutcome is decide without the relay: res's outcome, error text
+// and delay after err ended the attempt at step ("" before any step).
+func decideOutcome(res *result, err error, step string, retry RetryPolicy) *result {
 	j := res.job
 	msg := err.Error()
 	if step != "" {
@@ -226,50 +232,56 @@ func (r *Relay) decide(res *result, err error, step string) *result {
 	case errors.As(err, &pe):
 		switch pe.Kind {
 		case provider.Permanent:
-			res.outcome = outcomeDead
-			if doubtConversation(res, step, pe) {
-				// The conversation PUT was skipped on the strength of an
-				// earlier sync: try again with the PUT (the record is
-				// gone) before judging the intent. No other intent of
-				// the conversation runs meanwhile to sync it again, so
-				// the next attempt PUTs it; the retry is counted.
-				res.outcome = outcomeRetry
-				res.delay = r.cfg.Retry.backoff(1)
-			}
-			if len(res.skipped) > 0 && step != stepUser && pe.Status != 0 {
-				// A user PUT was skipped on the strength of an earlier
-				// sync; TalkJS may have lost or changed that user since,
-				// so the record goes. On the first attempt, try again
-				// with every user PUT before judging the intent. Only for
-				// an answer from TalkJS (not a request the client refused
-				// to send), and only once, so a shared user synced again
-				// meanwhile by other intents cannot keep a poison intent
-				// alive.
-				res.forget = res.skipped
-				if j.attempt == 1 {
-					res.outcome = outcomeRetry
-					res.delay = r.cfg.Retry.backoff(1)
-				}
-			}
+			decidePermanent(res, step, pe, retry)
 		case provider.RateLimited:
 			// The API's 429, or the client's own limiter refusing this
 			// call (Status 0): back to pending alone, after the wait.
 			res.outcome = outcomeRelease
-			res.delay = max(min(pe.RetryAfter, maxRetryAfter), r.cfg.Retry.Base)
+			res.delay = max(min(pe.RetryAfter, maxRetryAfter), retry.Base)
 		case provider.Auth:
 			res.outcome = outcomeRelease
 		default:
 			res.outcome = outcomeRetry
-			res.delay = max(r.cfg.Retry.backoff(j.attempt), min(pe.RetryAfter, maxRetryAfter))
+			res.delay = max(retry.backoff(j.attempt), min(pe.RetryAfter, maxRetryAfter))
 		}
 	case errors.Is(err, outbox.ErrInvalid) || step == "":
 		// The stored payload cannot be delivered as it is.
 		res.outcome = outcomeDead
 	default:
 		res.outcome = outcomeRetry
-		res.delay = r.cfg.Retry.backoff(j.attempt)
+		res.delay = retry.backoff(j.attempt)
 	}
 	return res
+}
+
+// decidePermanent decides an attempt the API refused for good: dead,
+// unless a skipped PUT may be to blame (then tried again with it).
+func decidePermanent(res *result, step string, pe *provider.Error, retry RetryPolicy) {
+	res.outcome = outcomeDead
+	if doubtConversation(res, step, pe) {
+		// The conversation PUT was skipped on the strength of an
+		// earlier sync: try again with the PUT (the record is
+		// gone) before judging the intent. No other intent of
+		// the conversation runs meanwhile to sync it again, so
+		// the next attempt PUTs it; the retry is counted.
+		res.outcome = outcomeRetry
+		res.delay = retry.backoff(1)
+	}
+	if len(res.skipped) > 0 && step != stepUser && pe.Status != 0 {
+		// A user PUT was skipped on the strength of an earlier
+		// sync; TalkJS may have lost or changed that user since,
+		// so the record goes. On the first attempt, try again
+		// with every user PUT before judging the intent. Only for
+		// an answer from TalkJS (not a request the client refused
+		// to send), and only once, so a shared user synced again
+		// meanwhile by other intents cannot keep a poison intent
+		// alive.
+		res.forget = res.skipped
+		if res.job.attempt == 1 {
+			res.outcome = outcomeRetry
+			res.delay = retry.backoff(1)
+		}
+	}
 }
 
 // backoff returns the wait after the attempt-th failed attempt: a random

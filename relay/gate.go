@@ -113,70 +113,147 @@ func (g *gate) observe(err error, gen uint64) {
 // it cannot end the pause; only a probe's can.
 func (g *gate) observeLocked(err error, gen uint64) (changed bool) {
 	before := g.reason
-	defer func() { changed = g.reason != before }()
 	stale := g.reason != "" && gen != g.pauses
+	st := gateStep(gateState{consecutive: g.consecutive, limited: g.limited, reason: g.reason, probing: g.probing},
+		answerOf(err), stale, g.threshold)
+	g.consecutive, g.limited = st.next.consecutive, st.next.limited
+	if st.hold > 0 {
+		if until := g.clock().Add(st.hold); until.After(g.notBefore) {
+			g.notBefore = until
+		}
+	}
+	switch {
+	case st.setPause:
+		g.setLocked(st.next.reason)
+	case st.endProbe:
+		g.probing = false
+		g.scheduleProbeLocked()
+	}
+	return g.reason != before
+}
+
+// answerKind is what one call's answer says about the API, as the gate
+// sees it.
+type answerKind int
+
+const (
+	answerNothing   answerKind = iota // cancelled, not an API answer, or the client's own limiter: nothing about the API
+	answerOK                          // success
+	answerAuth                        // the credentials were refused
+	answerRetryable                   // a failure worth retrying (5xx, no answer)
+	answerLimited                     // the API's 429
+	answerJudged                      // the API judged the request (permanent): it is up
+)
+
+// callAnswer classifies a call's error for the gate.
+type callAnswer struct {
+	kind       answerKind
+	retryAfter time.Duration // answerLimited: the server's Retry-After, 0 when none
+}
+
+// answerOf classifies err (nil for success).
+func answerOf(err error) callAnswer {
 	if err == nil {
-		if stale {
-			return
-		}
-		g.consecutive = 0
-		g.limited = 0
-		if g.reason != "" {
-			g.setLocked("")
-		}
-		return
+		return callAnswer{kind: answerOK}
 	}
 	var pe *provider.Error
 	if !errors.As(err, &pe) {
-		return // cancelled or not an API answer: says nothing about the API
+		return callAnswer{kind: answerNothing}
 	}
 	switch pe.Kind {
 	case provider.Auth:
-		if g.reason != pauseAuth {
-			g.setLocked(pauseAuth)
-		} else if g.probing && !stale {
-			g.probing = false
-			g.scheduleProbeLocked()
-		}
+		return callAnswer{kind: answerAuth}
 	case provider.Retryable:
-		g.consecutive++
-		if g.reason == "" && g.consecutive >= g.threshold {
-			g.setLocked(pauseBreaker)
-		} else if g.reason != "" && g.probing && !stale {
-			g.probing = false
-			g.scheduleProbeLocked()
-		}
+		return callAnswer{kind: answerRetryable}
 	case provider.RateLimited:
 		if pe.Status == 0 {
 			// The client's own limiter refused this one call: nothing
 			// was sent, and the other calls keep their slots. That call
 			// goes back to pending alone; holding every call would turn
 			// a queue into stop-and-go.
-			return
+			return callAnswer{kind: answerNothing}
 		}
+		return callAnswer{kind: answerLimited, retryAfter: pe.RetryAfter}
+	case provider.Permanent:
+		return callAnswer{kind: answerJudged}
+	}
+	return callAnswer{kind: answerNothing}
+}
+
+// gateState is the part of the gate that answers change.
+type gateState struct {
+	consecutive int    // retryable failures since the last success
+	limited     int    // 429s since the last other answer
+	reason      string // the pause, "" when open
+	probing     bool   // a probe intent is in flight
+}
+
+// gateChange is what one answer does to the gate.
+type gateChange struct {
+	next     gateState
+	setPause bool          // set next.reason as the pause (setLocked)
+	endProbe bool          // the probe in flight failed: schedule the next one
+	hold     time.Duration // a 429: hold every call this long
+}
+
+// gateStep is the breaker's transition: the gate's state after answer a.
+// stale says the call was sent before the current pause began.
+func gateStep(s gateState, a callAnswer, stale bool, threshold int) gateChange {
+	c := gateChange{next: s}
+	// A pause change ends any probe (setLocked schedules the next).
+	pause := func(reason string) { c.setPause, c.next.reason, c.next.probing = true, reason, false }
+	probeFailed := s.reason != "" && s.probing && !stale
+	switch a.kind {
+	case answerOK:
+		if stale {
+			break
+		}
+		c.next.consecutive, c.next.limited = 0, 0
+		if s.reason != "" {
+			pause("")
+		}
+	case answerAuth:
+		if s.reason != pauseAuth {
+			pause(pauseAuth)
+		} else {
+			c.endProbe = probeFailed
+		}
+	case answerRetryable:
+		c.next.consecutive++
+		if s.reason == "" && c.next.consecutive >= threshold {
+			pause(pauseBreaker)
+		} else {
+			c.endProbe = probeFailed
+		}
+	case answerLimited:
 		// The API answered: the breaker has nothing to fear. Hold every
 		// call until Retry-After has passed (the limit is the app's, not
 		// this call's).
-		g.limited++
-		wait := min(pe.RetryAfter, maxRetryAfter)
-		if wait <= 0 {
-			wait = min(time.Second<<min(g.limited-1, 10), maxRateLimitWait)
-		}
-		if until := g.clock().Add(wait); until.After(g.notBefore) {
-			g.notBefore = until
-		}
-	case provider.Permanent:
-		// The API answered and judged the request: it is up.
+		c.next.limited++
+		c.hold = rateLimitHold(a.retryAfter, c.next.limited)
+	case answerJudged:
 		if stale {
-			return
+			break
 		}
-		g.consecutive = 0
-		g.limited = 0
-		if g.reason == pauseBreaker {
-			g.setLocked("")
+		c.next.consecutive, c.next.limited = 0, 0
+		if s.reason == pauseBreaker {
+			pause("")
 		}
 	}
-	return changed
+	if c.endProbe {
+		c.next.probing = false
+	}
+	return c
+}
+
+// rateLimitHold is how long a 429 holds every call: its Retry-After, at
+// most maxRetryAfter; without one, 1s doubling per 429 in a row (limited
+// counts them, this one included) up to maxRateLimitWait.
+func rateLimitHold(retryAfter time.Duration, limited int) time.Duration {
+	if wait := min(retryAfter, maxRetryAfter); wait > 0 {
+		return wait
+	}
+	return min(time.Second<<min(max(limited, 1)-1, 10), maxRateLimitWait)
 }
 
 // waitCall blocks until a 429's Retry-After has passed. It returns how long
