@@ -41,6 +41,7 @@ type rateResult struct {
 	requests int64         // API requests the fake received, 429s included
 	limited  int64         // of which answered 429
 	routes   map[string]int64
+	cuts     map[string]float64 // ours: cuts of the adaptive limits, by cause, all relays
 }
 
 func (r rateResult) rate() float64 { return float64(r.n) / r.elapsed.Seconds() }
@@ -154,13 +155,14 @@ func (e *env) rateLimited(ctx context.Context, log *slog.Logger, spec systemSpec
 		}
 		log.Warn("rate-limited run cut off", "system", spec.label, "after", maxDur, "delivered", done, "of", n)
 		return rateResult{n: int(done), of: n, elapsed: elapsed, load: loaded, requests: st.Requests,
-			limited: st.Statuses[http.StatusTooManyRequests], routes: st.Routes}, nil
+			limited: st.Statuses[http.StatusTooManyRequests], routes: st.Routes, cuts: rateCuts(s)}, nil
 	}
 	if err := s.waitDrained(runCtx); err != nil {
 		return rateResult{}, err
 	}
 	elapsed := time.Since(start)
 	st := e.fake.Stats()
+	cuts := rateCuts(s)
 	for _, r := range s.relays() {
 		r.stop()
 	}
@@ -168,7 +170,34 @@ func (e *env) rateLimited(ctx context.Context, log *slog.Logger, spec systemSpec
 		return rateResult{}, err
 	}
 	return rateResult{n: n, of: n, elapsed: elapsed, load: loaded, requests: st.Requests,
-		limited: st.Statuses[http.StatusTooManyRequests], routes: st.Routes}, nil
+		limited: st.Statuses[http.StatusTooManyRequests], routes: st.Routes, cuts: cuts}, nil
+}
+
+// rateCuts sums the cuts of the adaptive limits of a session's relays of
+// ours, by cause; nil for the other systems.
+func rateCuts(s *session) map[string]float64 {
+	var cuts map[string]float64
+	for _, r := range s.relays() {
+		o, isOurs := r.(*oursRunner)
+		if !isOurs {
+			continue
+		}
+		if cuts == nil {
+			cuts = map[string]float64{}
+		}
+		for cause, n := range o.rateCuts() {
+			cuts[cause] += n
+		}
+	}
+	return cuts
+}
+
+// cutsNote describes the cuts of a result, "" when none were counted.
+func cutsNote(r rateResult) string {
+	if r.cuts == nil {
+		return ""
+	}
+	return fmt.Sprintf("adaptive limit cuts on 429: %.0f, on slow answers: %.0f", r.cuts["429"], r.cuts["slow"])
 }
 
 // rateSpecs are the systems of a rate-limited scenario, by -systems key.
@@ -215,7 +244,7 @@ func runRate(ctx context.Context, log *slog.Logger, e *env, sz sizes, rep *repor
 			"intents_per_s", fmt.Sprintf("%.1f", r.rate()), "elapsed", r.elapsed.Round(time.Millisecond),
 			"load", r.load.Round(time.Millisecond), "requests", r.requests, "429s", r.limited,
 			"share_429", fmt.Sprintf("%.2f%%", r.share429()), "calls_per_intent", fmt.Sprintf("%.2f", r.callsPerIntent()),
-			"routes", fmt.Sprint(r.routes))
+			"routes", fmt.Sprint(r.routes), "cuts", fmt.Sprint(r.cuts))
 		res[k] = r
 	}
 	get := func(k string, f func(rateResult) float64) float64 {
@@ -259,7 +288,10 @@ func runRate(ctx context.Context, log *slog.Logger, e *env, sz sizes, rep *repor
 	target(&rw)
 	rep.add(rw)
 	s := row{scenario: head + ": % of calls answered 429", ours: get(keyOurs, share), naive: get(keyNaive, share), river: get(keyRiver, share),
-		unit: "%.2f%%", lowerBetter: true, target: "(information)"}
+		unit: "%.2f%%", lowerBetter: true, target: "(information)", note: "ours: " + cutsNote(res[keyOurs])}
+	if res[keyOurs].cuts == nil {
+		s.note = ""
+	}
 	if limit == 100 {
 		s.target = "ours ≤ 2%"
 		_, measured := res[keyOurs]
@@ -273,8 +305,8 @@ func runRate(ctx context.Context, log *slog.Logger, e *env, sz sizes, rep *repor
 		ex := get(keyOursExact, rate)
 		x := row{scenario: head + ": ours not told the limit ÷ ours told it (intents/s)", oursOnly: true, unit: "%.0f%%",
 			target: "≥ 85%",
-			note: fmt.Sprintf("not told: %.1f/s, %.2f%% 429s, %.2f calls/intent; told %g/s: %.1f/s, %.2f%% 429s, %.2f calls/intent",
-				o, get(keyOurs, share), get(keyOurs, calls), limit, ex, get(keyOursExact, share), get(keyOursExact, calls))}
+			note: fmt.Sprintf("not told: %.1f/s, %.2f%% 429s, %.2f calls/intent, %s; told %g/s: %.1f/s, %.2f%% 429s, %.2f calls/intent",
+				o, get(keyOurs, share), get(keyOurs, calls), cutsNote(res[keyOurs]), limit, ex, get(keyOursExact, share), get(keyOursExact, calls))}
 		if o > 0 && ex > 0 {
 			x.ours = 100 * o / ex
 		}

@@ -13,6 +13,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/riverqueue/river"
 	"github.com/riverqueue/river/riverdriver/riverpgxv5"
 
@@ -99,6 +100,34 @@ type oursRunner struct {
 	r    *relay.Relay
 	// cfg may be adjusted before start.
 	cfg relay.Config
+	// reg holds the relay's metrics, read by rateCuts.
+	reg *prometheus.Registry
+}
+
+// rateCuts returns the cuts of the relay's adaptive rate limit so far, by
+// cause (429 or slow), from its metrics.
+func (o *oursRunner) rateCuts() map[string]float64 {
+	cuts := map[string]float64{}
+	if o.reg == nil {
+		return cuts
+	}
+	mfs, err := o.reg.Gather()
+	if err != nil {
+		return cuts
+	}
+	for _, mf := range mfs {
+		if mf.GetName() != "outbox_relay_rate_limit_cuts_total" {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			for _, l := range m.GetLabel() {
+				if l.GetName() == "cause" {
+					cuts[l.GetValue()] += m.GetCounter().GetValue()
+				}
+			}
+		}
+	}
+	return cuts
 }
 
 // loadChunk is the intents per EnqueueBatch: each takes one advisory lock
@@ -130,6 +159,10 @@ func (o *oursRunner) start(ctx context.Context) error {
 	cfg.Concurrency = inFlight
 	cfg.BatchSize = inFlight
 	cfg.Logger = o.log
+	if cfg.Registerer == nil {
+		o.reg = prometheus.NewRegistry()
+		cfg.Registerer = o.reg
+	}
 	r, err := relay.New(o.pool, o.p, cfg)
 	if err != nil {
 		return err
