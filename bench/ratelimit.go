@@ -292,6 +292,8 @@ func runRate(ctx context.Context, log *slog.Logger, e *env, sz sizes, rep *repor
 	if res[keyOurs].cuts == nil {
 		s.note = ""
 	}
+	has := func(k string) bool { r, ok := res[k]; return ok && r.n > 0 }
+	s.measured = &[3]bool{has(keyOurs), has(keyNaive), has(keyRiver)}
 	if limit == 100 {
 		s.target = "ours ≤ 2%"
 		_, measured := res[keyOurs]

@@ -51,6 +51,10 @@ type row struct {
 	target             string
 	met                verdict
 	note               string
+	// measured, when set, says which of ours, naive and River were
+	// measured, so that a 0 is printed as a figure; unset, 0 means not
+	// measured.
+	measured *[3]bool
 }
 
 type report struct {
@@ -64,8 +68,8 @@ func (r *report) write(w io.Writer) {
 	fmt.Fprintln(w, "| scenario | ours | naive | River | ours/naive | ours/River | target | met? |")
 	fmt.Fprintln(w, "|---|---:|---:|---:|---:|---:|---|---|")
 	for _, x := range r.rows {
-		fig := func(v float64) string {
-			if v == 0 {
+		fig := func(v float64, i int) string {
+			if (x.measured == nil && v == 0) || (x.measured != nil && !x.measured[i]) {
 				return "–"
 			}
 			return fmt.Sprintf(x.unit, v)
@@ -76,7 +80,7 @@ func (r *report) write(w io.Writer) {
 			}
 			return fmt.Sprintf("%.2f×", a/b)
 		}
-		naive, river, rn, rr := fig(x.naive), fig(x.river), ratio(x.ours, x.naive), ratio(x.ours, x.river)
+		naive, river, rn, rr := fig(x.naive, 1), fig(x.river, 2), ratio(x.ours, x.naive), ratio(x.ours, x.river)
 		if x.oursOnly {
 			naive, river, rn, rr = "", "", "", ""
 		}
@@ -85,7 +89,7 @@ func (r *report) write(w io.Writer) {
 			scenario += " <br>*" + x.note + "*"
 		}
 		fmt.Fprintf(w, "| %s | %s | %s | %s | %s | %s | %s | %s |\n",
-			esc(scenario), fig(x.ours), naive, river, rn, rr, esc(x.target), x.met)
+			esc(scenario), fig(x.ours, 0), naive, river, rn, rr, esc(x.target), x.met)
 	}
 	if len(r.errors) > 0 {
 		fmt.Fprintln(w)
