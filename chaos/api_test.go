@@ -1,7 +1,6 @@
 package chaos_test
 
 import (
-	"context"
 	"fmt"
 	"math/rand/v2"
 	"net/http"
@@ -13,6 +12,7 @@ import (
 	"time"
 
 	"github.com/outbox-relay/outbox-relay/internal/pgtest"
+	"github.com/outbox-relay/outbox-relay/internal/relaytest"
 	"github.com/outbox-relay/outbox-relay/outbox"
 	"github.com/outbox-relay/outbox-relay/provider/faketalkjs"
 	"github.com/outbox-relay/outbox-relay/relay"
@@ -64,13 +64,10 @@ func TestAPIOutage(t *testing.T) {
 	b.fake.SetFaults(faketalkjs.Faults{Latency: 30 * time.Millisecond, Down: true})
 	// The breaker should open within a few failed calls; if it does not,
 	// the call counts below show what that costs.
+	_, breakerOpened := relaytest.Poll(outage/2, func() bool { return r.Health().Paused == "breaker" })
 	openedAt := time.Now()
-	for r.Health().Paused != "breaker" && time.Since(start) < outage/2 {
-		time.Sleep(10 * time.Millisecond)
-		openedAt = time.Now()
-	}
 	opened := openedAt.Sub(start)
-	if r.Health().Paused != "breaker" {
+	if !breakerOpened {
 		t.Errorf("the circuit breaker did not open within %s of the outage", outage/2)
 	}
 
@@ -320,7 +317,7 @@ func TestPoisonIntents(t *testing.T) {
 	if c["dead"] != len(poison) || c["done"] != len(good) {
 		t.Errorf("states = %v, want %d dead and %d done", c, len(poison), len(good))
 	}
-	ctx := context.Background()
+	ctx := t.Context()
 	// How long each poison intent took from its first call to dead.
 	rows, err := b.pool.Query(ctx, `
 SELECT i.conversation_id, i.attempts, coalesce(i.last_error, ''),

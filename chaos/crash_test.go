@@ -1,7 +1,6 @@
 package chaos_test
 
 import (
-	"context"
 	"fmt"
 	"math/rand/v2"
 	"os"
@@ -52,7 +51,7 @@ func TestRelayCrashes(t *testing.T) {
 		takeover time.Duration // 0 until all its intents were taken back
 	}
 	var killed []*kill
-	ctx := context.Background()
+	ctx := t.Context()
 	bound := lease + 5*time.Second
 	// watch records takeovers and fails on one that is late.
 	watch := func() {
@@ -148,7 +147,7 @@ func TestStoppedRelayIsFenced(t *testing.T) {
 	lease := params.lease
 	intents := orderIntents("fence", 200, 200)
 	insertChunks(t, b.pool, intents, 1000)
-	ctx := context.Background()
+	ctx := t.Context()
 
 	a := startProc(t, "fence-a", b.relayEnv("OUTBOX_LEASE="+lease.String(), "OUTBOX_CONCURRENCY=20", "OUTBOX_BATCH_SIZE=20"))
 	waitUntil(t, 30*time.Second, "relay A to be mid-delivery", func() bool {
@@ -246,7 +245,7 @@ func TestStoppedRelayIsFenced(t *testing.T) {
 	// A finishes what it had in flight, then stops gracefully, which writes
 	// every result it still holds before it exits.
 	waitUntil(t, 30*time.Second, "relay A to finish its stale deliveries", func() bool {
-		v, ok := a.metric("outbox_relay_intents_in_flight")
+		v, ok := a.metric(t, "outbox_relay_intents_in_flight")
 		return ok && v == 0
 	})
 	a.signal(t, syscall.SIGTERM)

@@ -12,6 +12,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/outbox-relay/outbox-relay/internal/pgcluster"
+	"github.com/outbox-relay/outbox-relay/internal/pgtest"
 	"github.com/outbox-relay/outbox-relay/migrations"
 	"github.com/outbox-relay/outbox-relay/outbox"
 	"github.com/outbox-relay/outbox-relay/provider/faketalkjs"
@@ -82,7 +83,7 @@ func TestDatabaseConnectionLoss(t *testing.T) {
 	t.Parallel()
 	b := setup(t, faketalkjs.Faults{Latency: 5 * time.Millisecond})
 	const appName = "chaos-conn-relay"
-	relayPool := newPool(t, withAppName(t, b.dbURL, appName))
+	relayPool := pgtest.Pool(t, withAppName(t, b.dbURL, appName))
 	cfg := fastRetry("conn-relay")
 	cfg.Lease = 3 * time.Second
 	cfg.Concurrency = 20
@@ -92,7 +93,7 @@ func TestDatabaseConnectionLoss(t *testing.T) {
 
 	n, rounds := params.connIntents, params.connKills
 	intents := orderIntents("conn", n, max(1, n/4))
-	ctx, cancel := context.WithCancel(context.Background())
+	ctx, cancel := context.WithCancel(t.Context())
 	defer cancel()
 	prod := startProducer(ctx, b.pool, intents, 10, 20*time.Millisecond)
 
@@ -179,7 +180,7 @@ func TestDatabaseRestart(t *testing.T) {
 	if _, err := pgcluster.Binaries(); err != nil {
 		t.Skipf("no Postgres server binaries for a throwaway cluster: %v", err)
 	}
-	ctx := context.Background()
+	ctx := t.Context()
 	cluster, err := pgcluster.Start(ctx)
 	if err != nil {
 		t.Fatal(err)
@@ -194,7 +195,7 @@ func TestDatabaseRestart(t *testing.T) {
 	}
 	fake := faketalkjs.New(faketalkjs.Config{AppID: appID, SecretKey: secret, Seed: 3,
 		Faults: faketalkjs.Faults{Latency: 60 * time.Millisecond}})
-	b := &bench{pool: newPool(t, dbURL), dbURL: dbURL, fake: fake, api: serveAPI(t, fake)}
+	b := &bench{pool: pgtest.Pool(t, dbURL), dbURL: dbURL, fake: fake, api: serveAPI(t, fake)}
 	p := startProc(t, "restart-relay", b.relayEnv("OUTBOX_LEASE=3s", "OUTBOX_CONCURRENCY=10", "OUTBOX_BATCH_SIZE=10"))
 
 	n := params.dbIntents
@@ -237,7 +238,7 @@ holding:
 	}
 	up := time.Now()
 	downFor := up.Sub(down)
-	b.pool = newPool(t, dbURL) // the test's old connections died with the server
+	b.pool = pgtest.Pool(t, dbURL) // the test's old connections died with the server
 
 	const resumeBound = 5 * time.Second
 	waitUntil(t, resumeBound, "/readyz to report ready after the restart", func() bool {

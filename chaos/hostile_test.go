@@ -50,7 +50,7 @@ func TestHostileIDsArriveExactly(t *testing.T) {
 	key := "k'); DROP TABLE outbox.intents; --"
 	var keyed int64
 	payload := `{"conversation":{"id":"keyed"},"messages":[{"type":"SystemMessage","text":"keyed"}]}`
-	if err := b.pool.QueryRow(context.Background(), `INSERT INTO outbox.intents (key, payload) VALUES ($1, $2::jsonb) RETURNING id`,
+	if err := b.pool.QueryRow(t.Context(), `INSERT INTO outbox.intents (key, payload) VALUES ($1, $2::jsonb) RETURNING id`,
 		key, payload).Scan(&keyed); err != nil {
 		t.Fatal(err)
 	}
@@ -80,7 +80,7 @@ func TestHostileIDsArriveExactly(t *testing.T) {
 		t.Errorf("the fake refused %d requests and saw %d on no route: an id was mangled", st.Rejections, st.Routes[faketalkjs.RouteOther])
 	}
 	var gotKey string
-	if err := b.pool.QueryRow(context.Background(), `SELECT key FROM outbox.intents WHERE id = $1`, keyed).Scan(&gotKey); err != nil || gotKey != key {
+	if err := b.pool.QueryRow(t.Context(), `SELECT key FROM outbox.intents WHERE id = $1`, keyed).Scan(&gotKey); err != nil || gotKey != key {
 		t.Errorf("key stored as %q (%v), want %q", gotKey, err, key)
 	}
 	for _, table := range []string{"outbox.intents", "outbox.attempts", "outbox.relays"} {
@@ -142,7 +142,7 @@ func TestHostilePayloadsRefusedAtInsert(t *testing.T) {
 		{"sender not a participant", `{"conversation":{"id":"c","participants":["a"]},"messages":[{"sender":"b","text":"t"}]}`, "invalid intent payload: messages[0].sender"},
 		{"not json", `{"conversation":`, ""},
 	}
-	ctx := context.Background()
+	ctx := t.Context()
 	for _, tt := range tests {
 		var arg any = tt.payload
 		if tt.payload == "NULL" {
@@ -182,7 +182,7 @@ func truncateLog(s string, n int) string {
 // it does not exit within 20s.
 func cli(t *testing.T, env []string, args ...string) (code int, stdout, stderr string, took time.Duration) {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	ctx, cancel := context.WithTimeout(t.Context(), 20*time.Second)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, binary, args...)
 	cmd.Env = append(cleanEnv(), env...)
@@ -221,7 +221,7 @@ func cleanEnv() []string {
 func TestSQLInjectionThroughCLIIsHarmless(t *testing.T) {
 	t.Parallel()
 	b := setup(t, faketalkjs.Faults{})
-	ctx := context.Background()
+	ctx := t.Context()
 	ids := insertChunks(t, b.pool, orderIntents("inject", 3, 3), 10)
 	if _, err := b.pool.Exec(ctx, `UPDATE outbox.intents SET state = 'dead', last_error = 'test' WHERE id = ANY($1)`, ids[:2]); err != nil {
 		t.Fatal(err)

@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"net"
 	"net/http"
-	"net/http/httptest"
 	"net/url"
 	"os"
 	"os/exec"
@@ -22,7 +21,6 @@ import (
 
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/outbox-relay/outbox-relay/internal/pgtest"
 	"github.com/outbox-relay/outbox-relay/internal/relaytest"
@@ -247,9 +245,7 @@ type inProcess struct {
 // metric returns the sum of every series of the named metric.
 func (r *inProcess) metric(t *testing.T, name string) float64 {
 	t.Helper()
-	rec := httptest.NewRecorder()
-	promhttp.HandlerFor(r.reg, promhttp.HandlerOpts{}).ServeHTTP(rec, httptest.NewRequestWithContext(t.Context(), http.MethodGet, "/metrics", nil))
-	v, _ := parseMetric(rec.Body.String(), name)
+	v, _ := relaytest.Metric(t, r.reg, name)
 	return v
 }
 
@@ -265,7 +261,7 @@ func (b *bench) startRelay(t *testing.T, pool *pgxpool.Pool, cfg relay.Config, t
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := r.Start(context.Background()); err != nil {
+	if err := r.Start(t.Context()); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(r.Stop)
@@ -366,9 +362,11 @@ func (p *proc) metrics() string {
 	return resp
 }
 
-// metric reads one metric (summed over its series) from the process.
-func (p *proc) metric(name string) (float64, bool) {
-	return parseMetric(p.metrics(), name)
+// metric reads one metric (summed over its series) from the process, and
+// whether it served it.
+func (p *proc) metric(t *testing.T, name string) (float64, bool) {
+	t.Helper()
+	return relaytest.Metric(t, relaytest.TextGatherer(p.metrics()), name)
 }
 
 // readyStatus returns the HTTP status of /readyz, 0 when it does not answer.
@@ -445,29 +443,6 @@ func httpGet(ctx context.Context, u string) (string, error) {
 	return sb.String(), err
 }
 
-// parseMetric sums the samples of metric name in Prometheus text format.
-func parseMetric(text, name string) (float64, bool) {
-	var sum float64
-	found := false
-	for line := range strings.Lines(text) {
-		rest, ok := strings.CutPrefix(line, name)
-		if !ok || rest == "" || (rest[0] != ' ' && rest[0] != '{') {
-			continue
-		}
-		fields := strings.Fields(rest[strings.LastIndexByte(rest, '}')+1:])
-		if len(fields) == 0 {
-			continue
-		}
-		v, err := strconv.ParseFloat(fields[0], 64)
-		if err != nil {
-			continue
-		}
-		sum += v
-		found = true
-	}
-	return sum, found
-}
-
 func freeAddr(t *testing.T) string {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
@@ -519,7 +494,7 @@ func countDone(pool *pgxpool.Pool) int {
 func queryInt(t *testing.T, pool *pgxpool.Pool, sql string, args ...any) int {
 	t.Helper()
 	var n int
-	if err := pool.QueryRow(context.Background(), sql, args...).Scan(&n); err != nil {
+	if err := pool.QueryRow(t.Context(), sql, args...).Scan(&n); err != nil {
 		t.Fatalf("%s: %v", strings.Join(strings.Fields(sql), " "), err)
 	}
 	return n
@@ -574,9 +549,7 @@ func checkExactlyOnce(t *testing.T, b *bench, intents []outbox.Intent) (lost, du
 // timeout has passed, and returns how long it took.
 func waitUntil(t *testing.T, timeout time.Duration, what string, cond func() bool) time.Duration {
 	t.Helper()
-	start := time.Now()
-	relaytest.WaitFor(t, timeout, what, cond)
-	return time.Since(start)
+	return relaytest.WaitFor(t, timeout, what, cond)
 }
 
 // withAppName returns dbURL with application_name set, so the test can
@@ -593,21 +566,11 @@ func withAppName(t *testing.T, dbURL, name string) string {
 	return u.String()
 }
 
-func newPool(t *testing.T, dbURL string) *pgxpool.Pool {
-	t.Helper()
-	pool, err := pgxpool.New(context.Background(), dbURL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(pool.Close)
-	return pool
-}
-
 // tableExists reports whether a relation exists.
 func tableExists(t *testing.T, pool *pgxpool.Pool, name string) bool {
 	t.Helper()
 	var ok bool
-	if err := pool.QueryRow(context.Background(), `SELECT to_regclass($1) IS NOT NULL`, name).Scan(&ok); err != nil {
+	if err := pool.QueryRow(t.Context(), `SELECT to_regclass($1) IS NOT NULL`, name).Scan(&ok); err != nil {
 		t.Fatal(err)
 	}
 	return ok

@@ -56,10 +56,10 @@ func TestSoak(t *testing.T) {
 		})
 		for i, p := range procs {
 			waitUntil(t, 10*time.Second, p.name+" to be idle", func() bool {
-				v, ok := p.metric("outbox_relay_intents_in_flight")
+				v, ok := p.metric(t, "outbox_relay_intents_in_flight")
 				return ok && v == 0
 			})
-			g, _ := p.metric("go_goroutines")
+			g, _ := p.metric(t, "go_goroutines")
 			samples[i] = append(samples[i], sample{rssKiB: p.rssKiB(t), goroutines: int(g), sockets: p.sockets()})
 		}
 	}

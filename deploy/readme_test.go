@@ -1,7 +1,6 @@
 package deploy
 
 import (
-	"context"
 	"net/http/httptest"
 	"os"
 	"os/exec"
@@ -11,8 +10,6 @@ import (
 	"strings"
 	"testing"
 	"time"
-
-	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/outbox-relay/outbox-relay/internal/pgtest"
 	"github.com/outbox-relay/outbox-relay/internal/relaytest"
@@ -152,14 +149,10 @@ func TestReadmeWalkthrough(t *testing.T) {
 			}
 		})
 	}
-	pool, err := pgxpool.New(context.Background(), dbURL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(pool.Close)
+	pool := pgtest.Pool(t, dbURL)
 	relaytest.WaitFor(t, 30*time.Second, "order-1 to be done", func() bool {
 		var state string
-		err := pool.QueryRow(context.Background(), `SELECT state FROM outbox.intents WHERE key = 'order-1'`).Scan(&state)
+		err := pool.QueryRow(t.Context(), `SELECT state FROM outbox.intents WHERE key = 'order-1'`).Scan(&state)
 		return err == nil && state == "done"
 	})
 	if _, ok := fake.Conversation("order_1"); !ok {
@@ -202,13 +195,9 @@ func TestReadmeSQL(t *testing.T) {
 	if n < 2 {
 		t.Fatalf("%d README SQL blocks marked for TestReadmeSQL, want the insert and the audit query", n)
 	}
-	pool, err := pgxpool.New(context.Background(), dbURL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer pool.Close()
+	pool := pgtest.Pool(t, dbURL)
 	var state string
-	if err := pool.QueryRow(context.Background(), `SELECT state FROM outbox.intents WHERE key = 'order-123'`).Scan(&state); err != nil || state != "pending" {
+	if err := pool.QueryRow(t.Context(), `SELECT state FROM outbox.intents WHERE key = 'order-123'`).Scan(&state); err != nil || state != "pending" {
 		t.Fatalf("the README's intent order-123: state %q, %v", state, err)
 	}
 }

@@ -15,7 +15,6 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/outbox-relay/outbox-relay/internal/pgtest"
 	"github.com/outbox-relay/outbox-relay/internal/relaytest"
@@ -117,12 +116,8 @@ func TestComposeSetupRuns(t *testing.T) {
 		}
 	})
 
-	ctx := context.Background()
-	producer, err := pgxpool.New(ctx, pgtest.WithUser(dbURL, users["APP_DB_USER"]))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(producer.Close)
+	ctx := t.Context()
+	producer := pgtest.Pool(t, pgtest.WithUser(dbURL, users["APP_DB_USER"]))
 	intent := relaytest.OrderIntent("compose-1", 1)
 	payload, err := json.Marshal(intent)
 	if err != nil {
@@ -132,11 +127,7 @@ func TestComposeSetupRuns(t *testing.T) {
 		t.Fatalf("insert as the producer role: %v", err)
 	}
 
-	auditor, err := pgxpool.New(ctx, pgtest.WithUser(dbURL, users["AUDITOR_DB_USER"]))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(auditor.Close)
+	auditor := pgtest.Pool(t, pgtest.WithUser(dbURL, users["AUDITOR_DB_USER"]))
 	relaytest.WaitFor(t, 30*time.Second, "the intent to be done, as the auditor reads it", func() bool {
 		var state string
 		err := auditor.QueryRow(ctx, `SELECT state FROM outbox.intents WHERE key = 'compose-1'`).Scan(&state)

@@ -162,7 +162,7 @@ var auditSeed = []string{
 // against a seeded database and checks what each returns.
 func TestAuditingDocQueries(t *testing.T) {
 	t.Parallel()
-	ctx := context.Background()
+	ctx := t.Context()
 	pool, _ := pgtest.NewPool(t)
 	for _, stmt := range auditSeed {
 		if _, err := pool.Exec(ctx, stmt); err != nil {

@@ -1,7 +1,6 @@
 package migrations_test
 
 import (
-	"context"
 	"sync"
 	"testing"
 
@@ -18,7 +17,7 @@ func TestMain(m *testing.M) { pgtest.Main(m) }
 func TestUpConcurrentStarts(t *testing.T) {
 	t.Parallel()
 	dbURL := pgtest.NewEmptyDatabase(t)
-	ctx := context.Background()
+	ctx := t.Context()
 
 	const starts = 3
 	var wg sync.WaitGroup

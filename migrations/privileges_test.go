@@ -1,7 +1,6 @@
 package migrations_test
 
 import (
-	"context"
 	"strings"
 	"testing"
 
@@ -20,7 +19,7 @@ import (
 func TestPrivilegesCoverSchema(t *testing.T) {
 	t.Parallel()
 	pool, _ := pgtest.NewPool(t)
-	ctx := context.Background()
+	ctx := t.Context()
 
 	decided := map[string]migrations.Decision{}
 	for _, d := range migrations.Decisions() {

@@ -1,7 +1,6 @@
 package outbox_test
 
 import (
-	"context"
 	"fmt"
 	"testing"
 
@@ -39,7 +38,7 @@ func BenchmarkValidate(b *testing.B) {
 // database validating each.
 func BenchmarkEnqueue(b *testing.B) {
 	pool, _ := pgtest.NewPool(b)
-	ctx := context.Background()
+	ctx := b.Context()
 	i := 0
 	for b.Loop() {
 		i++
@@ -53,7 +52,7 @@ func BenchmarkEnqueue(b *testing.B) {
 // batch.
 func BenchmarkEnqueueBatch(b *testing.B) {
 	pool, _ := pgtest.NewPool(b)
-	ctx := context.Background()
+	ctx := b.Context()
 	const size = 100
 	items := make([]outbox.BatchItem, size)
 	n := 0

@@ -18,7 +18,7 @@ import (
 // connect opens a connection closed when t ends.
 func connect(t *testing.T, dbURL string) *pgx.Conn {
 	t.Helper()
-	conn, err := pgx.Connect(context.Background(), dbURL)
+	conn, err := pgx.Connect(t.Context(), dbURL)
 	if err != nil {
 		t.Fatalf("connect: %v", err)
 	}
@@ -29,7 +29,7 @@ func connect(t *testing.T, dbURL string) *pgx.Conn {
 func TestEnqueueOptions(t *testing.T) {
 	t.Parallel()
 	pool, _ := pgtest.NewPool(t)
-	ctx := context.Background()
+	ctx := t.Context()
 
 	later := time.Date(2031, 5, 6, 7, 8, 9, 0, time.UTC)
 	id, err := outbox.Enqueue(ctx, pool, simpleIntent("c1", "hi"), outbox.WithKey("order-1"), outbox.WithRunAfter(later))
@@ -79,7 +79,7 @@ func TestEnqueueInvalidKey(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
-			_, err := outbox.Enqueue(context.Background(), noDB{t}, simpleIntent("c", "hi"), outbox.WithKey(tt.key))
+			_, err := outbox.Enqueue(t.Context(), noDB{t}, simpleIntent("c", "hi"), outbox.WithKey(tt.key))
 			var ve *outbox.ValidationError
 			if !errors.As(err, &ve) || ve.Field != "key" || ve.Rule != tt.rule {
 				t.Fatalf("Enqueue() = %v, want key: %s", err, tt.rule)
@@ -94,11 +94,11 @@ func TestEnqueueInvalidKey(t *testing.T) {
 	t.Run("256 characters", func(t *testing.T) {
 		t.Parallel()
 		pool, _ := pgtest.NewPool(t)
-		if _, err := outbox.Enqueue(context.Background(), pool, simpleIntent("c", "hi"), outbox.WithKey(strings.Repeat("é", 256))); err != nil {
+		if _, err := outbox.Enqueue(t.Context(), pool, simpleIntent("c", "hi"), outbox.WithKey(strings.Repeat("é", 256))); err != nil {
 			t.Fatal(err)
 		}
 		var pgErr *pgconn.PgError
-		_, err := pool.Exec(context.Background(),
+		_, err := pool.Exec(t.Context(),
 			`INSERT INTO outbox.intents (payload, key) VALUES ('{"conversation": {"id": "c"}}', '')`)
 		if !errors.As(err, &pgErr) || pgErr.Code != "23514" || pgErr.ConstraintName != "intents_key_valid" {
 			t.Errorf("empty key in SQL: %v, want 23514 on intents_key_valid", err)
@@ -111,7 +111,7 @@ func TestEnqueueInvalidKey(t *testing.T) {
 func TestEnqueueDuplicateKey(t *testing.T) {
 	t.Parallel()
 	pool, _ := pgtest.NewPool(t)
-	ctx := context.Background()
+	ctx := t.Context()
 	if _, err := pool.Exec(ctx, `CREATE TABLE orders (id text PRIMARY KEY)`); err != nil {
 		t.Fatal(err)
 	}
@@ -165,7 +165,7 @@ func TestEnqueueDuplicateKey(t *testing.T) {
 func TestEnqueueDatabaseRefusal(t *testing.T) {
 	t.Parallel()
 	pool, _ := pgtest.NewPool(t)
-	ctx := context.Background()
+	ctx := t.Context()
 	if _, err := pool.Exec(ctx, `
 CREATE OR REPLACE FUNCTION outbox.validate_payload(p jsonb) RETURNS boolean
 LANGUAGE plpgsql IMMUTABLE STRICT AS $$
@@ -214,7 +214,7 @@ $$`); err != nil {
 
 func TestEnqueueOtherErrorsWrapped(t *testing.T) {
 	t.Parallel()
-	ctx, cancel := context.WithCancel(context.Background())
+	ctx, cancel := context.WithCancel(t.Context())
 	cancel()
 	pool, _ := pgtest.NewPool(t)
 	_, err := outbox.Enqueue(ctx, pool, simpleIntent("c", "hi"))
@@ -237,7 +237,7 @@ func batchItems(n int, conv func(i int) string) []outbox.BatchItem {
 func TestEnqueueBatch(t *testing.T) {
 	t.Parallel()
 	pool, dbURL := pgtest.NewPool(t)
-	ctx := context.Background()
+	ctx := t.Context()
 
 	// Interleaved conversations, keys on some, a delay on one.
 	items := batchItems(30, func(i int) string { return fmt.Sprintf("conv-%d", i%4) })
@@ -312,7 +312,7 @@ func TestEnqueueBatchRefusesInvalidItem(t *testing.T) {
 			t.Parallel()
 			items := batchItems(6, func(i int) string { return fmt.Sprint("c", i) })
 			tt.modify(items)
-			ids, err := outbox.EnqueueBatch(context.Background(), noDB{t}, items)
+			ids, err := outbox.EnqueueBatch(t.Context(), noDB{t}, items)
 			if ids != nil {
 				t.Errorf("ids = %v, want nil", ids)
 			}
@@ -332,7 +332,7 @@ func TestEnqueueBatchRefusesInvalidItem(t *testing.T) {
 
 	t.Run("empty", func(t *testing.T) {
 		t.Parallel()
-		ids, err := outbox.EnqueueBatch(context.Background(), noDB{t}, nil)
+		ids, err := outbox.EnqueueBatch(t.Context(), noDB{t}, nil)
 		if ids != nil || err != nil {
 			t.Errorf("EnqueueBatch(nil) = %v, %v, want nil, nil", ids, err)
 		}
@@ -344,7 +344,7 @@ func TestEnqueueBatchRefusesInvalidItem(t *testing.T) {
 func TestEnqueueBatchDuplicateKey(t *testing.T) {
 	t.Parallel()
 	pool, _ := pgtest.NewPool(t)
-	ctx := context.Background()
+	ctx := t.Context()
 	if _, err := outbox.Enqueue(ctx, pool, simpleIntent("c", "hi"), outbox.WithKey("taken")); err != nil {
 		t.Fatal(err)
 	}

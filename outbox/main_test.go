@@ -46,7 +46,7 @@ func (errRow) Scan(...any) error { return errors.New("noDB: no database") }
 func insertRaw(t *testing.T, db outbox.DB, payload string) (int64, *pgconn.PgError) {
 	t.Helper()
 	var id int64
-	err := db.QueryRow(context.Background(),
+	err := db.QueryRow(t.Context(),
 		`INSERT INTO outbox.intents (payload) VALUES ($1::jsonb) RETURNING id`, payload).Scan(&id)
 	if err == nil {
 		return id, nil
@@ -62,7 +62,7 @@ func insertRaw(t *testing.T, db outbox.DB, payload string) (int64, *pgconn.PgErr
 func storedIntent(t *testing.T, db outbox.DB, id int64) outbox.Intent {
 	t.Helper()
 	var payload []byte
-	if err := db.QueryRow(context.Background(),
+	if err := db.QueryRow(t.Context(),
 		`SELECT payload FROM outbox.intents WHERE id = $1`, id).Scan(&payload); err != nil {
 		t.Fatalf("read intent %d: %v", id, err)
 	}
@@ -76,7 +76,7 @@ func storedIntent(t *testing.T, db outbox.DB, id int64) outbox.Intent {
 func countRows(t *testing.T, db outbox.DB, query string) int {
 	t.Helper()
 	var n int
-	if err := db.QueryRow(context.Background(), query).Scan(&n); err != nil {
+	if err := db.QueryRow(t.Context(), query).Scan(&n); err != nil {
 		t.Fatalf("%s: %v", query, err)
 	}
 	return n

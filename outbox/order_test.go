@@ -6,22 +6,9 @@ import (
 	"time"
 
 	"github.com/outbox-relay/outbox-relay/internal/pgtest"
+	"github.com/outbox-relay/outbox-relay/internal/relaytest"
 	"github.com/outbox-relay/outbox-relay/outbox"
 )
-
-// waitFor polls cond until it holds, failing the test after a deadline.
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
-	tick := time.NewTicker(5 * time.Millisecond)
-	defer tick.Stop()
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting until %s", what)
-		}
-		<-tick.C
-	}
-}
 
 // Within a conversation, id order is commit order: a second transaction's
 // insert waits for the first transaction to end, so it gets the later id
@@ -32,7 +19,7 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 func TestIDOrderIsCommitOrderPerConversation(t *testing.T) {
 	t.Parallel()
 	pool, dbURL := pgtest.NewPool(t)
-	ctx := context.Background()
+	ctx := t.Context()
 	connA, connB, connC := connect(t, dbURL), connect(t, dbURL), connect(t, dbURL)
 
 	txA, err := connA.Begin(ctx)
@@ -62,7 +49,7 @@ func TestIDOrderIsCommitOrderPerConversation(t *testing.T) {
 	}()
 
 	// B is blocked on the conversation's order lock, held by A.
-	waitFor(t, "B waits on the advisory lock", func() bool {
+	relaytest.WaitFor(t, 30*time.Second, "B waits on the advisory lock", func() bool {
 		var waiting bool
 		err := pool.QueryRow(ctx, `
 SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE pid = $1 AND wait_event_type = 'Lock' AND wait_event = 'advisory')`,

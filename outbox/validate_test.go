@@ -202,7 +202,7 @@ func TestInvalidPayloads(t *testing.T) {
 	for _, tc := range badCases() {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
-			ctx := context.Background()
+			ctx := t.Context()
 
 			var payloads []string // what the database must refuse
 			if tc.payload != "" {
@@ -333,7 +333,7 @@ func validCases() []struct {
 func TestValidPayloads(t *testing.T) {
 	t.Parallel()
 	pool, dbURL := pgtest.NewPool(t)
-	ctx := context.Background()
+	ctx := t.Context()
 
 	for _, tc := range validCases() {
 		t.Run(tc.name, func(t *testing.T) {
@@ -412,7 +412,7 @@ func checkStored(t *testing.T, db outbox.DB, id int64, in outbox.Intent) {
 func TestPayloadSizeLimitMatchesDatabase(t *testing.T) {
 	t.Parallel()
 	pool, _ := pgtest.NewPool(t)
-	ctx := context.Background()
+	ctx := t.Context()
 
 	tricky := []string{
 		"plain",

@@ -1,7 +1,6 @@
 package relay_test
 
 import (
-	"context"
 	"fmt"
 	"runtime"
 	"slices"
@@ -12,6 +11,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/outbox-relay/outbox-relay/internal/pgtest"
 	"github.com/outbox-relay/outbox-relay/internal/relaytest"
 	"github.com/outbox-relay/outbox-relay/outbox"
 	"github.com/outbox-relay/outbox-relay/provider/faketalkjs"
@@ -35,7 +35,7 @@ func BenchmarkProducers(b *testing.B) {
 		b.Run(name, func(b *testing.B) {
 			const producers = 16
 			bd := setup(b, faketalkjs.Faults{RateLimit: 100})
-			ctx := context.Background()
+			ctx := b.Context()
 			if _, err := bd.pool.Exec(ctx, `CREATE TABLE bench_orders (id bigserial PRIMARY KEY, customer text NOT NULL, placed_at timestamptz NOT NULL DEFAULT now())`); err != nil {
 				b.Fatal(err)
 			}
@@ -82,18 +82,11 @@ func BenchmarkProducers(b *testing.B) {
 // established before it returns, closed when tb ends.
 func poolOf(tb testing.TB, dbURL, app string, n int) *pgxpool.Pool {
 	tb.Helper()
-	cfg, err := pgxpool.ParseConfig(dbURL)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	cfg.MaxConns, cfg.MinConns = int32(n), int32(n)
-	cfg.ConnConfig.RuntimeParams["application_name"] = app
-	pool, err := pgxpool.NewWithConfig(context.Background(), cfg)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	tb.Cleanup(pool.Close)
-	if err := pool.Ping(context.Background()); err != nil {
+	pool := pgtest.Pool(tb, dbURL, func(cfg *pgxpool.Config) {
+		cfg.MaxConns, cfg.MinConns = int32(n), int32(n)
+		cfg.ConnConfig.RuntimeParams["application_name"] = app
+	})
+	if err := pool.Ping(tb.Context()); err != nil {
 		tb.Fatal(err)
 	}
 	return pool
@@ -109,7 +102,7 @@ func BenchmarkWakeup(b *testing.B) {
 	cfg := testConfig("bench")
 	cfg.PollInterval = time.Hour // only a NOTIFY can wake it
 	r := bd.startRelay(b, cfg, testSecret)
-	ctx := context.Background()
+	ctx := b.Context()
 	relaytest.WaitFor(b, 10*time.Second, "listening", func() bool { return r.Health().Listening })
 	latencies := make([]time.Duration, 0, b.N)
 	b.ResetTimer()
@@ -164,7 +157,7 @@ func BenchmarkClaimComplete(b *testing.B) {
 
 func benchClaimComplete(b *testing.B, batch int) {
 	bd := setup(b, faketalkjs.Faults{})
-	ctx := context.Background()
+	ctx := b.Context()
 	// Load b.N batches of pending intents, 500 per transaction (each
 	// conversation's order lock is held to the end of its transaction).
 	for loaded := 0; loaded < b.N*batch; loaded += 500 {

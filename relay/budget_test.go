@@ -1,7 +1,6 @@
 package relay_test
 
 import (
-	"context"
 	"encoding/json"
 	"errors"
 	"strings"
@@ -19,7 +18,7 @@ import (
 // its last error.
 func (b *bundle) intentState(t *testing.T, id int64) (state string, failing bool, lastError string) {
 	t.Helper()
-	if err := b.pool.QueryRow(context.Background(),
+	if err := b.pool.QueryRow(t.Context(),
 		`SELECT state, failing_since IS NOT NULL, coalesce(last_error, '') FROM outbox.intents WHERE id = $1`, id).
 		Scan(&state, &failing, &lastError); err != nil {
 		t.Fatal(err)
@@ -30,7 +29,7 @@ func (b *bundle) intentState(t *testing.T, id int64) (state string, failing bool
 // claimOne claims exactly the one due intent.
 func claimOne(t *testing.T, r *relay.Relay) []*relay.Job {
 	t.Helper()
-	jobs, err := r.Claim(context.Background(), 1)
+	jobs, err := r.Claim(t.Context(), 1)
 	if err != nil || len(jobs) != 1 {
 		t.Fatalf("claim: %d jobs, %v; want 1", len(jobs), err)
 	}
@@ -46,7 +45,7 @@ func claimOne(t *testing.T, r *relay.Relay) []*relay.Job {
 func TestMaxAgeCountsFromFirstFailure(t *testing.T) {
 	t.Parallel()
 	b := setup(t, faketalkjs.Faults{})
-	ctx := context.Background()
+	ctx := t.Context()
 	cfg := withLogs(testConfig("budget"), b)
 	cfg.MaxAge = time.Hour
 	r, err := relay.New(b.pool, b.client(t, testSecret), cfg)
@@ -109,7 +108,7 @@ func checkGuarded(t *testing.T, err error, what string) {
 func TestPayloadUpdateGuard(t *testing.T) {
 	t.Parallel()
 	b := setup(t, faketalkjs.Faults{})
-	ctx := context.Background()
+	ctx := t.Context()
 	r, err := relay.New(b.pool, b.client(t, testSecret), withLogs(testConfig("guard"), b))
 	if err != nil {
 		t.Fatal(err)

@@ -12,6 +12,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/outbox-relay/outbox-relay/internal/pgtest"
 	"github.com/outbox-relay/outbox-relay/outbox"
 	"github.com/outbox-relay/outbox-relay/provider"
 	"github.com/outbox-relay/outbox-relay/provider/faketalkjs"
@@ -51,24 +52,14 @@ func leaseClient(t *testing.T, b *bundle, lease time.Duration) *talkjs.Client {
 // statement and lock timeouts.
 func relayPool(t *testing.T, dbURL string, cfg relay.Config) *pgxpool.Pool {
 	t.Helper()
-	pc, err := pgxpool.ParseConfig(dbURL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	relay.ConfigurePool(pc, cfg)
-	pool, err := pgxpool.NewWithConfig(context.Background(), pc)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(pool.Close)
-	return pool
+	return pgtest.Pool(t, dbURL, func(pc *pgxpool.Config) { relay.ConfigurePool(pc, cfg) })
 }
 
 // intentsDone counts the intents of ids that are done.
 func intentsDone(t *testing.T, pool *pgxpool.Pool, ids []int64) int {
 	t.Helper()
 	var n int
-	if err := pool.QueryRow(context.Background(),
+	if err := pool.QueryRow(t.Context(),
 		`SELECT count(*) FROM outbox.intents WHERE id = ANY($1) AND state = 'done'`, ids).Scan(&n); err != nil {
 		t.Fatal(err)
 	}
@@ -91,7 +82,7 @@ func orderIntents(prefix string, n int) []outbox.Intent {
 func TestLockedSuccessorDoesNotStallTheRelay(t *testing.T) {
 	t.Parallel()
 	b := setup(t, faketalkjs.Faults{})
-	ctx := context.Background()
+	ctx := t.Context()
 	cfg := withLogs(testConfig("locked-successor"), b)
 	cfg.Lease = 4 * time.Second
 	prov := &failingConversation{Provider: leaseClient(t, b, cfg.Lease), id: "stuck"}
@@ -178,7 +169,7 @@ func TestLockedSuccessorDoesNotStallTheRelay(t *testing.T) {
 func TestUnwritableResultIsDroppedToItsLease(t *testing.T) {
 	t.Parallel()
 	b := setup(t, faketalkjs.Faults{})
-	ctx := context.Background()
+	ctx := t.Context()
 	cfg := withLogs(testConfig("unwritable"), b)
 	cfg.Lease = 4 * time.Second
 	cfg.MaxAttempts = 1000
@@ -251,7 +242,7 @@ func logged(b *bundle, parts ...string) bool {
 func TestLockedLeaseDoesNotStopOtherRenewals(t *testing.T) {
 	t.Parallel()
 	b := setup(t, faketalkjs.Faults{})
-	ctx := context.Background()
+	ctx := t.Context()
 	cfg := withLogs(testConfig("renewals"), b)
 	r, err := relay.New(relayPool(t, b.dbURL, cfg), b.client(t, testSecret), cfg)
 	if err != nil {

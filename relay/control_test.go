@@ -1,7 +1,6 @@
 package relay_test
 
 import (
-	"context"
 	"fmt"
 	"testing"
 	"time"
@@ -9,6 +8,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/outbox-relay/outbox-relay/internal/relaytest"
 	"github.com/outbox-relay/outbox-relay/outbox"
 	"github.com/outbox-relay/outbox-relay/provider/faketalkjs"
 	"github.com/outbox-relay/outbox-relay/relay"
@@ -18,7 +18,7 @@ import (
 // increments.
 func leaseTokens(t testing.TB, b *bundle) map[int64]int64 {
 	t.Helper()
-	rows, err := b.pool.Query(context.Background(), `SELECT id, lease_token FROM outbox.intents`)
+	rows, err := b.pool.Query(t.Context(), `SELECT id, lease_token FROM outbox.intents`)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -39,7 +39,7 @@ func TestOperatorPauseHoldsEveryRelay(t *testing.T) {
 	t.Parallel()
 	// Latency keeps deliveries under way at the moment of the pause.
 	b := setup(t, faketalkjs.Faults{Latency: 150 * time.Millisecond})
-	ctx := context.Background()
+	ctx := t.Context()
 	type member struct {
 		r   *relay.Relay
 		reg *prometheus.Registry
@@ -96,7 +96,7 @@ func TestOperatorPauseHoldsEveryRelay(t *testing.T) {
 		return true
 	})
 	for _, m := range relays {
-		if v := metricValue(t, m.reg, "outbox_relay_paused", "reason", "operator"); v != 1 {
+		if v := relaytest.MetricValue(t, m.reg, "outbox_relay_paused", "reason", "operator"); v != 1 {
 			t.Errorf("outbox_relay_paused{reason=operator} = %v while paused, want 1", v)
 		}
 	}
@@ -105,14 +105,14 @@ func TestOperatorPauseHoldsEveryRelay(t *testing.T) {
 	for range 3 {
 		counts := make([]uint64, len(relays))
 		for i, m := range relays {
-			counts[i] = histogramCount(t, m.reg, "outbox_relay_claim_duration_seconds")
+			counts[i] = relaytest.HistogramCount(t, m.reg, "outbox_relay_claim_duration_seconds")
 		}
 		if _, err := b.pool.Exec(ctx, `SELECT pg_notify('outbox_intents', '')`); err != nil {
 			t.Fatal(err)
 		}
 		waitFor(t, 10*time.Second, "both relays to run a claim", func() bool {
 			for i, m := range relays {
-				if histogramCount(t, m.reg, "outbox_relay_claim_duration_seconds") <= counts[i] {
+				if relaytest.HistogramCount(t, m.reg, "outbox_relay_claim_duration_seconds") <= counts[i] {
 					return false
 				}
 			}
@@ -161,7 +161,7 @@ func TestOperatorPauseHoldsEveryRelay(t *testing.T) {
 	b.checkDelivered(t, append(before, orderIntent("pause-new-a", 100), orderIntent("pause-new-b", 101)))
 	waitFor(t, 5*time.Second, "both relays to report the resume", func() bool {
 		for _, m := range relays {
-			if h := m.r.Health(); !h.Ready || h.OperatorPause != nil || metricValue(t, m.reg, "outbox_relay_paused", "reason", "operator") != 0 {
+			if h := m.r.Health(); !h.Ready || h.OperatorPause != nil || relaytest.MetricValue(t, m.reg, "outbox_relay_paused", "reason", "operator") != 0 {
 				return false
 			}
 		}

@@ -1,7 +1,6 @@
 package relay_test
 
 import (
-	"context"
 	"strconv"
 	"testing"
 	"time"
@@ -68,12 +67,12 @@ func BenchmarkRepeatWorkloadCalls(b *testing.B) {
 		if err != nil {
 			b.Fatal(err)
 		}
-		if err := r.Start(context.Background()); err != nil {
+		if err := r.Start(b.Context()); err != nil {
 			b.Fatal(err)
 		}
 		waitFor(b, 5*time.Minute, "every intent to be done", func() bool {
 			var done int
-			err := bd.pool.QueryRow(context.Background(),
+			err := bd.pool.QueryRow(b.Context(),
 				`SELECT count(*) FROM outbox.intents WHERE state = 'done' AND id = ANY ($1)`, ids).Scan(&done)
 			return err == nil && done == n
 		})

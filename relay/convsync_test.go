@@ -43,7 +43,7 @@ func convPuts(fake *faketalkjs.Server) int64 {
 func (b *bundle) convRecords(t *testing.T, conv string) int {
 	t.Helper()
 	var n int
-	if err := b.pool.QueryRow(context.Background(),
+	if err := b.pool.QueryRow(t.Context(),
 		`SELECT count(*) FROM outbox.synced_conversations WHERE conversation_id = $1`, conv).Scan(&n); err != nil {
 		t.Fatal(err)
 	}
@@ -63,7 +63,7 @@ func (b *bundle) deliverOne(t *testing.T, in outbox.Intent) int64 {
 func TestConversationUnchangedIsNotPutAgain(t *testing.T) {
 	t.Parallel()
 	b := setup(t, faketalkjs.Faults{})
-	ctx := context.Background()
+	ctx := t.Context()
 	b.startRelay(t, testConfig("r1"), testSecret)
 
 	b.deliverOne(t, chatIntent("c", 1))
@@ -143,7 +143,7 @@ func TestConversationChangedIsPutAgain(t *testing.T) {
 func TestConversationRecordInvalidatedBy404(t *testing.T) {
 	t.Parallel()
 	b := setup(t, faketalkjs.Faults{})
-	ctx := context.Background()
+	ctx := t.Context()
 	b.startRelay(t, testConfig("r1"), testSecret)
 
 	b.deliverOne(t, chatIntent("c", 1))
@@ -219,7 +219,7 @@ func TestFailedConversationPutLeavesNoRecord(t *testing.T) {
 		t.Run(fmt.Sprintf("hang=%t", hang), func(t *testing.T) {
 			t.Parallel()
 			b := setup(t, faketalkjs.Faults{})
-			ctx := context.Background()
+			ctx := t.Context()
 			cfg := slowRetries(withLogs(testConfig("r1"), b))
 			client := b.client(t, testSecret)
 			if hang {
@@ -277,7 +277,7 @@ func TestFailedConversationPutLeavesNoRecord(t *testing.T) {
 func TestNoConversationSkipWithoutTTL(t *testing.T) {
 	t.Parallel()
 	b := setup(t, faketalkjs.Faults{})
-	ctx := context.Background()
+	ctx := t.Context()
 	cfg := testConfig("r1")
 	cfg.AppID = "app"
 	cfg.UserSyncTTL = -1
@@ -310,7 +310,7 @@ func TestNoConversationSkipWithoutTTL(t *testing.T) {
 func TestConversationRecordsExpire(t *testing.T) {
 	t.Parallel()
 	b := setup(t, faketalkjs.Faults{})
-	ctx := context.Background()
+	ctx := t.Context()
 	cfg := testConfig("r1")
 	cfg.AppID = "app"
 	cfg.UserSyncTTL = time.Hour
@@ -372,7 +372,7 @@ func TestCompletionKeepsOnlyConversationRecordsItCanVouchFor(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
 			b := setup(t, faketalkjs.Faults{})
-			ctx := context.Background()
+			ctx := t.Context()
 			id := b.insertSQL(t, []outbox.Intent{chatIntent("c", 1)})[0]
 			// A record of other content, which the claim must delete.
 			if _, err := b.pool.Exec(ctx, `INSERT INTO outbox.synced_conversations (app_id, conversation_id, content_hash, synced_at)
@@ -414,7 +414,7 @@ func TestConversationContentHash(t *testing.T) {
 	hash := func(payload string) []byte {
 		t.Helper()
 		var h []byte
-		if err := b.pool.QueryRow(context.Background(),
+		if err := b.pool.QueryRow(t.Context(),
 			`SELECT `+relay.ConversationContentHashSQL+` FROM (SELECT $1::jsonb AS payload) c`, payload).Scan(&h); err != nil {
 			t.Fatalf("hash of %s: %v", payload, err)
 		}

@@ -54,12 +54,12 @@ func TestHungEndpointIsCountedAndDeadLettered(t *testing.T) {
 	}
 	b.insertSQL(t, intents)
 	started := time.Now()
-	if err := r.Start(context.Background()); err != nil {
+	if err := r.Start(t.Context()); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(r.Stop)
 
-	ctx := context.Background()
+	ctx := t.Context()
 	timeout := talkjs.DefaultTimeout
 	waitFor(t, timeout+15*time.Second, "the breaker to open", func() bool { return r.Health().Paused == "breaker" })
 	opened := time.Since(started)
@@ -138,7 +138,7 @@ func TestDeliversAtMinimumLease(t *testing.T) {
 		intents = append(intents, orderIntent(fmt.Sprintf("min-lease-%d", i%50), i))
 	}
 	b.insertSQL(t, intents)
-	if err := r.Start(context.Background()); err != nil {
+	if err := r.Start(t.Context()); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(r.Stop)
@@ -182,7 +182,7 @@ func TestClientLimiterRefusalReleasesOneIntent(t *testing.T) {
 		intents = append(intents, singleUserIntent(fmt.Sprintf("limited-%d", i), i))
 	}
 	ids := b.insertSQL(t, intents)
-	if err := r.Start(context.Background()); err != nil {
+	if err := r.Start(t.Context()); err != nil {
 		t.Fatal(err)
 	}
 	c := b.waitSettled(t, 60*time.Second)
@@ -190,7 +190,7 @@ func TestClientLimiterRefusalReleasesOneIntent(t *testing.T) {
 		t.Fatalf("states = %v, want %d done", c, len(intents))
 	}
 	b.checkDelivered(t, intents)
-	ctx := context.Background()
+	ctx := t.Context()
 	var refused, counted int
 	if err := b.pool.QueryRow(ctx, `SELECT count(*) FROM outbox.attempts
 	                                 WHERE outcome = 'rate_limited' AND status IS NULL AND error LIKE '%client-side rate limit%'`).Scan(&refused); err != nil {

@@ -41,7 +41,7 @@ func TestDeliversIntentsInsertedWithSQL(t *testing.T) {
 	// failed, not ok, so: ok calls <= requests <= calls made.
 	var ok, made int64
 	// The rows of one batch call share its call_id.
-	if err := b.pool.QueryRow(context.Background(), `SELECT count(DISTINCT coalesce(call_id::text, id::text)) FILTER (WHERE outcome = 'ok'),
+	if err := b.pool.QueryRow(t.Context(), `SELECT count(DISTINCT coalesce(call_id::text, id::text)) FILTER (WHERE outcome = 'ok'),
 	                                                        count(DISTINCT coalesce(call_id::text, id::text)) FILTER (WHERE outcome <> 'skipped')
 	                                                   FROM outbox.attempts`).Scan(&ok, &made); err != nil {
 		t.Fatal(err)
@@ -79,7 +79,7 @@ func TestThreeRelaysDeliverOnceInOrder(t *testing.T) {
 	b.checkDelivered(t, intents)
 
 	var relays int
-	if err := b.pool.QueryRow(context.Background(),
+	if err := b.pool.QueryRow(t.Context(),
 		`SELECT count(DISTINCT relay) FROM outbox.attempts`).Scan(&relays); err != nil {
 		t.Fatal(err)
 	}
@@ -138,7 +138,7 @@ func TestPermanentErrorDeadLettersOnlyThatIntent(t *testing.T) {
 	}
 	var state, lastErr string
 	var attempts int
-	if err := b.pool.QueryRow(context.Background(),
+	if err := b.pool.QueryRow(t.Context(),
 		`SELECT state, attempts, last_error FROM outbox.intents WHERE id = $1`, ids[5]).Scan(&state, &attempts, &lastErr); err != nil {
 		t.Fatal(err)
 	}
@@ -149,7 +149,7 @@ func TestPermanentErrorDeadLettersOnlyThatIntent(t *testing.T) {
 		t.Errorf("last_error = %q, want the 400 of the user step", lastErr)
 	}
 	var recorded int
-	if err := b.pool.QueryRow(context.Background(),
+	if err := b.pool.QueryRow(t.Context(),
 		`SELECT count(*) FROM outbox.attempts WHERE intent_id = $1 AND step = 'user' AND target = 'buyer-poison' AND status = 400 AND outcome = 'permanent'`,
 		ids[5]).Scan(&recorded); err != nil {
 		t.Fatal(err)
@@ -169,7 +169,7 @@ func TestOverlappingProducersDeliverInCommitOrder(t *testing.T) {
 	t.Parallel()
 	b := setup(t, faketalkjs.Faults{})
 	b.startRelay(t, testConfig("r1"), testSecret)
-	ctx := context.Background()
+	ctx := t.Context()
 
 	txB, err := b.pool.Begin(ctx)
 	if err != nil {
@@ -237,7 +237,7 @@ func withText(in outbox.Intent, text string) outbox.Intent {
 func TestSuccessorWaitsForPredecessor(t *testing.T) {
 	t.Parallel()
 	b := setup(t, faketalkjs.Faults{RejectUserIDs: []string{"buyer-blocked"}})
-	ctx := context.Background()
+	ctx := t.Context()
 	first := orderIntent("blocked", 1)
 	second := orderIntent("blocked", 2)
 	second.Users = second.Users[1:] // only the seller: deliverable
@@ -280,7 +280,7 @@ func TestIdleRelayWokenByNotify(t *testing.T) {
 	cfg := testConfig("r1")
 	cfg.PollInterval = time.Hour
 	r := b.startRelay(t, cfg, testSecret)
-	ctx := context.Background()
+	ctx := t.Context()
 	waitFor(t, 10*time.Second, "the relay to listen", func() bool { return r.Health().Listening })
 
 	var latencies []time.Duration
@@ -309,7 +309,7 @@ func TestIdleRelayWokenByNotify(t *testing.T) {
 func TestBusyRelayGetsNoNotifications(t *testing.T) {
 	t.Parallel()
 	b := setup(t, faketalkjs.Faults{})
-	ctx := context.Background()
+	ctx := t.Context()
 	if _, err := b.pool.Exec(ctx, `UPDATE outbox.wakeup SET waiting = false`); err != nil {
 		t.Fatal(err)
 	}
@@ -391,7 +391,7 @@ func TestWrongSecretPausesWithoutDeadLetters(t *testing.T) {
 		t.Fatalf("states while credentials are refused = %v, want all pending", c)
 	}
 	var maxAttempts int
-	if err := b.pool.QueryRow(context.Background(), `SELECT coalesce(max(attempts), 0) FROM outbox.intents WHERE state = 'pending'`).Scan(&maxAttempts); err != nil {
+	if err := b.pool.QueryRow(t.Context(), `SELECT coalesce(max(attempts), 0) FROM outbox.intents WHERE state = 'pending'`).Scan(&maxAttempts); err != nil {
 		t.Fatal(err)
 	}
 	if maxAttempts != 0 {
@@ -433,7 +433,7 @@ func TestSecretNeverLeaks(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if err := r.Start(context.Background()); err != nil {
+		if err := r.Start(t.Context()); err != nil {
 			t.Fatal(err)
 		}
 		waitFor(t, 10*time.Second, "auth pause", func() bool { return r.Health().Paused == "auth" })
@@ -443,7 +443,7 @@ func TestSecretNeverLeaks(t *testing.T) {
 	b.waitSettled(t, 60*time.Second)
 
 	var stored strings.Builder
-	rows, err := b.pool.Query(context.Background(),
+	rows, err := b.pool.Query(t.Context(),
 		`SELECT coalesce(last_error, '') FROM outbox.intents UNION ALL SELECT coalesce(error, '') FROM outbox.attempts`)
 	if err != nil {
 		t.Fatal(err)
@@ -476,7 +476,7 @@ func TestSecretNeverLeaks(t *testing.T) {
 func TestUnchangedUsersSkippedAndResentWhenLost(t *testing.T) {
 	t.Parallel()
 	b := setup(t, faketalkjs.Faults{})
-	ctx := context.Background()
+	ctx := t.Context()
 	b.startRelay(t, testConfig("r1"), testSecret)
 	b.insertSQL(t, []outbox.Intent{orderIntent("c1", 1)})
 	b.waitSettled(t, 10*time.Second)
@@ -536,7 +536,7 @@ func TestSharedUsersPutOnce(t *testing.T) {
 		t.Errorf("user calls = %d, want 1 (10 buyers and the seller in one batch call) and at most 20: not 200", got)
 	}
 	var rows, calls int
-	if err := b.pool.QueryRow(context.Background(), `SELECT count(*), count(DISTINCT coalesce(call_id::text, id::text))
+	if err := b.pool.QueryRow(t.Context(), `SELECT count(*), count(DISTINCT coalesce(call_id::text, id::text))
 		FROM outbox.attempts WHERE step = 'user' AND outcome = 'ok'`).Scan(&rows, &calls); err != nil {
 		t.Fatal(err)
 	}

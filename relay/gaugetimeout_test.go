@@ -1,12 +1,12 @@
 package relay_test
 
 import (
-	"context"
 	"testing"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/outbox-relay/outbox-relay/internal/relaytest"
 	"github.com/outbox-relay/outbox-relay/provider/faketalkjs"
 	"github.com/outbox-relay/outbox-relay/relay"
 )
@@ -18,7 +18,7 @@ import (
 func TestGaugesReadPastTheRelaysStatementTimeout(t *testing.T) {
 	t.Parallel()
 	b := setup(t, faketalkjs.Faults{})
-	ctx := context.Background()
+	ctx := t.Context()
 	if _, err := b.pool.Exec(ctx, `
 INSERT INTO outbox.intents (payload, state)
 SELECT jsonb_build_object('conversation', jsonb_build_object('id', 'g' || g),
@@ -47,7 +47,7 @@ CREATE VIEW outbox.lag AS SELECT * FROM outbox.lag_fast WHERE public.slow();`); 
 	t.Cleanup(r.Stop)
 	// The first read is at start; the next comes 10 s later.
 	waitFor(t, 8*time.Second, "the dead gauge to read 2", func() bool {
-		return metricValue(t, reg, "outbox_relay_intents", "state", "dead") == 2
+		return relaytest.MetricValue(t, reg, "outbox_relay_intents", "state", "dead") == 2
 	})
 	if logged(b, "database unavailable", "read_gauges") {
 		t.Error("a slow gauge read marked the database unavailable")

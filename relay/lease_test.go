@@ -35,7 +35,7 @@ func (h *heldProvider) PutConversation(ctx context.Context, c provider.Conversat
 func TestExpiredLeaseCannotOverwriteNewOwner(t *testing.T) {
 	t.Parallel()
 	b := setup(t, faketalkjs.Faults{})
-	ctx := context.Background()
+	ctx := t.Context()
 	held := &heldProvider{Provider: b.client(t, testSecret), entered: make(chan string, 1), release: make(chan struct{})}
 	cfgA := testConfig("relay-a")
 	// One slot, so relay-a cannot claim the intent again once it is taken

@@ -8,6 +8,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/outbox-relay/outbox-relay/internal/relaytest"
 	"github.com/outbox-relay/outbox-relay/outbox"
 	"github.com/outbox-relay/outbox-relay/provider/faketalkjs"
 )
@@ -38,7 +39,7 @@ func TestRetryableFailuresWarnOncePerClass(t *testing.T) {
 		return strings.Count(b.logs.String(), `msg="intent dead"`) == 10
 	})
 	// 5 retries per intent before the sixth attempt spends the budget.
-	if n := metricValue(t, reg, "outbox_relay_retryable_failures_total", "class", "user 500"); n != 50 {
+	if n := relaytest.MetricValue(t, reg, "outbox_relay_retryable_failures_total", "class", "user 500"); n != 50 {
 		t.Errorf("retryable failures counted = %v, want 50", n)
 	}
 	logs := b.logs.String()

@@ -1,7 +1,6 @@
 package relay_test
 
 import (
-	"context"
 	"encoding/json"
 	"fmt"
 	"os"
@@ -11,85 +10,13 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
-	dto "github.com/prometheus/client_model/go"
 	"go.yaml.in/yaml/v3"
 
+	"github.com/outbox-relay/outbox-relay/internal/relaytest"
 	"github.com/outbox-relay/outbox-relay/outbox"
 	"github.com/outbox-relay/outbox-relay/provider/faketalkjs"
 	"github.com/outbox-relay/outbox-relay/relay"
 )
-
-// histogramCount returns how many observations the histogram name holds in
-// reg (summed over its series).
-func histogramCount(t testing.TB, reg *prometheus.Registry, name string) uint64 {
-	t.Helper()
-	mfs, err := reg.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	var n uint64
-	for _, mf := range mfs {
-		if mf.GetName() != name {
-			continue
-		}
-		for _, m := range mf.GetMetric() {
-			n += m.GetHistogram().GetSampleCount()
-		}
-	}
-	return n
-}
-
-// metricValue returns the value of the counter or gauge name in reg whose
-// labels include the given name/value pairs, failing t when there is none.
-func metricValue(t testing.TB, reg *prometheus.Registry, name string, labels ...string) float64 {
-	t.Helper()
-	v, ok := metricLookup(t, reg, name, labels...)
-	if !ok {
-		t.Fatalf("no metric %s%v", name, labels)
-	}
-	return v
-}
-
-// metricLookup is metricValue, reporting a missing series instead.
-func metricLookup(t testing.TB, reg *prometheus.Registry, name string, labels ...string) (float64, bool) {
-	t.Helper()
-	mfs, err := reg.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, mf := range mfs {
-		if mf.GetName() != name {
-			continue
-		}
-		for _, m := range mf.GetMetric() {
-			if !hasLabels(m, labels) {
-				continue
-			}
-			switch {
-			case m.Gauge != nil:
-				return m.GetGauge().GetValue(), true
-			case m.Counter != nil:
-				return m.GetCounter().GetValue(), true
-			}
-		}
-	}
-	return 0, false
-}
-
-func hasLabels(m *dto.Metric, pairs []string) bool {
-	for i := 0; i+1 < len(pairs); i += 2 {
-		found := false
-		for _, l := range m.GetLabel() {
-			if l.GetName() == pairs[i] && l.GetValue() == pairs[i+1] {
-				found = true
-			}
-		}
-		if !found {
-			return false
-		}
-	}
-	return true
-}
 
 // A scripted run, read back through the registry: 20 intents delivered and
 // one refused by TalkJS (dead), inserted while the relay waits, so a
@@ -102,7 +29,7 @@ func TestMetricsAfterScriptedRun(t *testing.T) {
 	cfg.Registerer = reg
 	cfg.PollInterval = time.Minute // wake-ups come from NOTIFY and freed slots
 	r := b.startRelay(t, cfg, testSecret)
-	ctx := context.Background()
+	ctx := t.Context()
 	waitFor(t, 10*time.Second, "the relay to wait for a NOTIFY", func() bool {
 		var waiting bool
 		err := b.pool.QueryRow(ctx, `SELECT waiting FROM outbox.wakeup`).Scan(&waiting)
@@ -118,8 +45,8 @@ func TestMetricsAfterScriptedRun(t *testing.T) {
 		t.Fatalf("states = %v, want 20 done and 1 dead", c)
 	}
 	waitFor(t, 10*time.Second, "every result to be counted", func() bool {
-		done, _ := metricLookup(t, reg, "outbox_relay_intents_completed_total", "outcome", "done")
-		dead, _ := metricLookup(t, reg, "outbox_relay_intents_completed_total", "outcome", "dead")
+		done, _ := relaytest.Metric(t, reg, "outbox_relay_intents_completed_total", "outcome", "done")
+		dead, _ := relaytest.Metric(t, reg, "outbox_relay_intents_completed_total", "outcome", "dead")
 		return done == 20 && dead == 1
 	})
 	r.RefreshGauges(ctx)
@@ -144,20 +71,20 @@ func TestMetricsAfterScriptedRun(t *testing.T) {
 		{"outbox_relay_retry_after_waits_total", nil, 0},
 		{"outbox_relay_ready", nil, 1},
 	} {
-		if got := metricValue(t, reg, m.name, m.labels...); got != m.want {
+		if got := relaytest.MetricValue(t, reg, m.name, m.labels...); got != m.want {
 			t.Errorf("%s%v = %v, want %v", m.name, m.labels, got, m.want)
 		}
 	}
-	if n := histogramCount(t, reg, "outbox_relay_delivery_latency_seconds"); n != 20 {
+	if n := relaytest.HistogramCount(t, reg, "outbox_relay_delivery_latency_seconds"); n != 20 {
 		t.Errorf("delivery latency observations = %d, want one per done intent (20)", n)
 	}
 	if sum := histogramSum(t, reg, "outbox_relay_claim_batch_size"); sum != 21 {
 		t.Errorf("claim batch sizes sum to %v, want the 21 intents claimed", sum)
 	}
-	if v := metricValue(t, reg, "outbox_relay_wakeups_total", "source", "notify"); v < 1 {
+	if v := relaytest.MetricValue(t, reg, "outbox_relay_wakeups_total", "source", "notify"); v < 1 {
 		t.Errorf("wake-ups by NOTIFY = %v, want at least the insert's", v)
 	}
-	if v := metricValue(t, reg, "outbox_relay_wakeups_total", "source", "poll"); v != 0 {
+	if v := relaytest.MetricValue(t, reg, "outbox_relay_wakeups_total", "source", "poll"); v != 0 {
 		t.Errorf("wake-ups by poll = %v within a minute-long poll interval, want 0", v)
 	}
 }

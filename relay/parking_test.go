@@ -1,7 +1,6 @@
 package relay_test
 
 import (
-	"context"
 	"encoding/json"
 	"fmt"
 	"testing"
@@ -20,7 +19,7 @@ import (
 func TestFailingHeadTouchesNoSuccessor(t *testing.T) {
 	t.Parallel()
 	b := setup(t, faketalkjs.Faults{})
-	ctx := context.Background()
+	ctx := t.Context()
 	const queue = 10_000
 	var head int64
 	if err := b.pool.QueryRow(ctx, `
@@ -128,7 +127,7 @@ SELECT min(id) FROM ins`, queue).Scan(&head); err != nil {
 // rowVersions maps each intent id to its row version (xmin).
 func rowVersions(t *testing.T, pool *pgxpool.Pool) map[int64]string {
 	t.Helper()
-	rows, err := pool.Query(context.Background(), `SELECT id, xmin::text FROM outbox.intents`)
+	rows, err := pool.Query(t.Context(), `SELECT id, xmin::text FROM outbox.intents`)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -158,7 +157,7 @@ func changedRows(before, after map[int64]string) int {
 // execution time in milliseconds.
 func explainIntentRows(t *testing.T, pool *pgxpool.Pool, sql string, args []any) (int, float64) {
 	t.Helper()
-	ctx := context.Background()
+	ctx := t.Context()
 	tx, err := pool.Begin(ctx)
 	if err != nil {
 		t.Fatal(err)

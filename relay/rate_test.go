@@ -1,7 +1,6 @@
 package relay_test
 
 import (
-	"context"
 	"fmt"
 	"net/http"
 	"testing"
@@ -9,6 +8,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/outbox-relay/outbox-relay/internal/relaytest"
 	"github.com/outbox-relay/outbox-relay/outbox"
 	"github.com/outbox-relay/outbox-relay/provider/faketalkjs"
 	"github.com/outbox-relay/outbox-relay/provider/talkjs"
@@ -41,7 +41,7 @@ func (b *bundle) startAdaptive(t *testing.T, cfg relay.Config) *relay.Relay {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := r.Start(context.Background()); err != nil {
+	if err := r.Start(t.Context()); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(r.Stop)
@@ -116,8 +116,8 @@ func TestAdaptiveRateFindsHiddenRate(t *testing.T) {
 			waitFor(t, 60*time.Second, "the relays to meet the hidden rate", func() bool {
 				cuts := 0.0
 				for _, reg := range regs {
-					cuts += metricValue(t, reg, "outbox_relay_rate_limit_cuts_total", "cause", "429") +
-						metricValue(t, reg, "outbox_relay_rate_limit_cuts_total", "cause", "slow")
+					cuts += relaytest.MetricValue(t, reg, "outbox_relay_rate_limit_cuts_total", "cause", "429") +
+						relaytest.MetricValue(t, reg, "outbox_relay_rate_limit_cuts_total", "cause", "slow")
 				}
 				return cuts > 0
 			})
@@ -125,7 +125,7 @@ func TestAdaptiveRateFindsHiddenRate(t *testing.T) {
 			w := measure(t, b.fake, int(15*hidden), 90*time.Second)
 			found := 0.0
 			for _, reg := range regs {
-				found += metricValue(t, reg, "outbox_relay_rate_limit")
+				found += relaytest.MetricValue(t, reg, "outbox_relay_rate_limit")
 			}
 			t.Logf("hidden %.0f/s: answered %.1f/s (%.0f%%) over %s, 429s %d (%.2f%% of calls), rates found sum to %.1f/s",
 				hidden, w.rate(), 100*w.rate()/hidden, w.elapsed.Round(time.Millisecond), w.limited, 100*w.limitedShare(), found)

@@ -1,7 +1,6 @@
 package relay_test
 
 import (
-	"context"
 	"fmt"
 	"log/slog"
 	"net/http/httptest"
@@ -79,7 +78,7 @@ func (b *bundle) startRelay(t testing.TB, cfg relay.Config, secret string) *rela
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := r.Start(context.Background()); err != nil {
+	if err := r.Start(t.Context()); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(r.Stop)
@@ -138,7 +137,7 @@ func TestLifetimeStatementsAreNotPrepared(t *testing.T) {
 		intents = append(intents, orderIntent(fmt.Sprintf("fresh-%d", i), i))
 	}
 	b.insertSQL(t, intents)
-	if err := r.Start(context.Background()); err != nil {
+	if err := r.Start(t.Context()); err != nil {
 		t.Fatal(err)
 	}
 	c := b.waitSettled(t, 30*time.Second)
@@ -146,7 +145,7 @@ func TestLifetimeStatementsAreNotPrepared(t *testing.T) {
 	if c["done"] != len(intents) {
 		t.Fatalf("states = %v, want %d done", c, len(intents))
 	}
-	ctx := context.Background()
+	ctx := t.Context()
 	sessions := pool.AcquireAllIdle(ctx)
 	if len(sessions) == 0 {
 		t.Fatal("no idle session in the relay's pool to inspect")

@@ -34,7 +34,7 @@ func retentionRelay(t *testing.T, b *bundle, cfg relay.RetentionConfig) *relay.R
 
 func (b *bundle) exec(t *testing.T, sql string, args ...any) {
 	t.Helper()
-	if _, err := b.pool.Exec(context.Background(), sql, args...); err != nil {
+	if _, err := b.pool.Exec(t.Context(), sql, args...); err != nil {
 		t.Fatalf("%s: %v", sql, err)
 	}
 }
@@ -42,7 +42,7 @@ func (b *bundle) exec(t *testing.T, sql string, args ...any) {
 func (b *bundle) count(t *testing.T, sql string, args ...any) int {
 	t.Helper()
 	var n int
-	if err := b.pool.QueryRow(context.Background(), sql, args...).Scan(&n); err != nil {
+	if err := b.pool.QueryRow(t.Context(), sql, args...).Scan(&n); err != nil {
 		t.Fatalf("%s: %v", sql, err)
 	}
 	return n
@@ -52,7 +52,7 @@ func (b *bundle) count(t *testing.T, sql string, args ...any) int {
 func (b *bundle) insertKeyed(t *testing.T, key, conv string) int64 {
 	t.Helper()
 	var id int64
-	if err := b.pool.QueryRow(context.Background(),
+	if err := b.pool.QueryRow(t.Context(),
 		`INSERT INTO outbox.intents (payload, key) VALUES (jsonb_build_object('conversation', jsonb_build_object('id', $2::text)), $1) RETURNING id`,
 		key, conv).Scan(&id); err != nil {
 		t.Fatal(err)
@@ -72,7 +72,7 @@ func (b *bundle) markDone(t *testing.T, id int64, ago string) {
 func TestRetentionDeletesOldDoneIntents(t *testing.T) {
 	t.Parallel()
 	b := setup(t, faketalkjs.Faults{})
-	ctx := context.Background()
+	ctx := t.Context()
 	ids := b.insertSQL(t, []outbox.Intent{orderIntent("old", 1), orderIntent("recent", 2), orderIntent("dead", 3), orderIntent("pending", 4)})
 	keyed := b.insertKeyed(t, "order-old", "old-keyed")
 	b.markDone(t, ids[0], "2 days")
@@ -126,7 +126,7 @@ func TestRetentionDeletesOldDoneIntents(t *testing.T) {
 func TestRetentionRunIsBounded(t *testing.T) {
 	t.Parallel()
 	b := setup(t, faketalkjs.Faults{})
-	ctx := context.Background()
+	ctx := t.Context()
 	b.exec(t, `INSERT INTO outbox.intents (payload, state, done_at)
 		SELECT '{"conversation": {"id": "history"}}', 'done', now() - interval '2 days' FROM generate_series(1, 25)`)
 	r := retentionRelay(t, b, relay.RetentionConfig{Done: time.Hour, BatchSize: 4, MaxPerRun: 15, Pause: time.Millisecond})
@@ -145,7 +145,7 @@ func TestRetentionRunIsBounded(t *testing.T) {
 func TestRetentionUsesDoneAtIndex(t *testing.T) {
 	t.Parallel()
 	b := setup(t, faketalkjs.Faults{})
-	ctx := context.Background()
+	ctx := t.Context()
 	b.exec(t, `INSERT INTO outbox.intents (payload, state, done_at)
 		SELECT '{"conversation": {"id": "history"}}', 'done', now() - interval '2 days' FROM generate_series(1, 5000)`)
 	b.exec(t, `ANALYZE outbox.intents`)
@@ -189,7 +189,7 @@ func checkDuplicateKey(t *testing.T, err error, key string) {
 func TestRetiredKeyIsRefused(t *testing.T) {
 	t.Parallel()
 	b := setup(t, faketalkjs.Faults{})
-	ctx := context.Background()
+	ctx := t.Context()
 	const key = "order-123"
 	b.markDone(t, b.insertKeyed(t, key, "c-123"), "2 days")
 	// A live duplicate, for comparison.
@@ -245,7 +245,7 @@ func TestRetiredKeyRace(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
 			b := setup(t, faketalkjs.Faults{})
-			ctx := context.Background()
+			ctx := t.Context()
 			const key = "order-race"
 			b.markDone(t, b.insertKeyed(t, key, "race"), "2 days")
 
@@ -339,7 +339,7 @@ func (g *gripProvider) let() { g.once.Do(func() { close(g.release) }) }
 func TestRetentionNeverDelaysRenewals(t *testing.T) {
 	t.Parallel()
 	b := setup(t, faketalkjs.Faults{})
-	ctx := context.Background()
+	ctx := t.Context()
 	const history = 100_000
 	b.exec(t, `INSERT INTO outbox.intents (payload, key, state, done_at)
 		SELECT '{"conversation": {"id": "history"}}', 'history-' || g, 'done', now() - interval '2 days'

@@ -1,13 +1,10 @@
 package relay_test
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"testing"
 	"time"
-
-	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/outbox-relay/outbox-relay/internal/pgtest"
 	"github.com/outbox-relay/outbox-relay/migrations"
@@ -22,16 +19,12 @@ import (
 func TestRetentionAsRelayRole(t *testing.T) {
 	t.Parallel()
 	b := setup(t, faketalkjs.Faults{})
-	ctx := context.Background()
+	ctx := t.Context()
 	role, roleURL := pgtest.NewLoginRole(t, b.dbURL)
 	if _, err := migrations.Grant(ctx, b.dbURL, migrations.Relay, role); err != nil {
 		t.Fatal(err)
 	}
-	pool, err := pgxpool.New(ctx, roleURL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(pool.Close)
+	pool := pgtest.Pool(t, roleURL)
 
 	ids := b.insertSQL(t, []outbox.Intent{orderIntent("old", 1), orderIntent("pending", 2)})
 	for _, stmt := range []string{
@@ -72,11 +65,7 @@ func TestRetentionAsRelayRole(t *testing.T) {
 	if _, err := migrations.Grant(ctx, b.dbURL, migrations.Producer, producer); err != nil {
 		t.Fatal(err)
 	}
-	ppool, err := pgxpool.New(ctx, producerURL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(ppool.Close)
+	ppool := pgtest.Pool(t, producerURL)
 	_, err = outbox.Enqueue(ctx, ppool, outbox.Intent{Conversation: outbox.Conversation{ID: "again"}}, outbox.WithKey(fmt.Sprint("order-", ids[0])))
 	if !errors.Is(err, outbox.ErrDuplicateKey) {
 		t.Errorf("producer role enqueueing a retired key: %v, want ErrDuplicateKey", err)

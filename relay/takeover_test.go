@@ -1,7 +1,6 @@
 package relay_test
 
 import (
-	"context"
 	"fmt"
 	"testing"
 	"time"
@@ -52,7 +51,7 @@ func cmpOr(d, def time.Duration) time.Duration {
 func (b *bundle) ghostClaim(t testing.TB, id int64, lease time.Duration, attempts int) time.Time {
 	t.Helper()
 	var expires time.Time
-	err := b.pool.QueryRow(context.Background(), `
+	err := b.pool.QueryRow(t.Context(), `
 UPDATE outbox.intents
    SET state = 'delivering', lease_owner = 'ghost', lease_expires_at = now() + $2::interval,
        lease_token = lease_token + 1, attempts = $3
@@ -68,7 +67,7 @@ RETURNING lease_expires_at`, id, lease, attempts).Scan(&expires)
 func (b *bundle) doneAt(t testing.TB, id int64) (time.Time, bool) {
 	t.Helper()
 	var at *time.Time
-	if err := b.pool.QueryRow(context.Background(), `SELECT done_at FROM outbox.intents WHERE id = $1`, id).Scan(&at); err != nil {
+	if err := b.pool.QueryRow(t.Context(), `SELECT done_at FROM outbox.intents WHERE id = $1`, id).Scan(&at); err != nil {
 		t.Fatal(err)
 	}
 	if at == nil {
@@ -93,7 +92,7 @@ func TestTakeoverWithinLeaseAndOneSweep(t *testing.T) {
 	cfg.Lease = lease
 	cfg.PollInterval = time.Minute // only a wake-up can make the bound
 	r := b.newRelay(t, cfg)
-	if err := r.Start(context.Background()); err != nil {
+	if err := r.Start(t.Context()); err != nil {
 		t.Fatal(err)
 	}
 	const slack = time.Second // the claim, four calls and the completion
@@ -116,7 +115,7 @@ func TestTakeoverWakesOtherRelays(t *testing.T) {
 	idle := testConfig("idle")
 	idle.PollInterval = time.Minute
 	r := b.newRelay(t, idle)
-	if err := r.Start(context.Background()); err != nil {
+	if err := r.Start(t.Context()); err != nil {
 		t.Fatal(err)
 	}
 	// Another relay (not delivering: it only sweeps) takes the intent
@@ -124,11 +123,11 @@ func TestTakeoverWakesOtherRelays(t *testing.T) {
 	sweeper := b.newRelay(t, testConfig("sweeper"))
 	waitFor(t, time.Until(expires)+5*time.Second, "the ghost's lease to end", func() bool {
 		var ended bool
-		err := b.pool.QueryRow(context.Background(), `SELECT lease_expires_at < now() FROM outbox.intents WHERE id = $1`, ids[0]).Scan(&ended)
+		err := b.pool.QueryRow(t.Context(), `SELECT lease_expires_at < now() FROM outbox.intents WHERE id = $1`, ids[0]).Scan(&ended)
 		return err == nil && ended
 	})
 	swept := time.Now()
-	sweeper.ExpireLeases(context.Background())
+	sweeper.ExpireLeases(t.Context())
 	waitFor(t, 5*time.Second, "the idle relay to claim and deliver the intent taken back", func() bool {
 		_, ok := b.doneAt(t, ids[0])
 		return ok
@@ -144,7 +143,7 @@ func TestTakeoverWakesOtherRelays(t *testing.T) {
 func TestSuccessorWaitsForExpiredHoldersLateCalls(t *testing.T) {
 	t.Parallel()
 	b := setup(t, faketalkjs.Faults{})
-	ctx := context.Background()
+	ctx := t.Context()
 	const lease = 2 * time.Second
 	callTimeout := relay.MaxCallTimeout(lease)
 	head, next := orderIntent("late", 1), orderIntent("late", 2)
@@ -168,7 +167,8 @@ func TestSuccessorWaitsForExpiredHoldersLateCalls(t *testing.T) {
 	if err := r.Start(ctx); err != nil {
 		t.Fatal(err)
 	}
-	// The late POST lands half the longest call after the lease ended.
+	// The late POST lands half the longest call after the lease ended: the
+	// lease expires on the real clock, and the moment is what is tested.
 	time.Sleep(time.Until(expires.Add(callTimeout / 2)))
 	var late []provider.Message
 	for i, m := range head.Messages {

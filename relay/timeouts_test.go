@@ -1,7 +1,6 @@
 package relay_test
 
 import (
-	"context"
 	"testing"
 	"time"
 
@@ -26,17 +25,9 @@ func TestConfigurePoolBoundsStatements(t *testing.T) {
 		{100 * time.Millisecond, "250ms", "125ms"},
 		{time.Minute, "5s", "1s"},
 	} {
-		pc, err := pgxpool.ParseConfig(dbURL)
-		if err != nil {
-			t.Fatal(err)
-		}
-		relay.ConfigurePool(pc, relay.Config{Lease: tc.lease})
-		pool, err := pgxpool.NewWithConfig(context.Background(), pc)
-		if err != nil {
-			t.Fatal(err)
-		}
+		pool := pgtest.Pool(t, dbURL, func(pc *pgxpool.Config) { relay.ConfigurePool(pc, relay.Config{Lease: tc.lease}) })
 		var statement, lock string
-		err = pool.QueryRow(context.Background(),
+		err := pool.QueryRow(t.Context(),
 			`SELECT current_setting('statement_timeout'), current_setting('lock_timeout')`).Scan(&statement, &lock)
 		pool.Close()
 		if err != nil {

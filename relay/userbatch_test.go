@@ -79,7 +79,7 @@ func TestBatchSyncInvalidEntryDeadLettersOnlyItsIntent(t *testing.T) {
 		t.Errorf("the refused call is recorded for %d intents, want 10", n)
 	}
 	var target string
-	if err := b.pool.QueryRow(context.Background(), `SELECT failed_target FROM outbox.dead_letters WHERE id = $1`, ids[3]).Scan(&target); err != nil || target != "buyer-c003" {
+	if err := b.pool.QueryRow(t.Context(), `SELECT failed_target FROM outbox.dead_letters WHERE id = $1`, ids[3]).Scan(&target); err != nil || target != "buyer-c003" {
 		t.Errorf("dead letter's failed target = %q (%v), want buyer-c003", target, err)
 	}
 	// The second call synced every user but the bad one, for every
@@ -133,7 +133,7 @@ func TestBatchSyncSplitsIntoCallsOf100(t *testing.T) {
 	}
 	b.checkDelivered(t, intents)
 	b.wantRoutes(t, 2, 0, 120, 120)
-	rows, err := b.pool.Query(context.Background(), `SELECT count(DISTINCT target) FROM outbox.attempts
+	rows, err := b.pool.Query(t.Context(), `SELECT count(DISTINCT target) FROM outbox.attempts
 		WHERE call_id IS NOT NULL GROUP BY call_id ORDER BY 1 DESC`)
 	if err != nil {
 		t.Fatal(err)
@@ -201,7 +201,7 @@ func TestBatchSyncRetryableFailureIsCountedAndLeavesNoRecord(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if err := r.Start(context.Background()); err != nil {
+			if err := r.Start(t.Context()); err != nil {
 				t.Fatal(err)
 			}
 			t.Cleanup(r.Stop)
@@ -320,7 +320,7 @@ func testBisect(t *testing.T, status int) {
 	}
 	intents := paddedOrders(16) // 17 users
 	ids := b.insertSQL(t, intents)
-	if err := r.Start(context.Background()); err != nil {
+	if err := r.Start(t.Context()); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(r.Stop)
@@ -405,7 +405,7 @@ func TestBatchSyncPanicFailsItsIntentsNotTheRelay(t *testing.T) {
 		t.Fatal(err)
 	}
 	ids := b.insertSQL(t, paddedOrders(3))
-	if err := r.Start(context.Background()); err != nil {
+	if err := r.Start(t.Context()); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(r.Stop)

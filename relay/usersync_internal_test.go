@@ -11,7 +11,7 @@ import (
 func TestWaiterLeavingEarlyDoesNotReadTheFlight(t *testing.T) {
 	t.Parallel()
 	hash := []byte("h")
-	ctx, cancel := context.WithCancel(context.Background())
+	ctx, cancel := context.WithCancel(t.Context())
 	cancel()
 	for range 200 {
 		s := newUserFlights()

@@ -32,7 +32,7 @@ func (b *bundle) waitDone(t *testing.T, id int64) {
 	t.Helper()
 	waitFor(t, 20*time.Second, "the intent to be done", func() bool {
 		var state string
-		err := b.pool.QueryRow(context.Background(), `SELECT state FROM outbox.intents WHERE id = $1`, id).Scan(&state)
+		err := b.pool.QueryRow(t.Context(), `SELECT state FROM outbox.intents WHERE id = $1`, id).Scan(&state)
 		return err == nil && state == "done"
 	})
 }
@@ -57,7 +57,7 @@ func slowRetries(cfg relay.Config) relay.Config {
 func TestUserPutAppliedThen500LeavesNoRecord(t *testing.T) {
 	t.Parallel()
 	b := setup(t, faketalkjs.Faults{})
-	ctx := context.Background()
+	ctx := t.Context()
 	b.startRelay(t, slowRetries(testConfig("r1")), testSecret)
 
 	b.waitDone(t, b.insertSQL(t, []outbox.Intent{sellerNamed("a", 1, "Old")})[0])
@@ -101,7 +101,7 @@ func TestUserPutInAnIntentThatWentDeadLeavesNoStaleRecord(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := r.Start(context.Background()); err != nil {
+	if err := r.Start(t.Context()); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(r.Stop)
@@ -110,7 +110,7 @@ func TestUserPutInAnIntentThatWentDeadLeavesNoStaleRecord(t *testing.T) {
 	id := b.insertSQL(t, []outbox.Intent{sellerNamed("b", 2, "New")})[0]
 	waitFor(t, 20*time.Second, "the panicking intent to be dead", func() bool {
 		var state string
-		err := b.pool.QueryRow(context.Background(), `SELECT state FROM outbox.intents WHERE id = $1`, id).Scan(&state)
+		err := b.pool.QueryRow(t.Context(), `SELECT state FROM outbox.intents WHERE id = $1`, id).Scan(&state)
 		return err == nil && state == "dead"
 	})
 	b.wantSeller(t, b.fake, "New")
@@ -154,7 +154,7 @@ func TestRelayMemoryNeverOverridesTheDatabase(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := a.Start(context.Background()); err != nil {
+	if err := a.Start(t.Context()); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(a.Stop)
@@ -203,7 +203,7 @@ func TestSyncRecordsArePerApp(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := r.Start(context.Background()); err != nil {
+	if err := r.Start(t.Context()); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(r.Stop)
@@ -217,7 +217,7 @@ func TestSyncRecordsArePerApp(t *testing.T) {
 func TestNoSyncRecordsWithoutTTL(t *testing.T) {
 	t.Parallel()
 	b := setup(t, faketalkjs.Faults{})
-	ctx := context.Background()
+	ctx := t.Context()
 	cfg := testConfig("r1")
 	cfg.AppID = "app"
 	cfg.UserSyncTTL = -1
@@ -279,7 +279,7 @@ func TestCompletionKeepsOnlyRecordsItCanVouchFor(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
 			b := setup(t, faketalkjs.Faults{})
-			ctx := context.Background()
+			ctx := t.Context()
 			var intents []outbox.Intent
 			for i, name := range tt.sellers {
 				intents = append(intents, sellerNamed(fmt.Sprint("c", i), i, name))

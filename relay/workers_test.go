@@ -1,7 +1,6 @@
 package relay
 
 import (
-	"context"
 	"log/slog"
 	"testing"
 	"time"
@@ -60,7 +59,7 @@ func TestUnitWorkerPool(t *testing.T) {
 			if err := p.Stop(t.Context()); err != nil || p.workCtx() != nil {
 				t.Fatalf("second Stop = %v, context %v", err, p.workCtx())
 			}
-			if err := p.Start(context.Background()); err != nil { // started again once stopped
+			if err := p.Start(t.Context()); err != nil { // started again once stopped
 				t.Fatal(err)
 			}
 			if err := p.Stop(t.Context()); err != nil {

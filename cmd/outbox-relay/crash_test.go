@@ -1,7 +1,6 @@
 package main
 
 import (
-	"context"
 	"fmt"
 	"net/http/httptest"
 	"os"
@@ -10,8 +9,6 @@ import (
 	"syscall"
 	"testing"
 	"time"
-
-	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/outbox-relay/outbox-relay/internal/pgtest"
 	"github.com/outbox-relay/outbox-relay/internal/relaytest"
@@ -32,16 +29,6 @@ func TestMain(m *testing.M) {
 	code := pgtest.Run(m)
 	remove()
 	os.Exit(code)
-}
-
-func mustPool(t *testing.T, dbURL string) *pgxpool.Pool {
-	t.Helper()
-	pool, err := pgxpool.New(context.Background(), dbURL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(pool.Close)
-	return pool
 }
 
 // startProcess runs `outbox-relay run` as a child process.
@@ -76,7 +63,7 @@ func startProcess(t *testing.T, name string, env ...string) *exec.Cmd {
 func TestSIGKILLMidBatchTakeover(t *testing.T) {
 	t.Parallel()
 	dbURL := pgtest.NewDatabase(t)
-	pool := mustPool(t, dbURL)
+	pool := pgtest.Pool(t, dbURL)
 	const secret = "sk_test_crash"
 	// Latency keeps many intents in flight at the moment of the kill.
 	fake := faketalkjs.New(faketalkjs.Config{AppID: "app", SecretKey: secret, Faults: faketalkjs.Faults{Latency: 30 * time.Millisecond}})
@@ -92,7 +79,7 @@ func TestSIGKILLMidBatchTakeover(t *testing.T) {
 	relaytest.InsertSQL(t, pool, intents)
 
 	first := startProcess(t, "relay-a", env...)
-	ctx := context.Background()
+	ctx := t.Context()
 	relaytest.WaitFor(t, 30*time.Second, "relay-a to be mid-batch", func() bool {
 		var done, held int
 		err := pool.QueryRow(ctx, `SELECT count(*) FILTER (WHERE state = 'done'),

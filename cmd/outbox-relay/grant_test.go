@@ -42,7 +42,7 @@ func partyRole(t *testing.T, dbURL, party string) (role, roleURL string) {
 func refused(t *testing.T, db *pgxpool.Pool, who string, stmts ...string) {
 	t.Helper()
 	for _, stmt := range stmts {
-		_, err := db.Exec(context.Background(), stmt)
+		_, err := db.Exec(t.Context(), stmt)
 		var pgErr *pgconn.PgError
 		if !errors.As(err, &pgErr) || pgErr.Code != "42501" {
 			t.Errorf("%s: %s: got %v, want permission denied (42501)", who, stmt, err)
@@ -54,7 +54,7 @@ func refused(t *testing.T, db *pgxpool.Pool, who string, stmts ...string) {
 // (pg_class.relkind), schema-qualified and quoted.
 func schemaObjects(t *testing.T, db *pgxpool.Pool, kinds string) []string {
 	t.Helper()
-	rows, err := db.Query(context.Background(), `
+	rows, err := db.Query(t.Context(), `
 SELECT format('%I.%I', 'outbox', relname) FROM pg_class
  WHERE relnamespace = 'outbox'::regnamespace AND relkind = ANY ($1::"char"[])
  ORDER BY relname`, strings.Split(kinds, ""))
@@ -166,7 +166,7 @@ func TestGrantRefusals(t *testing.T) {
 // columns, as the catalog stores it.
 func privilegeSnapshot(t *testing.T, db *pgxpool.Pool) string {
 	t.Helper()
-	rows, err := db.Query(context.Background(), `
+	rows, err := db.Query(t.Context(), `
 SELECT 'schema ' || nspname || ' ' || coalesce(nspacl::text, '-') FROM pg_namespace WHERE nspname = 'outbox'
  UNION ALL
 SELECT 'relation ' || c.oid::regclass::text || ' ' || coalesce(c.relacl::text, '-')
@@ -195,7 +195,7 @@ SELECT 'grant ' || grantee || ' ' || privilege_type || ' ' || table_name || ' ' 
 func TestGrantTwiceChangesNothing(t *testing.T) {
 	t.Parallel()
 	dbURL := pgtest.NewDatabase(t)
-	admin := mustPool(t, dbURL)
+	admin := pgtest.Pool(t, dbURL)
 	env := map[string]string{"DATABASE_URL": dbURL}
 	before := privilegeSnapshot(t, admin)
 	roles := map[string]string{}
@@ -224,10 +224,10 @@ func TestGrantTwiceChangesNothing(t *testing.T) {
 func TestProducerRole(t *testing.T) {
 	t.Parallel()
 	dbURL := pgtest.NewDatabase(t)
-	admin := mustPool(t, dbURL)
+	admin := pgtest.Pool(t, dbURL)
 	_, producerURL := partyRole(t, dbURL, "producer")
-	producer := mustPool(t, producerURL)
-	ctx := context.Background()
+	producer := pgtest.Pool(t, producerURL)
+	ctx := t.Context()
 
 	// The contract's form, with and without key, with RETURNING id.
 	var sqlID, sqlKeyID int64
@@ -369,10 +369,10 @@ func TestProducerRole(t *testing.T) {
 func TestAuditorRole(t *testing.T) {
 	t.Parallel()
 	dbURL := pgtest.NewDatabase(t)
-	admin := mustPool(t, dbURL)
+	admin := pgtest.Pool(t, dbURL)
 	_, auditorURL := partyRole(t, dbURL, "auditor")
-	auditor := mustPool(t, auditorURL)
-	ctx := context.Background()
+	auditor := pgtest.Pool(t, auditorURL)
+	ctx := t.Context()
 	ids := relaytest.InsertSQL(t, admin, []outbox.Intent{relaytest.OrderIntent("c1", 1), relaytest.OrderIntent("c2", 2)})
 	for _, stmt := range []string{
 		`UPDATE outbox.intents SET state = 'dead', attempts = 1, last_error = 'attempt 1: user: permanent: status 400' WHERE id = ` + fmt.Sprint(ids[0]),
@@ -448,11 +448,11 @@ func TestAuditorRole(t *testing.T) {
 func TestRelayRole(t *testing.T) {
 	t.Parallel()
 	dbURL := pgtest.NewDatabase(t)
-	admin := mustPool(t, dbURL)
+	admin := pgtest.Pool(t, dbURL)
 	_, relayURL := partyRole(t, dbURL, "relay")
 	_, producerURL := partyRole(t, dbURL, "producer")
-	producer := mustPool(t, producerURL)
-	ctx := context.Background()
+	producer := pgtest.Pool(t, producerURL)
+	ctx := t.Context()
 
 	// Each call takes a fifth of the lease: a delivery (users, then the
 	// conversation, then the messages) spans at least one renewal.
@@ -615,7 +615,7 @@ func TestRelayRole(t *testing.T) {
 		t.Errorf("purge as the relay exited %d and left %d of the cancelled intent:\n%s%s", code, left, stdout, stderr)
 	}
 
-	relay := mustPool(t, relayURL)
+	relay := pgtest.Pool(t, relayURL)
 	refused(t, relay, "relay",
 		`INSERT INTO outbox.intents (payload) VALUES ('{"conversation": {"id": "x"}}')`,
 		`TRUNCATE outbox.attempts`,
@@ -635,9 +635,9 @@ func TestRelayRole(t *testing.T) {
 func TestFunctionsIgnoreCallerSearchPath(t *testing.T) {
 	t.Parallel()
 	dbURL := pgtest.NewDatabase(t)
-	admin := mustPool(t, dbURL)
+	admin := pgtest.Pool(t, dbURL)
 	role, producerURL := partyRole(t, dbURL, "producer")
-	ctx := context.Background()
+	ctx := t.Context()
 	if _, err := admin.Exec(ctx, `CREATE SCHEMA shadow AUTHORIZATION `+pgx.Identifier{role}.Sanitize()); err != nil {
 		t.Fatal(err)
 	}
@@ -749,8 +749,8 @@ func TestGrantAsPlainOwner(t *testing.T) {
 	t.Parallel()
 	dbURL := pgtest.NewEmptyDatabase(t)
 	owner, ownerURL := pgtest.NewLoginRole(t, dbURL)
-	admin := mustPool(t, dbURL)
-	ctx := context.Background()
+	admin := pgtest.Pool(t, dbURL)
+	ctx := t.Context()
 	var dbName string
 	if err := admin.QueryRow(ctx, `SELECT current_database()`).Scan(&dbName); err != nil {
 		t.Fatal(err)
@@ -770,7 +770,7 @@ func TestGrantAsPlainOwner(t *testing.T) {
 	if _, err := admin.Exec(ctx, `UPDATE outbox.wakeup SET waiting = true`); err != nil {
 		t.Fatal(err)
 	}
-	producer := mustPool(t, producerURL)
+	producer := pgtest.Pool(t, producerURL)
 	if _, err := outbox.Enqueue(ctx, producer, relaytest.OrderIntent("c1", 1)); err != nil {
 		t.Fatalf("enqueue as the producer: %v", err)
 	}

@@ -2,7 +2,6 @@ package main
 
 import (
 	"bufio"
-	"context"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -81,7 +80,7 @@ func startDefaultRelay(t *testing.T, name string, env ...string) *defaultRelay {
 func TestRelaysShareAHostWithDefaults(t *testing.T) {
 	t.Parallel()
 	dbURL := pgtest.NewDatabase(t)
-	pool := mustPool(t, dbURL)
+	pool := pgtest.Pool(t, dbURL)
 	const secret = "sk_test_share_host"
 	fake := faketalkjs.New(faketalkjs.Config{AppID: "app", SecretKey: secret})
 	srv := httptest.NewServer(fake)
@@ -140,7 +139,7 @@ func TestRelaysShareAHostWithDefaults(t *testing.T) {
 	}
 	want := binaryVersion(t, binary)
 	var live int
-	if err := pool.QueryRow(context.Background(), `SELECT count(*) FROM outbox.relays WHERE id LIKE 'host-relay-%' AND version = $1`, want).Scan(&live); err != nil {
+	if err := pool.QueryRow(t.Context(), `SELECT count(*) FROM outbox.relays WHERE id LIKE 'host-relay-%' AND version = $1`, want).Scan(&live); err != nil {
 		t.Fatal(err)
 	}
 	if live != len(relays) {

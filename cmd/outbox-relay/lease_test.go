@@ -17,7 +17,7 @@ import (
 func TestRunAtMinimumLease(t *testing.T) {
 	t.Parallel()
 	dbURL := pgtest.NewDatabase(t)
-	pool := mustPool(t, dbURL)
+	pool := pgtest.Pool(t, dbURL)
 	const secret = "sk_test_min_lease"
 	fake := faketalkjs.New(faketalkjs.Config{AppID: "app", SecretKey: secret})
 	srv := httptest.NewServer(fake)

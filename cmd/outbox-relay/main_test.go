@@ -2,7 +2,6 @@ package main
 
 import (
 	"bytes"
-	"context"
 	"fmt"
 	"strings"
 	"testing"
@@ -18,7 +17,7 @@ const testSecret = "sk_test_cli-SECRET-never-printed-42"
 func runCLI(t *testing.T, env map[string]string, args ...string) (code int, stdout, stderr string) {
 	t.Helper()
 	var out, errOut bytes.Buffer
-	code = run(context.Background(), args, envconfig.MapLookuper(env), &out, &errOut)
+	code = run(t.Context(), args, envconfig.MapLookuper(env), &out, &errOut)
 	return code, out.String(), errOut.String()
 }
 
@@ -134,8 +133,8 @@ func TestStatusAndRetry(t *testing.T) {
 	t.Parallel()
 	dbURL := pgtest.NewDatabase(t)
 	env := map[string]string{"DATABASE_URL": dbURL}
-	ctx := context.Background()
-	pool := mustPool(t, dbURL)
+	ctx := t.Context()
+	pool := pgtest.Pool(t, dbURL)
 	for _, stmt := range []string{
 		`INSERT INTO outbox.intents (key, payload) VALUES ('k1', '{"conversation":{"id":"c1"}}'), ('k2', '{"conversation":{"id":"c2"}}')`,
 		`UPDATE outbox.intents SET state = 'dead', last_error = 'attempt 1: user: permanent: status 400' WHERE key = 'k1'`,

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"context"
 	"encoding/json"
 	"errors"
 	"slices"
@@ -32,7 +31,7 @@ type operateFixture struct {
 func newOperateFixture(t *testing.T) operateFixture {
 	t.Helper()
 	dbURL := pgtest.NewDatabase(t)
-	pool := mustPool(t, dbURL)
+	pool := pgtest.Pool(t, dbURL)
 	for _, stmt := range []string{
 		`INSERT INTO outbox.intents (key, payload) VALUES
 		 ('k-done', '{"conversation": {"id": "c1"}}'),
@@ -60,7 +59,7 @@ func newOperateFixture(t *testing.T) operateFixture {
 		 (7, 3, 'conversation', 'c7', 404, 'permanent', 'not found', 9, 'r1', now() - interval '40 days')`,
 		`INSERT INTO outbox.relays (id, version) VALUES ('r1', 'v1.2.3')`,
 	} {
-		if _, err := pool.Exec(context.Background(), stmt); err != nil {
+		if _, err := pool.Exec(t.Context(), stmt); err != nil {
 			t.Fatalf("%v\n%s", err, stmt)
 		}
 	}
@@ -70,7 +69,7 @@ func newOperateFixture(t *testing.T) operateFixture {
 // states returns every intent's state by id.
 func (f operateFixture) states(t *testing.T) map[int64]string {
 	t.Helper()
-	rows, err := f.pool.Query(context.Background(), `SELECT id, state FROM outbox.intents`)
+	rows, err := f.pool.Query(t.Context(), `SELECT id, state FROM outbox.intents`)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -244,7 +243,7 @@ func TestRetryCancelPurgeDryRun(t *testing.T) {
 func TestCancelLetsTheNextIntentGo(t *testing.T) {
 	t.Parallel()
 	f := newOperateFixture(t)
-	ctx := context.Background()
+	ctx := t.Context()
 	var next int64
 	if err := f.pool.QueryRow(ctx, `SELECT next_id FROM outbox.lag`).Scan(&next); err != nil || next != 4 {
 		t.Fatalf("next deliverable = %d (%v), want 4", next, err)

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"context"
 	"encoding/json"
 	"strings"
 	"testing"
@@ -83,7 +82,7 @@ func TestStatusEstimatesDoneOnLargeTables(t *testing.T) {
 	t.Parallel()
 	f := newOperateFixture(t)
 	// What autovacuum would record for a table of half a million rows.
-	if _, err := f.pool.Exec(context.Background(),
+	if _, err := f.pool.Exec(t.Context(),
 		`UPDATE pg_class SET reltuples = 500000 WHERE oid = 'outbox.intents'::regclass`); err != nil {
 		t.Fatal(err)
 	}

@@ -57,8 +57,8 @@ func getReadyz(ctx context.Context, addr string) (readyz, error) {
 func TestSIGTERMUnderLoad(t *testing.T) {
 	t.Parallel()
 	dbURL := pgtest.NewDatabase(t)
-	pool := mustPool(t, dbURL)
-	ctx := context.Background()
+	pool := pgtest.Pool(t, dbURL)
+	ctx := t.Context()
 	const secret = "sk_test_sigterm"
 	fake := faketalkjs.New(faketalkjs.Config{AppID: "app", SecretKey: secret})
 	direct := httptest.NewServer(fake)

@@ -3,13 +3,10 @@
 package sqlexample
 
 import (
-	"context"
 	"fmt"
 	"os/exec"
 	"strings"
 	"testing"
-
-	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/outbox-relay/outbox-relay/internal/pgtest"
 )
@@ -40,13 +37,9 @@ func TestOrderScript(t *testing.T) {
 			}
 		}
 	}
-	pool, err := pgxpool.New(context.Background(), dbURL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer pool.Close()
+	pool := pgtest.Pool(t, dbURL)
 	var orders, intents, matched int
-	err = pool.QueryRow(context.Background(), `
+	err := pool.QueryRow(t.Context(), `
 SELECT (SELECT count(*) FROM orders), (SELECT count(*) FROM outbox.intents),
        (SELECT count(*) FROM orders o JOIN outbox.intents i
             ON i.key = 'order-' || o.id AND i.payload->'conversation'->>'id' = 'order_' || o.id)`).Scan(&orders, &intents, &matched)

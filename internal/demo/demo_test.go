@@ -2,7 +2,6 @@ package demo_test
 
 import (
 	"bytes"
-	"context"
 	"strings"
 	"testing"
 	"time"
@@ -20,7 +19,7 @@ func TestMain(m *testing.M) { pgtest.Main(m) }
 func TestDemo(t *testing.T) {
 	t.Parallel()
 	var out, log bytes.Buffer
-	if err := demo.Run(context.Background(), demo.Options{DatabaseURL: pgtest.AdminURL(t), Out: &out, Log: &log}); err != nil {
+	if err := demo.Run(t.Context(), demo.Options{DatabaseURL: pgtest.AdminURL(t), Out: &out, Log: &log}); err != nil {
 		t.Fatalf("demo: %v\n%s", err, log.String())
 	}
 	report := out.String()

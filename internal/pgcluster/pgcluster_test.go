@@ -1,7 +1,6 @@
 package pgcluster_test
 
 import (
-	"context"
 	"os"
 	"testing"
 	"time"
@@ -15,7 +14,7 @@ func TestClusterLifecycle(t *testing.T) {
 	if _, err := pgcluster.Binaries(); err != nil {
 		t.Skipf("no Postgres server binaries: %v", err)
 	}
-	ctx := context.Background()
+	ctx := t.Context()
 	c, err := pgcluster.Start(ctx)
 	if err != nil {
 		t.Fatal(err)

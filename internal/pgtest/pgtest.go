@@ -210,12 +210,27 @@ func NewEmptyDatabase(tb testing.TB) string {
 func NewPool(tb testing.TB) (*pgxpool.Pool, string) {
 	tb.Helper()
 	dbURL := NewDatabase(tb)
-	pool, err := pgxpool.New(context.Background(), dbURL)
+	return Pool(tb, dbURL), dbURL
+}
+
+// Pool opens a pool on dbURL, closed when tb ends. Each configure function
+// adjusts the parsed configuration first, in order. Tests build every pool
+// through here.
+func Pool(tb testing.TB, dbURL string, configure ...func(*pgxpool.Config)) *pgxpool.Pool {
+	tb.Helper()
+	cfg, err := pgxpool.ParseConfig(dbURL)
+	if err != nil {
+		tb.Fatalf("pgtest: pool: %v", err)
+	}
+	for _, c := range configure {
+		c(cfg)
+	}
+	pool, err := pgxpool.NewWithConfig(tb.Context(), cfg)
 	if err != nil {
 		tb.Fatalf("pgtest: pool: %v", err)
 	}
 	tb.Cleanup(pool.Close)
-	return pool, dbURL
+	return pool
 }
 
 func withDatabase(u, db string) string {

@@ -44,7 +44,7 @@ func OrderIntent(conv string, n int) outbox.Intent {
 // language would, in slice order in one transaction, and returns their ids.
 func InsertSQL(tb testing.TB, pool *pgxpool.Pool, intents []outbox.Intent) []int64 {
 	tb.Helper()
-	ctx := context.Background()
+	ctx := tb.Context()
 	ids := make([]int64, 0, len(intents))
 	err := pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
 		for _, in := range intents {
@@ -69,7 +69,7 @@ func InsertSQL(tb testing.TB, pool *pgxpool.Pool, intents []outbox.Intent) []int
 // Counts returns the number of intents by state.
 func Counts(tb testing.TB, pool *pgxpool.Pool) map[string]int {
 	tb.Helper()
-	rows, err := pool.Query(context.Background(), `SELECT state, count(*) FROM outbox.intents GROUP BY state`)
+	rows, err := pool.Query(tb.Context(), `SELECT state, count(*) FROM outbox.intents GROUP BY state`)
 	if err != nil {
 		tb.Fatal(err)
 	}
@@ -88,17 +88,35 @@ func Counts(tb testing.TB, pool *pgxpool.Pool) map[string]int {
 	return out
 }
 
-// WaitFor polls cond every 10ms until it returns true, failing tb if the
-// deadline passes first.
-func WaitFor(tb testing.TB, timeout time.Duration, what string, cond func() bool) {
-	tb.Helper()
-	deadline := time.Now().Add(timeout)
+// pollInterval is how often Poll and WaitFor check their condition.
+const pollInterval = 10 * time.Millisecond
+
+// Poll checks cond every pollInterval until it returns true or timeout has
+// passed, and returns how long that took and whether cond held. It is the
+// tests' one condition wait: WaitFor is Poll failing the test.
+func Poll(timeout time.Duration, cond func() bool) (time.Duration, bool) {
+	start := time.Now()
+	deadline := start.Add(timeout)
+	tick := time.NewTicker(pollInterval)
+	defer tick.Stop()
 	for !cond() {
 		if time.Now().After(deadline) {
-			tb.Fatalf("timed out after %s waiting for %s", timeout, what)
+			return time.Since(start), false
 		}
-		time.Sleep(10 * time.Millisecond)
+		<-tick.C
 	}
+	return time.Since(start), true
+}
+
+// WaitFor waits until cond returns true (see Poll), failing tb if timeout
+// passes first, and returns how long it waited.
+func WaitFor(tb testing.TB, timeout time.Duration, what string, cond func() bool) time.Duration {
+	tb.Helper()
+	took, ok := Poll(timeout, cond)
+	if !ok {
+		tb.Fatalf("timed out after %s waiting for %s", timeout, what)
+	}
+	return took
 }
 
 // WaitSettled waits until no intent is pending or delivering and returns

@@ -232,15 +232,19 @@ func TestRateLimitQueue(t *testing.T) {
 	}
 }
 
-// waitFor polls cond until it holds, failing the test after 5s.
+// waitFor polls cond until it holds, failing the test after 5s. It is
+// relaytest.WaitFor for this package's own tests, which cannot import
+// relaytest (relaytest imports this package).
 func waitFor(t *testing.T, what string, cond func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(5 * time.Second)
+	tick := time.NewTicker(time.Millisecond)
+	defer tick.Stop()
 	for !cond() {
 		if time.Now().After(deadline) {
 			t.Fatalf("timed out waiting for %s", what)
 		}
-		time.Sleep(time.Millisecond)
+		<-tick.C
 	}
 }
 

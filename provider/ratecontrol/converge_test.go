@@ -65,7 +65,9 @@ func TestConvergesToHiddenRate(t *testing.T) {
 					return
 				}
 				if d := ctl.PausedFor(); d > 0 {
-					time.Sleep(d) // the API's Retry-After, honoured
+					// A client honouring the API's Retry-After: the pause is
+					// the behaviour under test, not a wait for a condition.
+					time.Sleep(d)
 				}
 				if err := lim.Wait(t.Context()); err != nil {
 					return
