@@ -18,7 +18,7 @@ func TestClockBehindTalkJSNamedInAuthPause(t *testing.T) {
 	t.Parallel()
 	b := setup(t, faketalkjs.Faults{})
 	ahead := faketalkjs.New(faketalkjs.Config{AppID: testAppID, SecretKey: testSecret,
-		Now: func() time.Time { return time.Now().Add(time.Minute) }}) // app tokens live 30s
+		Clock: func() time.Time { return time.Now().Add(time.Minute) }}) // app tokens live 30s
 	srv := httptest.NewServer(ahead)
 	t.Cleanup(srv.Close)
 	b.url = srv.URL

@@ -67,7 +67,8 @@ type Config struct {
 
 	// UserSyncTTL: a user PUT whose content equals what was synchronised
 	// less than this long ago is skipped (and recorded as skipped). Zero
-	// uses the default of 1h; a negative value disables skipping.
+	// uses the default of 1h; NoUserSyncSkip (any negative value) disables
+	// skipping.
 	UserSyncTTL time.Duration
 
 	// RateLimit is the request rate (per second) the whole TalkJS app may
@@ -120,6 +121,15 @@ type RetryPolicy struct {
 	// Max caps the backoff. Default 10m.
 	Max time.Duration
 }
+
+// NoUserSyncSkip, as Config.UserSyncTTL, turns the skipping of unchanged
+// PUTs off (OUTBOX_USER_SYNC_TTL=0). A zero field of Config always means
+// its default; "off" is a negative value.
+const NoUserSyncSkip time.Duration = -1
+
+// KeepKeysForever, as RetentionConfig.Keys, keeps the idempotency keys of
+// deleted intents refused forever (OUTBOX_KEY_RETENTION=0).
+const KeepKeysForever time.Duration = -1
 
 // Defaults.
 const (

@@ -25,7 +25,8 @@ type RetentionConfig struct {
 	// Keys is how long the idempotency key of an intent deleted by
 	// retention stays refused, counted from the deletion: an insert with
 	// it fails as a duplicate, as while the intent existed. Zero means the
-	// default of 30 days; a negative value keeps retired keys forever.
+	// default of 30 days; KeepKeysForever (any negative value) keeps
+	// retired keys forever.
 	Keys time.Duration
 
 	// Interval is the time between two runs. The first run starts with the

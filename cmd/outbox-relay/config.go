@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"reflect"
+	"strconv"
 	"strings"
 	"time"
 
@@ -28,33 +29,78 @@ type runConfig struct {
 
 	TalkJSAppID      string      `env:"TALKJS_APP_ID, required"`
 	TalkJSSecretKey  secret      `env:"TALKJS_SECRET_KEY, required"`
-	TalkJSBaseURL    string      `env:"TALKJS_BASE_URL, default=https://api.talkjs.com"`
-	TalkJSLegacyAuth bool        `env:"TALKJS_LEGACY_AUTH, default=false"`
+	TalkJSBaseURL    string      `env:"TALKJS_BASE_URL"`
+	TalkJSLegacyAuth bool        `env:"TALKJS_LEGACY_AUTH"`
 	TalkJSTimeout    callTimeout `env:"TALKJS_TIMEOUT"` // unset: half of OUTBOX_LEASE
 
-	Concurrency      int           `env:"OUTBOX_CONCURRENCY, default=100"`
-	BatchSize        int           `env:"OUTBOX_BATCH_SIZE, default=100"`
-	PollInterval     time.Duration `env:"OUTBOX_POLL_INTERVAL, default=1s"`
-	Lease            time.Duration `env:"OUTBOX_LEASE, default=10s"`
-	MaxAttempts      int           `env:"OUTBOX_MAX_ATTEMPTS, default=25"`
-	MaxAge           time.Duration `env:"OUTBOX_MAX_AGE, default=24h"`
-	RetryBase        time.Duration `env:"OUTBOX_RETRY_BASE, default=1s"`
-	RetryMax         time.Duration `env:"OUTBOX_RETRY_MAX, default=10m"`
-	UserSyncTTL      time.Duration `env:"OUTBOX_USER_SYNC_TTL, default=1h"`
+	Concurrency      int           `env:"OUTBOX_CONCURRENCY"`
+	BatchSize        int           `env:"OUTBOX_BATCH_SIZE"`
+	PollInterval     time.Duration `env:"OUTBOX_POLL_INTERVAL"`
+	Lease            time.Duration `env:"OUTBOX_LEASE"`
+	MaxAttempts      int           `env:"OUTBOX_MAX_ATTEMPTS"`
+	MaxAge           time.Duration `env:"OUTBOX_MAX_AGE"`
+	RetryBase        time.Duration `env:"OUTBOX_RETRY_BASE"`
+	RetryMax         time.Duration `env:"OUTBOX_RETRY_MAX"`
+	UserSyncTTL      time.Duration `env:"OUTBOX_USER_SYNC_TTL"`
 	RateLimit        float64       `env:"OUTBOX_RATE_LIMIT, default=0"`
 	RateBurst        int           `env:"OUTBOX_RATE_BURST, default=0"`
 	RateAdaptive     bool          `env:"OUTBOX_RATE_ADAPTIVE, default=true"`
-	BreakerThreshold int           `env:"OUTBOX_BREAKER_THRESHOLD, default=10"`
-	ShutdownTimeout  time.Duration `env:"OUTBOX_SHUTDOWN_TIMEOUT, default=10s"`
-	Retention        time.Duration `env:"OUTBOX_RETENTION, default=0"`
-	KeyRetention     time.Duration `env:"OUTBOX_KEY_RETENTION, default=720h"`
-	RetentionEvery   time.Duration `env:"OUTBOX_RETENTION_INTERVAL, default=1m"`
-	RetentionBatch   int           `env:"OUTBOX_RETENTION_BATCH_SIZE, default=1000"`
+	BreakerThreshold int           `env:"OUTBOX_BREAKER_THRESHOLD"`
+	ShutdownTimeout  time.Duration `env:"OUTBOX_SHUTDOWN_TIMEOUT"`
+	Retention        time.Duration `env:"OUTBOX_RETENTION"`
+	KeyRetention     time.Duration `env:"OUTBOX_KEY_RETENTION"`
+	RetentionEvery   time.Duration `env:"OUTBOX_RETENTION_INTERVAL"`
+	RetentionBatch   int           `env:"OUTBOX_RETENTION_BATCH_SIZE"`
 	RelayName        string        `env:"OUTBOX_RELAY_NAME"`
-	Migrate          bool          `env:"OUTBOX_MIGRATE, default=true"`
-	HTTPAddr         string        `env:"OUTBOX_HTTP_ADDR, default=127.0.0.1:0"`
-	LogLevel         string        `env:"OUTBOX_LOG_LEVEL, default=info"`
-	LogFormat        string        `env:"OUTBOX_LOG_FORMAT, default=text"`
+	Migrate          bool          `env:"OUTBOX_MIGRATE"`
+	HTTPAddr         string        `env:"OUTBOX_HTTP_ADDR"`
+	LogLevel         string        `env:"OUTBOX_LOG_LEVEL"`
+	LogFormat        string        `env:"OUTBOX_LOG_FORMAT"`
+}
+
+// envDefaults is the default of every variable that has a fixed one, as
+// its text: taken from the package that owns the setting (relay, talkjs),
+// so the daemon, the libraries and the README (kept equal by a test) agree.
+// loadConfig reads a variable from here when the environment lacks it.
+// (The rate limit's variables, OUTBOX_RATE_*, still carry theirs in their tags.)
+func envDefaults() map[string]string {
+	itoa := strconv.Itoa
+	return map[string]string{
+		"TALKJS_BASE_URL":             talkjs.DefaultBaseURL,
+		"TALKJS_LEGACY_AUTH":          "false",
+		"OUTBOX_CONCURRENCY":          itoa(relay.DefaultConcurrency),
+		"OUTBOX_BATCH_SIZE":           itoa(relay.DefaultBatchSize),
+		"OUTBOX_POLL_INTERVAL":        formatDuration(relay.DefaultPollInterval),
+		"OUTBOX_LEASE":                formatDuration(relay.DefaultLease),
+		"OUTBOX_MAX_ATTEMPTS":         itoa(relay.DefaultMaxAttempts),
+		"OUTBOX_MAX_AGE":              formatDuration(relay.DefaultMaxAge),
+		"OUTBOX_RETRY_BASE":           formatDuration(relay.DefaultRetryBase),
+		"OUTBOX_RETRY_MAX":            formatDuration(relay.DefaultRetryMax),
+		"OUTBOX_USER_SYNC_TTL":        formatDuration(relay.DefaultUserSyncTTL),
+		"OUTBOX_BREAKER_THRESHOLD":    itoa(relay.DefaultBreakerThreshold),
+		"OUTBOX_SHUTDOWN_TIMEOUT":     formatDuration(relay.DefaultShutdownTimeout),
+		"OUTBOX_RETENTION":            "0", // done intents are kept (relay.RetentionConfig.Done)
+		"OUTBOX_KEY_RETENTION":        formatDuration(relay.DefaultKeyRetention),
+		"OUTBOX_RETENTION_INTERVAL":   formatDuration(relay.DefaultRetentionInterval),
+		"OUTBOX_RETENTION_BATCH_SIZE": itoa(relay.DefaultRetentionBatchSize),
+		"OUTBOX_MIGRATE":              "true",
+		"OUTBOX_HTTP_ADDR":            "127.0.0.1:0",
+		"OUTBOX_LOG_LEVEL":            "info",
+		"OUTBOX_LOG_FORMAT":           "text",
+	}
+}
+
+// formatDuration writes d as an operator would ("24h", "10m", "1s"), not
+// as time.Duration.String does ("24h0m0s").
+func formatDuration(d time.Duration) string {
+	s := d.String()
+	if strings.HasSuffix(s, "m0s") {
+		s = strings.TrimSuffix(s, "0s")
+	}
+	if strings.HasSuffix(s, "h0m") {
+		s = strings.TrimSuffix(s, "0m")
+	}
+	return s
 }
 
 // secret is a string that never prints: fmt, %v, %+v, slog and errors all
@@ -103,6 +149,7 @@ func (s *secret) UnmarshalText(b []byte) error {
 }
 
 func loadConfig(ctx context.Context, lookup envconfig.Lookuper, cfg any) error {
+	lookup = envconfig.MultiLookuper(lookup, envconfig.MapLookuper(envDefaults()))
 	if err := envconfig.ProcessWith(ctx, &envconfig.Config{Target: cfg, Lookuper: lookup}); err != nil {
 		return fmt.Errorf("configuration: %w", nameVariable(cfg, err))
 	}
@@ -255,19 +302,20 @@ func (c *runConfig) relayConfig(logger *slog.Logger) relay.Config {
 	}
 }
 
-// userSyncTTL maps the variable's 0 ("never skip") to the relay's negative.
+// userSyncTTL maps OUTBOX_USER_SYNC_TTL=0 ("never skip") to the relay's
+// NoUserSyncSkip: a zero relay.Config field means its default.
 func userSyncTTL(d time.Duration) time.Duration {
 	if d == 0 {
-		return -1
+		return relay.NoUserSyncSkip
 	}
 	return d
 }
 
-// keyRetention maps the variable's 0 ("keep forever") to the relay's
-// negative.
+// keyRetention maps OUTBOX_KEY_RETENTION=0 ("keep forever") to the relay's
+// KeepKeysForever.
 func keyRetention(d time.Duration) time.Duration {
 	if d == 0 {
-		return -1
+		return relay.KeepKeysForever
 	}
 	return d
 }

@@ -63,6 +63,9 @@ func TestReadmeConfigTable(t *testing.T) {
 		}
 		delete(documented, name)
 		var want string
+		if d, ok := envDefaults()[name]; ok {
+			want = "`" + d + "`"
+		}
 		for _, opt := range parts[1:] {
 			opt = strings.TrimSpace(opt)
 			if opt == "required" {

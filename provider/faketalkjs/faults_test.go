@@ -135,7 +135,7 @@ func TestRateLimit(t *testing.T) {
 	clock := func() time.Time { mu.Lock(); defer mu.Unlock(); return now }
 	advance := func(d time.Duration) { mu.Lock(); defer mu.Unlock(); now = now.Add(d) }
 
-	b := setup(t, Config{Faults: Faults{RateLimit: 0.5, Burst: 2}, Now: clock})
+	b := setup(t, Config{Faults: Faults{RateLimit: 0.5, Burst: 2}, Clock: clock})
 	// Tokens are signed for the real clock; the fake's clock is a fixed date.
 	b.token = testSecret
 
@@ -169,7 +169,7 @@ func TestRateLimitQueue(t *testing.T) {
 	// release is closed.
 	now := time.Now()
 	clock := func() time.Time { return now }
-	b := setup(t, Config{Faults: Faults{RateLimit: 10, Burst: 1, QueueLength: 2}, Now: clock})
+	b := setup(t, Config{Faults: Faults{RateLimit: 10, Burst: 1, QueueLength: 2}, Clock: clock})
 	release := make(chan time.Time)
 	b.fake.mu.Lock()
 	b.fake.after = func(time.Duration) <-chan time.Time { return release }

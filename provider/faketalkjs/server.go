@@ -70,9 +70,9 @@ type Config struct {
 	Faults Faults
 	// Seed seeds the generator that decides which requests are faulted.
 	Seed uint64
-	// Now is the clock used for token expiry, the rate limiter and
+	// Clock is the clock used for token expiry, the rate limiter and
 	// StoredAt. Default time.Now. Latency always waits in real time.
-	Now func() time.Time
+	Clock func() time.Time
 }
 
 // Server is the fake TalkJS API. Create it with New; it is safe for
@@ -109,7 +109,7 @@ type Server struct {
 
 // New returns a Server with no data.
 func New(cfg Config) *Server {
-	now := cfg.Now
+	now := cfg.Clock
 	if now == nil {
 		now = time.Now
 	}

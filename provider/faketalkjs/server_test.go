@@ -220,7 +220,7 @@ func TestRememberedTokenExpires(t *testing.T) {
 	t.Parallel()
 	var mu sync.Mutex
 	now := time.Now()
-	b := setup(t, Config{Now: func() time.Time {
+	b := setup(t, Config{Clock: func() time.Time {
 		mu.Lock()
 		defer mu.Unlock()
 		return now

@@ -36,7 +36,7 @@ func TestAppTokenIsReusedUntilNearExpiry(t *testing.T) {
 	// clock) accepts every token it signs.
 	clock := &fakeClock{now: time.Now()}
 	start := clock.Now()
-	b := setup(t, faketalkjs.Faults{}, func(c *Config) { c.Now = clock.Now })
+	b := setup(t, faketalkjs.Faults{}, func(c *Config) { c.Clock = clock.Now })
 	ctx := t.Context()
 
 	call := func() string {
@@ -85,7 +85,7 @@ func TestExpiredTokenIsRefused(t *testing.T) {
 	t.Parallel()
 	// A client clock a minute slow signs tokens that have already expired
 	// by the fake's clock: the failure is Auth, as with a wrong key.
-	b := setup(t, faketalkjs.Faults{}, func(c *Config) { c.Now = func() time.Time { return time.Now().Add(-time.Minute) } })
+	b := setup(t, faketalkjs.Faults{}, func(c *Config) { c.Clock = func() time.Time { return time.Now().Add(-time.Minute) } })
 	wantError(t, b.client.PutUser(t.Context(), alice), provider.Auth, 401)
 }
 
@@ -94,10 +94,10 @@ func TestExpiredTokenIsRefused(t *testing.T) {
 func skewedSetup(t *testing.T, clock *fakeClock, skew time.Duration) *Client {
 	t.Helper()
 	fake := faketalkjs.New(faketalkjs.Config{AppID: testAppID, SecretKey: testSecret,
-		Now: func() time.Time { return clock.Now().Add(skew) }})
+		Clock: func() time.Time { return clock.Now().Add(skew) }})
 	srv := httptest.NewServer(fake)
 	t.Cleanup(srv.Close)
-	return newClient(t, srv.URL, func(c *Config) { c.Now = clock.Now })
+	return newClient(t, srv.URL, func(c *Config) { c.Clock = clock.Now })
 }
 
 // A client clock 15s behind TalkJS's still works: a token is used only

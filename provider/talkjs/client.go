@@ -79,9 +79,10 @@ type Config struct {
 	// follow its CheckRedirect. By default the client builds one that does
 	// not follow redirects, as TalkJS never sends them for API calls.
 	HTTPClient *http.Client
-	// Now is the clock used for token expiry and Retry-After dates; default
-	// time.Now. Tests stub it.
-	Now func() time.Time
+	// Clock returns the current time, for token expiry and Retry-After
+	// dates; tests may replace it. Default time.Now (the name and default
+	// of relay.Config's Clock).
+	Clock func() time.Time
 }
 
 // String describes c without its secret key.
@@ -121,8 +122,8 @@ func (c Config) withDefaults() Config {
 	c.MaxConns = cmp.Or(c.MaxConns, DefaultMaxConns)
 	c.Burst = cmp.Or(c.Burst, defaultBurst(c.RateLimit))
 	c.UserAgent = cmp.Or(c.UserAgent, DefaultUserAgent)
-	if c.Now == nil {
-		c.Now = time.Now
+	if c.Clock == nil {
+		c.Clock = time.Now
 	}
 	return c
 }
@@ -237,7 +238,7 @@ func New(cfg Config) (*Client, error) {
 		prefix:    strings.TrimRight(base.EscapedPath(), "/"),
 		timeout:   cfg.Timeout,
 		userAgent: cfg.UserAgent,
-		now:       cfg.Now,
+		now:       cfg.Clock,
 		secretKey: cfg.SecretKey,
 		limiter:   rate.NewLimiter(rate.Inf, cfg.Burst),
 		hc:        cfg.HTTPClient,
@@ -245,7 +246,7 @@ func New(cfg Config) (*Client, error) {
 	if cfg.LegacyAuth {
 		c.creds = legacyCredentials{secretKey: cfg.SecretKey}
 	} else {
-		c.creds = newAppTokenSource(cfg.AppID, cfg.SecretKey, cfg.Now)
+		c.creds = newAppTokenSource(cfg.AppID, cfg.SecretKey, cfg.Clock)
 	}
 	c.SetRateLimit(cfg.RateLimit, cfg.Burst)
 	if c.hc == nil {

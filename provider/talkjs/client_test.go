@@ -335,7 +335,7 @@ func TestRetryAfterHTTPDateOn503(t *testing.T) {
 		w.WriteHeader(http.StatusServiceUnavailable)
 	}))
 	t.Cleanup(srv.Close)
-	c := newClient(t, srv.URL, func(c *Config) { c.Now = func() time.Time { return now } })
+	c := newClient(t, srv.URL, func(c *Config) { c.Clock = func() time.Time { return now } })
 	pe := wantProviderError(t, c.PutUser(t.Context(), alice), provider.Retryable, 503)
 	if pe.RetryAfter != 90*time.Second {
 		t.Fatalf("RetryAfter = %s, want 90s", pe.RetryAfter)
