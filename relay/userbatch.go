@@ -1,6 +1,7 @@
 package relay
 
 import (
+	"bytes"
 	"cmp"
 	"context"
 	"crypto/rand"
@@ -520,9 +521,26 @@ func (r *Relay) awaitUsers(j *job, res *result) error {
 			res.syncs = append(res.syncs, userSync{id: bu.user.ID, hash: bu.hash, ok: bu.err == nil})
 			res.mu.Unlock()
 		}
-		errs = append(errs, bu.err)
+		errs = append(errs, bu.errFor(j))
 	}
 	return worstError(errs)
+}
+
+// errFor is how bu's end decides the attempt of j. A permanent answer
+// from TalkJS judged the content sent, the highest intent's: an intent
+// that carries other content for the user is not judged by it, but
+// retried (a counted attempt), to send its own once the refused intent
+// no longer serves the user.
+func (bu *batchUser) errFor(j *job) error {
+	var pe *provider.Error
+	if bu.err == nil || j.id == bu.from || !errors.As(bu.err, &pe) || pe.Kind != provider.Permanent || pe.Status == 0 {
+		return bu.err
+	}
+	if h := j.hashes[bu.user.ID]; h != nil && bytes.Equal(h, bu.hash) {
+		return bu.err // its own content was refused
+	}
+	return &provider.Error{Kind: provider.Retryable, Status: pe.Status,
+		Err: fmt.Errorf("user %q: TalkJS refused the content of intent %d, not this intent's: sent again with its own: %w", bu.user.ID, bu.from, bu.err)}
 }
 
 // callFor makes one API call for jobs of one claim batch, as call does
