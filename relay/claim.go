@@ -24,6 +24,7 @@ type job struct {
 	claimed  time.Time
 	deadline atomic.Int64 // local monotonic lease deadline, ns since relay.epoch
 	cancel   context.CancelFunc
+	ctx      context.Context // its delivery's context (set with users): done once the attempt ended, was cancelled or lost
 }
 
 const (

@@ -215,8 +215,9 @@ func newCallID() string {
 func (r *Relay) startUserSync(workCtx context.Context, jobs []*job, jobCtxs []context.Context, workers *sync.WaitGroup) {
 	byID := make(map[int64]*job, len(jobs))
 	intents := make([]planIntent, 0, len(jobs))
-	for _, j := range jobs {
+	for i, j := range jobs {
 		byID[j.id] = j
+		j.ctx = jobCtxs[i]
 		iu := &intentUsers{}
 		j.users = iu
 		if err := json.Unmarshal(j.payload, &iu.intent); err != nil {
@@ -315,6 +316,8 @@ func (r *Relay) syncUsers(ctx context.Context, users []*batchUser) {
 // followFlight waits for the PUT of the same content another delivery of
 // this relay has under way, and makes its own when that one failed.
 func (r *Relay) followFlight(ctx context.Context, bu *batchUser, f *userFlight) {
+	ctx, stop := whileServed(ctx, bu.jobs)
+	defer stop()
 	ok, err := f.wait(ctx)
 	switch {
 	case err != nil:
@@ -550,6 +553,8 @@ func (bu *batchUser) errFor(j *job) error {
 // made (paused, lease ended, shutdown), and the metrics count it once
 // under metricStep.
 func (r *Relay) callFor(ctx context.Context, jobs []*job, metricStep string, fn func(context.Context) error) (*callRecord, error) {
+	ctx, stop := whileServed(ctx, jobs)
+	defer stop()
 	if err := r.waitRetryAfter(ctx); err != nil {
 		return nil, err
 	}
@@ -610,4 +615,34 @@ func (r *Relay) callFor(ctx context.Context, jobs []*job, metricStep string, fn 
 			"step", metricStep, "status", rec.status, "error", rec.err)
 	}
 	return rec, err
+}
+
+// whileServed returns ctx, cancelled as well once every job has ended
+// (its delivery's context done: the attempt ended, or the intent was
+// cancelled or passed to another relay), so that a call serving only
+// such intents stops at once instead of running to its deadline. Jobs
+// without a context (not started by startUserSync) leave ctx as it is.
+func whileServed(ctx context.Context, jobs []*job) (context.Context, context.CancelFunc) {
+	for _, j := range jobs {
+		if j.ctx == nil {
+			return ctx, func() {}
+		}
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	var live atomic.Int64
+	live.Store(int64(len(jobs)))
+	stops := make([]func() bool, len(jobs))
+	for i, j := range jobs {
+		stops[i] = context.AfterFunc(j.ctx, func() {
+			if live.Add(-1) == 0 {
+				cancel()
+			}
+		})
+	}
+	return ctx, func() {
+		for _, s := range stops {
+			s()
+		}
+		cancel()
+	}
 }
