@@ -60,116 +60,165 @@ func (c *claimer) Stop(ctx context.Context) error { return c.stop(ctx) }
 func (r *Relay) claimLoop(ctx context.Context) {
 	timer := time.NewTimer(0)
 	defer timer.Stop()
-	dbRetry := dbRetryMin
-	// A NOTIFY that wakes the relay to find nothing it may deliver
-	// (everything pending is blocked or waiting a backoff), though it
-	// claimed nothing since it asked for the NOTIFY, makes it quiet: it
-	// does not ask producers for another NOTIFY before its next poll, as
-	// each would cost a producer the NOTIFY lock for nothing.
-	var notifiedWake, claimedSinceAsked, quiet bool
+	st := claimState{dbRetry: dbRetryMin}
 	for ctx.Err() == nil {
-		wait := r.cfg.PollInterval
-		// With deliveries in flight, claim once a tenth of the slots (or a
-		// batch) is free rather than for every freed slot: a claim is a
-		// transaction, and claiming one row at a time behind a rate limit
-		// costs producers' commits more than the slots gain. An idle relay
-		// claims at once.
-		free := cap(r.slots) - len(r.slots)
-		if len(r.slots) > 0 && free < min(r.cfg.BatchSize, max(1, cap(r.slots)/10)) {
-			free = 0
-		}
-		if free > 0 {
-			limit := min(free, r.cfg.BatchSize)
-			n, gateWait := r.gate.admit()
-			switch {
-			case n == 0:
-				wait = min(wait, gateWait)
-			default:
-				probe := n == 1
-				if probe {
-					limit = 1
-				}
-				jobs, err := r.claim(ctx, limit)
-				if err != nil {
-					if probe {
-						r.gate.probeDone()
-					}
-					if ctx.Err() != nil {
-						return
-					}
-					r.setDB(false, "claim", err)
-					wait, dbRetry = dbRetry, min(2*dbRetry, dbRetryMax)
-					break
-				}
-				r.setDB(true, "", nil)
-				dbRetry = dbRetryMin
-				if probe {
-					if len(jobs) == 0 {
-						r.gate.probeDone()
-					} else {
-						jobs[0].probe = true
-					}
-				}
-				r.dispatch(jobs)
-				if len(jobs) > 0 {
-					claimedSinceAsked, quiet = true, false
-				} else if notifiedWake && !claimedSinceAsked {
-					quiet = true
-				}
-				if len(jobs) == limit && !probe {
-					continue // there may be more
-				}
-				if len(jobs) == 0 && r.gate.paused() == "" && r.listening.Load() && !quiet {
-					// Nothing to do: ask producers for a NOTIFY, then look
-					// once more, since an intent committed between the
-					// claim and the flag would not notify.
-					if _, err := r.pool.Exec(ctx, setWaiting); err != nil {
-						if ctx.Err() != nil {
-							return
-						}
-						r.setDB(false, "set_waiting", err)
-						break
-					}
-					claimedSinceAsked = false
-					jobs, err := r.claim(ctx, limit)
-					if err != nil {
-						if ctx.Err() != nil {
-							return
-						}
-						r.setDB(false, "claim", err)
-						break
-					}
-					r.dispatch(jobs)
-					if len(jobs) > 0 {
-						claimedSinceAsked = true
-						continue
-					}
-				}
-			}
-		}
-		timer.Reset(wait)
-		notifiedWake = false
-		select {
-		case <-ctx.Done():
+		next, wait := r.claimStep(ctx, &st)
+		switch next {
+		case claimStop:
 			return
-		case <-r.notified:
-			notifiedWake = true
-			r.metrics.wakeups.WithLabelValues("notify").Inc()
-		case <-r.wake:
-			r.metrics.wakeups.WithLabelValues("internal").Inc()
-		case <-r.gate.changes():
-			r.metrics.wakeups.WithLabelValues("internal").Inc()
-		case <-timer.C:
-			quiet = false
-			r.metrics.wakeups.WithLabelValues("poll").Inc()
+		case claimAgain:
+			continue
 		}
-		if !timer.Stop() {
-			select {
-			case <-timer.C:
-			default:
-			}
+		if !r.sleepClaim(ctx, timer, wait, &st) {
+			return
 		}
 	}
+}
+
+// claimState is what the claim loop carries from one round to the next.
+//
+// A NOTIFY that wakes the relay to find nothing it may deliver
+// (everything pending is blocked or waiting a backoff), though it claimed
+// nothing since it asked for the NOTIFY, makes it quiet: it does not ask
+// producers for another NOTIFY before its next poll, as each would cost a
+// producer the NOTIFY lock for nothing.
+type claimState struct {
+	dbRetry           time.Duration // the wait after a failed claim
+	notifiedWake      bool          // this round was woken by a NOTIFY
+	claimedSinceAsked bool          // claimed something since asking for a NOTIFY
+	quiet             bool          // ask for no NOTIFY before the next poll
+}
+
+// claimNext is what the claim loop does after a round.
+type claimNext int
+
+const (
+	claimSleep claimNext = iota // wait for a wake-up or the returned wait
+	claimAgain                  // claim again at once: there may be more
+	claimStop                   // the claimer is stopping
+)
+
+// freeSlots is how many intents a claim may take now. With deliveries in
+// flight, claim once a tenth of the slots (or a batch) is free rather
+// than for every freed slot: a claim is a transaction, and claiming one
+// row at a time behind a rate limit costs producers' commits more than
+// the slots gain. An idle relay claims at once.
+func (r *Relay) freeSlots() int {
+	free := cap(r.slots) - len(r.slots)
+	if len(r.slots) > 0 && free < min(r.cfg.BatchSize, max(1, cap(r.slots)/10)) {
+		return 0
+	}
+	return free
+}
+
+// claimStep is one round of the claim loop: a claim when slots and the
+// gate allow, its jobs dispatched. It returns what to do next and how
+// long to sleep at most.
+func (r *Relay) claimStep(ctx context.Context, st *claimState) (claimNext, time.Duration) {
+	wait := r.cfg.PollInterval
+	free := r.freeSlots()
+	if free == 0 {
+		return claimSleep, wait
+	}
+	limit := min(free, r.cfg.BatchSize)
+	n, gateWait := r.gate.admit()
+	if n == 0 {
+		return claimSleep, min(wait, gateWait)
+	}
+	probe := n == 1
+	if probe {
+		limit = 1
+	}
+	jobs, err := r.claim(ctx, limit)
+	if err != nil {
+		if probe {
+			r.gate.probeDone()
+		}
+		if ctx.Err() != nil {
+			return claimStop, 0
+		}
+		r.setDB(false, "claim", err)
+		wait, st.dbRetry = st.dbRetry, min(2*st.dbRetry, dbRetryMax)
+		return claimSleep, wait
+	}
+	r.setDB(true, "", nil)
+	st.dbRetry = dbRetryMin
+	if probe {
+		if len(jobs) == 0 {
+			r.gate.probeDone()
+		} else {
+			jobs[0].probe = true
+		}
+	}
+	r.dispatch(jobs)
+	if len(jobs) > 0 {
+		st.claimedSinceAsked, st.quiet = true, false
+	} else if st.notifiedWake && !st.claimedSinceAsked {
+		st.quiet = true
+	}
+	if len(jobs) == limit && !probe {
+		return claimAgain, 0 // there may be more
+	}
+	if len(jobs) == 0 && r.gate.paused() == "" && r.listening.Load() && !st.quiet {
+		return r.askNotify(ctx, st, limit), wait
+	}
+	return claimSleep, wait
+}
+
+// askNotify is for a relay with nothing to do: it asks producers for a
+// NOTIFY, then looks once more, since an intent committed between the
+// claim and the flag would not notify.
+func (r *Relay) askNotify(ctx context.Context, st *claimState, limit int) claimNext {
+	if _, err := r.pool.Exec(ctx, setWaiting); err != nil {
+		if ctx.Err() != nil {
+			return claimStop
+		}
+		r.setDB(false, "set_waiting", err)
+		return claimSleep
+	}
+	st.claimedSinceAsked = false
+	jobs, err := r.claim(ctx, limit)
+	if err != nil {
+		if ctx.Err() != nil {
+			return claimStop
+		}
+		r.setDB(false, "claim", err)
+		return claimSleep
+	}
+	r.dispatch(jobs)
+	if len(jobs) > 0 {
+		st.claimedSinceAsked = true
+		return claimAgain
+	}
+	return claimSleep
+}
+
+// sleepClaim waits up to wait for a NOTIFY, a wake-up, a gate change or
+// the timer. It returns false when ctx ended.
+func (r *Relay) sleepClaim(ctx context.Context, timer *time.Timer, wait time.Duration, st *claimState) bool {
+	timer.Reset(wait)
+	st.notifiedWake = false
+	select {
+	case <-ctx.Done():
+		return false
+	case <-r.notified:
+		st.notifiedWake = true
+		r.metrics.wakeups.WithLabelValues("notify").Inc()
+	case <-r.wake:
+		r.metrics.wakeups.WithLabelValues("internal").Inc()
+	case <-r.gate.changes():
+		r.metrics.wakeups.WithLabelValues("internal").Inc()
+	case <-timer.C:
+		st.quiet = false
+		r.metrics.wakeups.WithLabelValues("poll").Inc()
+	}
+	if !timer.Stop() {
+		select {
+		case <-timer.C:
+		default:
+		}
+	}
+	return true
 }
 
 // claim leases up to limit intents. A claim that has started is finished

@@ -9,6 +9,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 )
 
@@ -275,92 +276,127 @@ func afterFailedWrite(f writeFailure) writeVerdict {
 	}
 }
 
-func (r *Relay) completeBatch(ctx context.Context, batch []*result) error {
+// completeParams are completeBatch's arguments: the batch's results as
+// columns, its attempts (attempt_), its user and conversation PUTs
+// (sync_, conv_), and the relay's settings.
+type completeParams struct {
+	ids         []int64
+	tokens      []int64
+	outcomes    []string
+	errs        []*string
+	delays      []float64 // seconds
+	maxAttempts int
+	maxAge      time.Duration
+	relay       string
+	appID       string
+	attempts    attemptColumns
+	syncs       syncColumns
+	convs       convSyncColumns
+}
+
+// args names completeBatch's parameters.
+func (p *completeParams) args() pgx.NamedArgs {
+	a, s, c := &p.attempts, &p.syncs, &p.convs
+	return pgx.NamedArgs{
+		"ids": p.ids, "tokens": p.tokens, "outcomes": p.outcomes, "errors": p.errs, "delays_s": p.delays,
+		"max_attempts": p.maxAttempts, "max_age": p.maxAge, "relay": p.relay, "app_id": p.appID,
+		"attempt_intent_ids": a.intentID, "attempt_numbers": a.attempt, "attempt_steps": a.step,
+		"attempt_targets": a.target, "attempt_statuses": a.status, "attempt_outcomes": a.outcome,
+		"attempt_errors": a.err, "attempt_duration_ms": a.durationMS, "attempt_started": a.started,
+		"attempt_call_ids": a.callID,
+		"sync_user_ids":    s.userID, "sync_intent_ids": s.intentID, "sync_hashes": s.hash, "sync_ok": s.ok,
+		"conv_ids": c.conversationID, "conv_intent_ids": c.intentID, "conv_hashes": c.hash, "conv_ok": c.ok,
+	}
+}
+
+// completeParamsOf lays a batch out as completeBatch's columns.
+func (r *Relay) completeParamsOf(batch []*result) *completeParams {
 	n := len(batch)
-	ids := make([]int64, n)
-	tokens := make([]int64, n)
-	outcomes := make([]string, n)
-	errs := make([]*string, n)
-	delays := make([]float64, n)
-	var a attemptColumns
-	var syncs syncColumns
-	var convs convSyncColumns
+	p := &completeParams{ids: make([]int64, n), tokens: make([]int64, n), outcomes: make([]string, n),
+		errs: make([]*string, n), delays: make([]float64, n),
+		maxAttempts: r.cfg.MaxAttempts, maxAge: r.cfg.MaxAge, relay: r.cfg.Name, appID: r.cfg.AppID}
 	for i, res := range batch {
-		ids[i], tokens[i], outcomes[i] = res.job.id, res.job.token, res.outcome
+		p.ids[i], p.tokens[i], p.outcomes[i] = res.job.id, res.job.token, res.outcome
 		if res.err != "" {
-			errs[i] = &res.err
+			p.errs[i] = &res.err
 		}
-		delays[i] = res.delay.Seconds()
+		p.delays[i] = res.delay.Seconds()
 		for _, c := range res.calls {
-			a.add(res.job, c)
+			p.attempts.add(res.job, c)
 		}
 		for _, s := range res.syncs {
-			syncs.add(res.job, s)
+			p.syncs.add(res.job, s)
 		}
 		for _, id := range res.forget {
-			syncs.add(res.job, userSync{id: id, hash: []byte{}})
+			p.syncs.add(res.job, userSync{id: id, hash: []byte{}})
 		}
 		if c := res.convRecord(); c != nil {
-			convs.add(res.job, c)
+			p.convs.add(res.job, c)
 		}
 	}
+	return p
+}
 
-	rows, err := r.pool.Query(ctx, completeBatch, planFresh, ids, tokens, outcomes, errs, delays,
-		r.cfg.MaxAttempts, r.cfg.MaxAge, r.cfg.Name,
-		a.intentID, a.attempt, a.step, a.target, a.status, a.outcome, a.err, a.durationMS, a.started,
-		r.cfg.AppID, syncs.userID, syncs.intentID, syncs.hash, syncs.ok, a.callID,
-		convs.conversationID, convs.intentID, convs.hash, convs.ok)
+// completedRow is one intent completeBatch changed.
+type completedRow struct {
+	ID    int64   `db:"id"`
+	State string  `db:"state"`
+	AgeS  float64 `db:"age_s"`
+}
+
+// completeBatch records a batch of results in one statement, then counts
+// and logs what became of each.
+func (r *Relay) completeBatch(ctx context.Context, batch []*result) error {
+	rows, err := r.pool.Query(ctx, completeBatch, planFresh, r.completeParamsOf(batch).args())
 	if err != nil {
 		return fmt.Errorf("complete: %w", err)
 	}
-	final := make(map[int64]string, n)
-	for rows.Next() {
-		var id int64
-		var state string
-		var age float64
-		if err := rows.Scan(&id, &state, &age); err != nil {
-			rows.Close()
-			return fmt.Errorf("complete: %w", err)
-		}
-		final[id] = state
-		if state == "done" {
-			r.metrics.latency.Observe(age)
-		}
-	}
-	rows.Close()
-	if err := rows.Err(); err != nil {
+	completed, err := pgx.CollectRows(rows, pgx.RowToStructByName[completedRow])
+	if err != nil {
 		return fmt.Errorf("complete: %w", err)
 	}
-
-	for _, res := range batch {
-		state, ok := final[res.job.id]
-		if !ok {
-			r.metrics.fenced.Inc()
-			r.log.Warn("result discarded: the intent's lease passed to another relay",
-				"intent_id", res.job.id, "attempt", res.job.attempt, "outcome", res.outcome)
-			continue
-		}
-		label := res.outcome
-		if res.outcome == outcomeRetry && state == "dead" {
-			label = outcomeDead
-		}
-		r.metrics.completed.WithLabelValues(label).Inc()
-		r.logStateChange(res.job.id, res.job.attempt, "delivering", state, label)
-		if res.outcome == outcomeRetry && state == "pending" {
-			r.logRetryable(res)
-		}
-		if state == "dead" {
-			// One line per dead letter, with its reason; outbox-relay
-			// inspect and outbox.dead_letters have the rest.
-			reason := "permanent failure"
-			if res.outcome == outcomeRetry {
-				reason = "retry budget spent"
-			}
-			r.log.Warn("intent dead", "intent_id", res.job.id, "attempt", res.job.attempt,
-				"reason", reason, "error", firstLine(res.err))
+	final := make(map[int64]string, len(completed))
+	for _, c := range completed {
+		final[c.ID] = c.State
+		if c.State == "done" {
+			r.metrics.latency.Observe(c.AgeS)
 		}
 	}
+	for _, res := range batch {
+		r.reportCompletion(res, final)
+	}
 	return nil
+}
+
+// reportCompletion counts and logs what became of one result: final
+// holds the state of each intent the completion changed.
+func (r *Relay) reportCompletion(res *result, final map[int64]string) {
+	state, ok := final[res.job.id]
+	if !ok {
+		r.metrics.fenced.Inc()
+		r.log.Warn("result discarded: the intent's lease passed to another relay",
+			"intent_id", res.job.id, "attempt", res.job.attempt, "outcome", res.outcome)
+		return
+	}
+	label := res.outcome
+	if res.outcome == outcomeRetry && state == "dead" {
+		label = outcomeDead
+	}
+	r.metrics.completed.WithLabelValues(label).Inc()
+	r.logStateChange(res.job.id, res.job.attempt, "delivering", state, label)
+	if res.outcome == outcomeRetry && state == "pending" {
+		r.logRetryable(res)
+	}
+	if state == "dead" {
+		// One line per dead letter, with its reason; outbox-relay
+		// inspect and outbox.dead_letters have the rest.
+		reason := "permanent failure"
+		if res.outcome == outcomeRetry {
+			reason = "retry budget spent"
+		}
+		r.log.Warn("intent dead", "intent_id", res.job.id, "attempt", res.job.attempt,
+			"reason", reason, "error", firstLine(res.err))
+	}
 }
 
 func firstLine(s string) string {

@@ -274,28 +274,11 @@ func act(ctx context.Context, pool *pgxpool.Pool, what, state, stmt string, sel 
 	if err := sel.validate(); err != nil {
 		return res, fmt.Errorf("%s: %w", what, err)
 	}
-	var err error
-	if dryRun {
-		rows, qerr := pool.Query(ctx, selectWhere, sel.args(state))
-		if qerr != nil {
-			return res, fmt.Errorf("%s: %w", what, qerr)
-		}
-		res.Changed, err = pgx.CollectRows(rows, pgx.RowTo[int64])
-	} else {
-		rows, qerr := pool.Query(ctx, stmt, sel.args(state))
-		if qerr != nil {
-			return res, fmt.Errorf("%s: %w", what, qerr)
-		}
-		res.Changed, err = pgx.CollectRows(rows, func(row pgx.CollectableRow) (int64, error) {
-			var id int64
-			var ignored bool
-			err := row.Scan(&id, &ignored)
-			return id, err
-		})
-	}
+	changed, err := actOn(ctx, pool, state, stmt, sel, dryRun)
 	if err != nil {
 		return res, fmt.Errorf("%s: %w", what, err)
 	}
+	res.Changed = changed
 	if len(sel.IDs) == 0 {
 		return res, nil
 	}
@@ -303,14 +286,45 @@ func act(ctx context.Context, pool *pgxpool.Pool, what, state, stmt string, sel 
 	if err != nil {
 		return res, fmt.Errorf("%s: %w", what, err)
 	}
-	type idState struct {
-		ID    int64  `db:"id"`
-		State string `db:"state"`
-	}
 	found, err := pgx.CollectRows(rows, pgx.RowToStructByName[idState])
 	if err != nil {
 		return res, fmt.Errorf("%s: %w", what, err)
 	}
+	sortOutSelected(&res, sel.IDs, found)
+	return res, nil
+}
+
+// actOn runs stmt over the selected intents in state, or with dryRun only
+// selects them, and returns their ids.
+func actOn(ctx context.Context, pool *pgxpool.Pool, state, stmt string, sel Selection, dryRun bool) ([]int64, error) {
+	if dryRun {
+		rows, err := pool.Query(ctx, selectWhere, sel.args(state))
+		if err != nil {
+			return nil, err
+		}
+		return pgx.CollectRows(rows, pgx.RowTo[int64])
+	}
+	rows, err := pool.Query(ctx, stmt, sel.args(state))
+	if err != nil {
+		return nil, err
+	}
+	return pgx.CollectRows(rows, func(row pgx.CollectableRow) (int64, error) {
+		var id int64
+		var ignored bool
+		err := row.Scan(&id, &ignored)
+		return id, err
+	})
+}
+
+// idState is an intent's id and state.
+type idState struct {
+	ID    int64  `db:"id"`
+	State string `db:"state"`
+}
+
+// sortOutSelected files each id the operator named that res did not
+// change: skipped in the state found, or not found.
+func sortOutSelected(res *Action, ids []int64, found []idState) {
 	changed := map[int64]bool{}
 	for _, id := range res.Changed {
 		changed[id] = true
@@ -319,7 +333,7 @@ func act(ctx context.Context, pool *pgxpool.Pool, what, state, stmt string, sel 
 	for _, f := range found {
 		states[f.ID] = f.State
 	}
-	for _, id := range sel.IDs {
+	for _, id := range ids {
 		switch st, ok := states[id]; {
 		case changed[id]:
 		case !ok:
@@ -328,5 +342,4 @@ func act(ctx context.Context, pool *pgxpool.Pool, what, state, stmt string, sel 
 			res.Skipped[id] = st
 		}
 	}
-	return res, nil
 }

@@ -394,14 +394,14 @@ SELECT coalesce((SELECT conversation_id FROM heads ORDER BY n DESC LIMIT 1), '')
 	// mark of the next intent of each conversation whose intent ended (see
 	// claimBatch; an intent put back to wait changes no other row: its
 	// successors stay parked, or are parked by the next claim that walks
-	// past them), and keeps outbox.synced_users true for app $18: a user
+	// past them), and keeps outbox.synced_users true for app @app_id: a user
 	// gets a record only when every PUT of it in the batch was answered 200
 	// for one content and its intent's result was recorded here (not
 	// fenced: a relay that lost its lease may have PUT after the new
 	// owner). Any other PUT of it (no answer, an error, two contents), or a
 	// skipped PUT that a later permanent failure put in doubt, deletes its
 	// record. outbox.synced_conversations is kept by the same rule from
-	// $24-$27, one entry per conversation PUT made, or skipped and then
+	// the conv_ arrays, one entry per conversation PUT made, or skipped and then
 	// put in doubt by a permanent answer to the messages POST.
 	//
 	// Locks, in this order in every relay: the batch's intents in id order
@@ -415,7 +415,7 @@ SELECT coalesce((SELECT conversation_id FROM heads ORDER BY n DESC LIMIT 1), '')
 	completeBatch = `
 WITH r AS (
     SELECT *
-      FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::text[], $5::double precision[])
+      FROM unnest(@ids::bigint[], @tokens::bigint[], @outcomes::text[], @errors::text[], @delays_s::double precision[])
            AS r(id, token, outcome, error, delay_s)
 ), locked AS (
     SELECT i.id FROM outbox.intents i WHERE i.id IN (SELECT id FROM r) ORDER BY i.id FOR UPDATE
@@ -423,7 +423,7 @@ WITH r AS (
     SELECT r.*, i.attempts,
            CASE
              WHEN r.outcome = 'retry'
-                  AND (i.attempts >= $6 OR coalesce(i.failing_since, now()) < now() - $7::interval) THEN 'dead'
+                  AND (i.attempts >= @max_attempts OR coalesce(i.failing_since, now()) < now() - @max_age::interval) THEN 'dead'
              WHEN r.outcome = 'retry' THEN 'pending'
              WHEN r.outcome = 'release' THEN 'pending'
              ELSE r.outcome
@@ -441,7 +441,7 @@ WITH r AS (
                           WHEN d.outcome = 'done' THEN NULL
                           WHEN d.outcome = 'retry' AND d.next_state = 'dead'
                             THEN format('retry budget spent (%s attempts, max %s; max age %s): %s',
-                                        i.attempts, $6::int, $7::interval, d.error)
+                                        i.attempts, @max_attempts::int, @max_age::interval, d.error)
                           ELSE d.error
                         END,
            failing_since = CASE WHEN d.outcome = 'retry' THEN coalesce(i.failing_since, now()) ELSE i.failing_since END,
@@ -464,21 +464,21 @@ WITH r AS (
     RETURNING s.id
 ), recorded AS (
     INSERT INTO outbox.attempts (intent_id, attempt, step, target, status, outcome, error, duration_ms, relay, started_at, call_id)
-    SELECT a.intent_id, a.attempt, a.step, a.target, a.status, a.outcome, a.error, a.duration_ms, $8, a.started_at, a.call_id
-      FROM unnest($9::bigint[], $10::int[], $11::text[], $12::text[], $13::int[], $14::text[], $15::text[],
-                  $16::real[], $17::timestamptz[], $23::uuid[])
+    SELECT a.intent_id, a.attempt, a.step, a.target, a.status, a.outcome, a.error, a.duration_ms, @relay, a.started_at, a.call_id
+      FROM unnest(@attempt_intent_ids::bigint[], @attempt_numbers::int[], @attempt_steps::text[], @attempt_targets::text[], @attempt_statuses::int[], @attempt_outcomes::text[], @attempt_errors::text[],
+                  @attempt_duration_ms::real[], @attempt_started::timestamptz[], @attempt_call_ids::uuid[])
            AS a(intent_id, attempt, step, target, status, outcome, error, duration_ms, started_at, call_id)
 ), sync_verdict AS (
     SELECT u.user_id,
            (array_agg(u.hash))[1] AS hash,
            bool_and(u.ok AND c.id IS NOT NULL) AND count(DISTINCT u.hash) = 1 AS trusted
-      FROM unnest($19::text[], $20::bigint[], $21::bytea[], $22::boolean[]) AS u(user_id, intent_id, hash, ok)
+      FROM unnest(@sync_user_ids::text[], @sync_intent_ids::bigint[], @sync_hashes::bytea[], @sync_ok::boolean[]) AS u(user_id, intent_id, hash, ok)
       LEFT JOIN completed c ON c.id = u.intent_id
      GROUP BY u.user_id
 ), sync_locked AS (
     SELECT s.user_id
       FROM outbox.synced_users s
-     WHERE s.app_id = $18
+     WHERE s.app_id = @app_id
        AND s.user_id = ANY (ARRAY(SELECT user_id FROM sync_verdict)) -- by primary key
        AND (SELECT count(*) FROM unparked) >= 0 -- after unparked: see above
      ORDER BY s.user_id
@@ -487,27 +487,27 @@ WITH r AS (
     SELECT v.conversation_id,
            (array_agg(v.hash))[1] AS hash,
            bool_and(v.ok AND c.id IS NOT NULL) AND count(DISTINCT v.hash) = 1 AS trusted
-      FROM unnest($24::text[], $25::bigint[], $26::bytea[], $27::boolean[]) AS v(conversation_id, intent_id, hash, ok)
+      FROM unnest(@conv_ids::text[], @conv_intent_ids::bigint[], @conv_hashes::bytea[], @conv_ok::boolean[]) AS v(conversation_id, intent_id, hash, ok)
       LEFT JOIN completed c ON c.id = v.intent_id
      GROUP BY v.conversation_id
 ), conv_locked AS (
     SELECT s.conversation_id
       FROM outbox.synced_conversations s
-     WHERE s.app_id = $18
+     WHERE s.app_id = @app_id
        AND s.conversation_id = ANY (ARRAY(SELECT conversation_id FROM conv_verdict)) -- by primary key
        AND (SELECT count(*) FROM sync_locked) >= 0 -- after the users' records: see above
      ORDER BY s.conversation_id
        FOR UPDATE
 ), unsynced AS (
     DELETE FROM outbox.synced_users s
-     WHERE s.app_id = $18
+     WHERE s.app_id = @app_id
        AND s.user_id = ANY (ARRAY(SELECT v.user_id FROM sync_verdict v
                                    WHERE NOT v.trusted
                                      AND v.user_id IN (SELECT user_id FROM sync_locked)))
        AND (SELECT count(*) FROM conv_locked) >= 0 -- after every existing record is locked
 ), synced AS (
     INSERT INTO outbox.synced_users (app_id, user_id, content_hash, synced_at)
-    SELECT $18, v.user_id, v.hash, now()
+    SELECT @app_id, v.user_id, v.hash, now()
       FROM sync_verdict v
      WHERE v.trusted
        AND (SELECT count(*) FROM conv_locked) >= 0 -- after every existing record is locked
@@ -517,13 +517,13 @@ WITH r AS (
            synced_at = excluded.synced_at
 ), conv_unsynced AS (
     DELETE FROM outbox.synced_conversations s
-     WHERE s.app_id = $18
+     WHERE s.app_id = @app_id
        AND s.conversation_id = ANY (ARRAY(SELECT v.conversation_id FROM conv_verdict v
                                            WHERE NOT v.trusted
                                              AND v.conversation_id IN (SELECT conversation_id FROM conv_locked)))
 ), conv_synced AS (
     INSERT INTO outbox.synced_conversations (app_id, conversation_id, content_hash, synced_at)
-    SELECT $18, v.conversation_id, v.hash, now()
+    SELECT @app_id, v.conversation_id, v.hash, now()
       FROM conv_verdict v
      WHERE v.trusted
        AND (SELECT count(*) FROM conv_locked) >= 0 -- after every existing record is locked

@@ -363,47 +363,7 @@ func (r *Relay) putBatch(ctx context.Context, users []*batchUser) {
 		note(users, *rec)
 		r.putEach(ctx, users)
 	case errors.As(err, &pe) && pe.Kind == provider.Permanent:
-		var bad, rest []*batchUser
-		var why []string
-		if pe.Status == http.StatusBadRequest {
-			bad, why, rest = splitRefused(users, pe.InvalidIDs, pe.InvalidReasons)
-		}
-		if len(bad) == 0 {
-			// The answer names none of them (or is not a 400, which
-			// says nothing of any one entry): search by halves, so that
-			// only a single PUT's answer or a named entry fails an
-			// intent.
-			rec.err = truncate(fmt.Sprintf("%s (no entry named: sent again in halves)", rec.err))
-			note(users, *rec)
-			half := len(users) / 2
-			var wg sync.WaitGroup
-			for _, part := range [][]*batchUser{users[:half], users[half:]} {
-				wg.Add(1)
-				go func() {
-					defer wg.Done()
-					defer r.guard(part)
-					r.putBatch(ctx, part)
-				}()
-			}
-			wg.Wait()
-			return
-		}
-		for i, bu := range bad {
-			brec := *rec
-			ue := &provider.Error{Kind: provider.Permanent, Status: pe.Status,
-				Err: fmt.Errorf("user %q refused by TalkJS in a batch users PUT: %s", bu.user.ID, why[i])}
-			brec.err = truncate(ue.Error())
-			r.settle(bu, ue, true, brec)
-		}
-		if len(rest) > 0 {
-			ids := make([]string, len(bad))
-			for i, bu := range bad {
-				ids[i] = bu.user.ID
-			}
-			rec.err = truncate(fmt.Sprintf("refused for other entries (%s), nothing applied: sent again", strings.Join(ids, ", ")))
-			note(rest, *rec)
-			r.putBatch(ctx, rest)
-		}
+		r.putBatchRefused(ctx, users, pe, rec)
 	default:
 		for _, bu := range users {
 			if rec != nil {
@@ -413,6 +373,94 @@ func (r *Relay) putBatch(ctx context.Context, users []*batchUser) {
 			}
 		}
 	}
+}
+
+// putBatchRefused settles a batch TalkJS refused for good: the entries
+// its 400 names fail, the others are sent again; an answer that names
+// none of them is searched by halves.
+func (r *Relay) putBatchRefused(ctx context.Context, users []*batchUser, pe *provider.Error, rec *callRecord) {
+	var bad, rest []*batchUser
+	var why []string
+	if pe.Status == http.StatusBadRequest {
+		bad, why, rest = splitRefused(users, pe.InvalidIDs, pe.InvalidReasons)
+	}
+	if len(bad) == 0 {
+		// The answer names none of them (or is not a 400, which says
+		// nothing of any one entry): search by halves, so that only a
+		// single PUT's answer or a named entry fails an intent.
+		rec.err = truncate(fmt.Sprintf("%s (no entry named: sent again in halves)", rec.err))
+		note(users, *rec)
+		r.putHalves(ctx, users)
+		return
+	}
+	for i, bu := range bad {
+		brec := *rec
+		ue := &provider.Error{Kind: provider.Permanent, Status: pe.Status,
+			Err: fmt.Errorf("user %q refused by TalkJS in a batch users PUT: %s", bu.user.ID, why[i])}
+		brec.err = truncate(ue.Error())
+		r.settle(bu, ue, true, brec)
+	}
+	if len(rest) > 0 {
+		ids := make([]string, len(bad))
+		for i, bu := range bad {
+			ids[i] = bu.user.ID
+		}
+		rec.err = truncate(fmt.Sprintf("refused for other entries (%s), nothing applied: sent again", strings.Join(ids, ", ")))
+		note(rest, *rec)
+		r.putBatch(ctx, rest)
+	}
+}
+
+// putHalves PUTs each half of users as a batch of its own, at once.
+func (r *Relay) putHalves(ctx context.Context, users []*batchUser) {
+	half := len(users) / 2
+	var wg sync.WaitGroup
+	for _, part := range [][]*batchUser{users[:half], users[half:]} {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			defer r.guard(part)
+			r.putBatch(ctx, part)
+		}()
+	}
+	wg.Wait()
+}
+
+// tightestDeadline is the earliest lease deadline of jobs (monotonic ns),
+// 0 when none of them has one.
+func tightestDeadline(jobs []*job) int64 {
+	var tightest int64
+	for _, j := range jobs {
+		if d := j.deadline.Load(); d != 0 && (tightest == 0 || d < tightest) {
+			tightest = d
+		}
+	}
+	return tightest
+}
+
+// newCallRecord is the attempt record of a call at metricStep that ended
+// with err (cancelled: its delivery's context had ended) after d.
+func newCallRecord(metricStep string, err error, cancelled bool, started time.Time, d time.Duration) *callRecord {
+	step := metricStep
+	if step == metricStepUsers {
+		step = stepUser
+	}
+	rec := &callRecord{step: step, outcome: "ok", duration: d, started: started}
+	var pe *provider.Error
+	switch {
+	case err == nil:
+	case errors.As(err, &pe):
+		rec.status = pe.Status
+		rec.outcome = pe.Kind.String()
+		rec.err = truncate(err.Error())
+	default:
+		rec.outcome = "retryable"
+		if cancelled {
+			rec.outcome = "canceled"
+		}
+		rec.err = truncate(err.Error())
+	}
+	return rec
 }
 
 // note records a call that carried users without settling them.
@@ -571,14 +619,8 @@ func (r *Relay) callFor(ctx context.Context, jobs []*job, metricStep string, fn 
 	// one. The provider's own timeout (at most half the lease) usually
 	// ends it first; either way an unanswered call is a failure of the API.
 	started := time.Now()
-	now := r.monotonic(started)
-	var tightest int64
-	for _, j := range jobs {
-		if d := j.deadline.Load(); d != 0 && (tightest == 0 || d < tightest) {
-			tightest = d
-		}
-	}
-	budget, ok := callBudget(time.Duration(tightest-now), r.cfg.Lease)
+	tightest := tightestDeadline(jobs)
+	budget, ok := callBudget(time.Duration(tightest-r.monotonic(started)), r.cfg.Lease)
 	if tightest == 0 || !ok {
 		return nil, errLeaseExpired
 	}
@@ -586,25 +628,7 @@ func (r *Relay) callFor(ctx context.Context, jobs []*job, metricStep string, fn 
 	err := noAnswer(fn(callCtx), ctx.Err() != nil, budget)
 	cancel()
 	d := time.Since(started)
-	step := metricStep
-	if step == metricStepUsers {
-		step = stepUser
-	}
-	rec := &callRecord{step: step, outcome: "ok", duration: d, started: started}
-	var pe *provider.Error
-	switch {
-	case err == nil:
-	case errors.As(err, &pe):
-		rec.status = pe.Status
-		rec.outcome = pe.Kind.String()
-		rec.err = truncate(err.Error())
-	default:
-		rec.outcome = "retryable"
-		if ctx.Err() != nil {
-			rec.outcome = "canceled"
-		}
-		rec.err = truncate(err.Error())
-	}
+	rec := newCallRecord(metricStep, err, ctx.Err() != nil, started, d)
 	if ctx.Err() == nil || err == nil {
 		r.gate.observe(err, gen)
 	}
