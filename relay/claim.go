@@ -99,13 +99,16 @@ const (
 )
 
 // freeSlots is how many intents a claim may take now. With deliveries in
-// flight, claim once a tenth of the slots (or a batch) is free rather
+// flight, claim once a quarter of the slots (or a batch) is free rather
 // than for every freed slot: a claim is a transaction, and claiming one
 // row at a time behind a rate limit costs producers' commits more than
-// the slots gain. An idle relay claims at once.
+// the slots gain; and the users of a claim batch share batch calls
+// (userbatch.go), so behind a rate limit, where slots free up a few at a
+// time, a larger claim spends fewer calls per intent. An idle relay
+// claims at once.
 func (r *Relay) freeSlots() int {
 	free := cap(r.slots) - len(r.slots)
-	if len(r.slots) > 0 && free < min(r.cfg.BatchSize, max(1, cap(r.slots)/10)) {
+	if len(r.slots) > 0 && free < min(r.cfg.BatchSize, max(1, cap(r.slots)/4)) {
 		return 0
 	}
 	return free
