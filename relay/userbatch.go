@@ -490,6 +490,10 @@ func (r *Relay) putOne(ctx context.Context, bu *batchUser) {
 		return r.provider.PutUser(ctx, bu.user)
 	})
 	if rec != nil {
+		if len(bu.jobs) > 1 {
+			// One call, recorded for each intent it served.
+			rec.callID = newCallID()
+		}
 		r.settle(bu, err, true, *rec)
 		return
 	}
