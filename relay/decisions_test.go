@@ -165,7 +165,9 @@ func TestUnitWorstError(t *testing.T) {
 		{[]error{limited, perm, retry}, perm},
 		{[]error{perm, auth, other}, auth},
 	} {
-		if got := worstError(tc.errs); got != tc.want {
+		// The very error given, not one like it: each case's errors differ
+		// in kind, and none wraps another.
+		if got := worstError(tc.errs); !errors.Is(got, tc.want) {
 			t.Errorf("worstError(%v) = %v, want %v", tc.errs, got, tc.want)
 		}
 	}
@@ -177,10 +179,10 @@ func TestUnitDecide(t *testing.T) {
 	for _, tc := range []struct {
 		name     string
 		err      error
-		step     string
+		step     callStep
 		attempt  int
 		skipped  []string
-		outcome  string
+		outcome  outcome
 		minDelay time.Duration
 		maxDelay time.Duration
 		forget   bool
