@@ -14,8 +14,8 @@ type Status struct {
 	// Counts by state: pending, delivering, done, dead (all four present).
 	// Pending, delivering and dead are exact; done is exact below
 	// ExactDoneLimit rows and the planner's estimate above (DoneEstimated).
-	Counts map[string]int64
-	// DoneEstimated is true when Counts["done"] is an estimate.
+	Counts map[State]int64
+	// DoneEstimated is true when Counts[StateDone] is an estimate.
 	DoneEstimated bool
 	// OldestPending is the age of the oldest pending intent (0 when none).
 	OldestPending time.Duration
@@ -114,12 +114,12 @@ const ExactDoneLimit = 100_000
 
 // ReadStatus reads the queue's status, listing up to deadLimit dead intents.
 func ReadStatus(ctx context.Context, pool *pgxpool.Pool, deadLimit int) (Status, error) {
-	st := Status{Counts: map[string]int64{}}
+	st := Status{Counts: map[State]int64{}}
 	var pending, delivering, deadN, done int64
 	if err := pool.QueryRow(ctx, statusCounts, ExactDoneLimit).Scan(&pending, &delivering, &deadN, &done, &st.DoneEstimated); err != nil {
 		return st, fmt.Errorf("status: counts: %w", err)
 	}
-	st.Counts = map[string]int64{"pending": pending, "delivering": delivering, "done": done, "dead": deadN}
+	st.Counts = map[State]int64{StatePending: pending, StateDelivering: delivering, StateDone: done, StateDead: deadN}
 	var oldest float64
 	if err := pool.QueryRow(ctx, statusOldestPending).Scan(&oldest); err != nil {
 		return st, fmt.Errorf("status: oldest pending: %w", err)

@@ -95,7 +95,7 @@ func TestUnitCallOutcome(t *testing.T) {
 		name        string
 		err         error
 		jobEnded    bool
-		wantOutcome string
+		wantOutcome outcome
 		wantKind    string // gate's view: "" when the gate sees nothing
 		wantDelay   bool
 	}{

@@ -250,7 +250,7 @@ func (r *Relay) claim(ctx context.Context, limit int) ([]*job, error) {
 		j.hashes, j.skip = parseUserSyncs(hashes, skip)
 		j.deadline.Store(r.monotonic(start) + int64(r.cfg.Lease))
 		jobs = append(jobs, j)
-		r.logStateChange(j.id, j.attempt, "pending", "delivering", "claimed")
+		r.logStateChange(j.id, j.attempt, StatePending, StateDelivering, "claimed")
 	}
 	if err := rows.Err(); err != nil {
 		return nil, err

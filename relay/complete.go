@@ -316,7 +316,7 @@ func (r *Relay) completeParamsOf(batch []*result) *completeParams {
 		errs: make([]*string, n), delays: make([]float64, n),
 		maxAttempts: r.cfg.MaxAttempts, maxAge: r.cfg.MaxAge, relay: r.cfg.Name, appID: r.cfg.AppID}
 	for i, res := range batch {
-		p.ids[i], p.tokens[i], p.outcomes[i] = res.job.id, res.job.token, res.outcome
+		p.ids[i], p.tokens[i], p.outcomes[i] = res.job.id, res.job.token, string(res.outcome)
 		if res.err != "" {
 			p.errs[i] = &res.err
 		}
@@ -340,7 +340,7 @@ func (r *Relay) completeParamsOf(batch []*result) *completeParams {
 // completedRow is one intent completeBatch changed.
 type completedRow struct {
 	ID    int64   `db:"id"`
-	State string  `db:"state"`
+	State State   `db:"state"`
 	AgeS  float64 `db:"age_s"`
 }
 
@@ -355,10 +355,10 @@ func (r *Relay) completeBatch(ctx context.Context, batch []*result) error {
 	if err != nil {
 		return fmt.Errorf("complete: %w", err)
 	}
-	final := make(map[int64]string, len(completed))
+	final := make(map[int64]State, len(completed))
 	for _, c := range completed {
 		final[c.ID] = c.State
-		if c.State == "done" {
+		if c.State == StateDone {
 			r.metrics.latency.Observe(c.AgeS)
 		}
 	}
@@ -370,7 +370,7 @@ func (r *Relay) completeBatch(ctx context.Context, batch []*result) error {
 
 // reportCompletion counts and logs what became of one result: final
 // holds the state of each intent the completion changed.
-func (r *Relay) reportCompletion(res *result, final map[int64]string) {
+func (r *Relay) reportCompletion(res *result, final map[int64]State) {
 	state, ok := final[res.job.id]
 	if !ok {
 		r.metrics.fenced.Inc()
@@ -379,15 +379,15 @@ func (r *Relay) reportCompletion(res *result, final map[int64]string) {
 		return
 	}
 	label := res.outcome
-	if res.outcome == outcomeRetry && state == "dead" {
+	if res.outcome == outcomeRetry && state == StateDead {
 		label = outcomeDead
 	}
-	r.metrics.completed.WithLabelValues(label).Inc()
-	r.logStateChange(res.job.id, res.job.attempt, "delivering", state, label)
-	if res.outcome == outcomeRetry && state == "pending" {
+	r.metrics.completed.WithLabelValues(string(label)).Inc()
+	r.logStateChange(res.job.id, res.job.attempt, StateDelivering, state, string(label))
+	if res.outcome == outcomeRetry && state == StatePending {
 		r.logRetryable(res)
 	}
-	if state == "dead" {
+	if state == StateDead {
 		// One line per dead letter, with its reason; outbox-relay
 		// inspect and outbox.dead_letters have the rest.
 		reason := "permanent failure"
@@ -432,10 +432,10 @@ func (a *attemptColumns) add(j *job, c callRecord) {
 	}
 	a.intentID = append(a.intentID, j.id)
 	a.attempt = append(a.attempt, int32(j.attempt))
-	a.step = append(a.step, c.step)
+	a.step = append(a.step, string(c.step))
 	a.target = append(a.target, c.target)
 	a.status = append(a.status, status)
-	a.outcome = append(a.outcome, c.outcome)
+	a.outcome = append(a.outcome, string(c.outcome))
 	a.err = append(a.err, errText)
 	a.durationMS = append(a.durationMS, float32(c.duration.Seconds()*1000))
 	a.started = append(a.started, c.started)

@@ -33,10 +33,10 @@ type convSync struct {
 // then recorded in outbox.attempts as a skipped user PUT is.
 func (r *Relay) putConversation(ctx context.Context, j *job, res *result, conv provider.Conversation) error {
 	if j.convSkip {
-		res.record(callRecord{step: stepConversation, target: conv.ID, outcome: "skipped",
+		res.record(callRecord{step: stepConversation, target: conv.ID, outcome: callSkipped,
 			err: "unchanged since last synchronised", started: time.Now()})
 		res.conv = &convSync{id: conv.ID, hash: j.convHash, skipped: true}
-		r.metrics.calls.WithLabelValues(stepConversation, "skipped").Inc()
+		r.metrics.calls.WithLabelValues(string(stepConversation), string(callSkipped)).Inc()
 		return nil
 	}
 	err := r.call(ctx, j, res, stepConversation, conv.ID, func(ctx context.Context) error {
@@ -55,7 +55,7 @@ func (r *Relay) putConversation(ctx context.Context, j *job, res *result, conv p
 // the record goes, whether this attempt PUT the conversation or skipped
 // it. It reports whether the PUT was skipped: the intent then deserves an
 // attempt that PUTs the conversation before it is judged.
-func doubtConversation(res *result, step string, pe *provider.Error) bool {
+func doubtConversation(res *result, step callStep, pe *provider.Error) bool {
 	if step != stepMessages || pe.Status == 0 || res.conv == nil {
 		return false
 	}

@@ -18,9 +18,9 @@ func TestUnitConversationDoubt(t *testing.T) {
 		name    string
 		conv    *convSync // the PUT's end before the failure; nil: syncs off
 		attempt int
-		step    string
+		step    callStep
 		err     *provider.Error
-		outcome string
+		outcome outcome
 		write   bool // the completion sends an entry for the conversation
 		ok      bool // ... saying TalkJS holds the content
 	}{

@@ -13,21 +13,6 @@ import (
 	"github.com/outbox-relay/outbox-relay/provider"
 )
 
-// Steps, as recorded in outbox.attempts.step.
-const (
-	stepUser         = "user"
-	stepConversation = "conversation"
-	stepMessages     = "messages"
-)
-
-// Outcomes of one delivery attempt (see completeBatch).
-const (
-	outcomeDone    = "done"
-	outcomeDead    = "dead"
-	outcomeRetry   = "retry"
-	outcomeRelease = "release"
-)
-
 // errLeaseExpired stops a delivery whose lease may have passed to another
 // relay (heartbeats failed for longer than the lease).
 var errLeaseExpired = errors.New("lease expired before the call: intent left to its next owner")
@@ -41,10 +26,10 @@ const maxErrorLen = 2000
 
 // callRecord is one row of outbox.attempts.
 type callRecord struct {
-	step     string
+	step     callStep
 	target   string
 	status   int // 0: no response
-	outcome  string
+	outcome  callOutcome
 	err      string
 	duration time.Duration
 	started  time.Time
@@ -64,7 +49,7 @@ type userSync struct {
 // result is the outcome of one delivery attempt, written by the completer.
 type result struct {
 	job     *job
-	outcome string
+	outcome outcome
 	err     string
 	delay   time.Duration // before the next attempt (retry, release)
 
@@ -163,15 +148,15 @@ func (r *Relay) deliverSafely(ctx context.Context, j *job) (res *result) {
 
 // skipUser records a user PUT not made because TalkJS has that content.
 func (r *Relay) skipUser(res *result, id, why string) {
-	res.record(callRecord{step: stepUser, target: id, outcome: "skipped", err: why, started: time.Now()})
+	res.record(callRecord{step: stepUser, target: id, outcome: callSkipped, err: why, started: time.Now()})
 	res.mu.Lock()
 	res.skipped = append(res.skipped, id)
 	res.mu.Unlock()
-	r.metrics.calls.WithLabelValues(stepUser, "skipped").Inc()
+	r.metrics.calls.WithLabelValues(string(stepUser), string(callSkipped)).Inc()
 }
 
 // call makes one API call for one intent (see callFor) and records it.
-func (r *Relay) call(ctx context.Context, j *job, res *result, step, target string, fn func(context.Context) error) error {
+func (r *Relay) call(ctx context.Context, j *job, res *result, step callStep, target string, fn func(context.Context) error) error {
 	rec, err := r.callFor(ctx, []*job{j}, step, fn)
 	if rec != nil {
 		rec.target = target
@@ -209,13 +194,13 @@ func releases(err error) bool {
 }
 
 // decide turns the error that ended an attempt into its outcome.
-func (r *Relay) decide(res *result, err error, step string) *result {
+func (r *Relay) decide(res *result, err error, step callStep) *result {
 	return decideOutcome(res, err, step, r.cfg.Retry)
 }
 
 // decideOutcome is decide without the relay: res's outcome, error text
 // and delay after err ended the attempt at step ("" before any step).
-func decideOutcome(res *result, err error, step string, retry RetryPolicy) *result {
+func decideOutcome(res *result, err error, step callStep, retry RetryPolicy) *result {
 	j := res.job
 	msg := err.Error()
 	if step != "" {
@@ -256,7 +241,7 @@ func decideOutcome(res *result, err error, step string, retry RetryPolicy) *resu
 
 // decidePermanent decides an attempt the API refused for good: dead,
 // unless a skipped PUT may be to blame (then tried again with it).
-func decidePermanent(res *result, step string, pe *provider.Error, retry RetryPolicy) {
+func decidePermanent(res *result, step callStep, pe *provider.Error, retry RetryPolicy) {
 	res.outcome = outcomeDead
 	if doubtConversation(res, step, pe) {
 		// The conversation PUT was skipped on the strength of an

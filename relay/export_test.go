@@ -61,12 +61,12 @@ func (r *Relay) Claim(ctx context.Context, n int) ([]*Job, error) { return r.cla
 
 // Complete records jobs with one outcome (done, dead, retry, release) and
 // no calls, the next attempt due after delay.
-func (r *Relay) Complete(ctx context.Context, jobs []*Job, outcome string, delay time.Duration) error {
+func (r *Relay) Complete(ctx context.Context, jobs []*Job, how string, delay time.Duration) error {
 	batch := make([]*result, len(jobs))
 	for i, j := range jobs {
-		batch[i] = &result{job: j, outcome: outcome, delay: delay}
-		if outcome != outcomeDone {
-			batch[i].err = "test: " + outcome
+		batch[i] = &result{job: j, outcome: outcome(how), delay: delay}
+		if outcome(how) != outcomeDone {
+			batch[i].err = "test: " + how
 		}
 	}
 	return r.completeBatch(ctx, batch)

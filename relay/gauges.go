@@ -77,9 +77,9 @@ func (r *Relay) refreshGauges(ctx context.Context) {
 		}
 		return
 	}
-	r.metrics.intents.WithLabelValues("pending").Set(float64(pending))
-	r.metrics.intents.WithLabelValues("delivering").Set(float64(delivering))
-	r.metrics.intents.WithLabelValues("dead").Set(float64(dead))
+	r.metrics.intents.WithLabelValues(string(StatePending)).Set(float64(pending))
+	r.metrics.intents.WithLabelValues(string(StateDelivering)).Set(float64(delivering))
+	r.metrics.intents.WithLabelValues(string(StateDead)).Set(float64(dead))
 	r.metrics.lag.Set(lag)
 }
 

@@ -95,7 +95,7 @@ func failureClass(res *result) string {
 	defer res.mu.Unlock()
 	for i := len(res.calls) - 1; i >= 0; i-- {
 		c := res.calls[i]
-		if c.outcome == "ok" || c.outcome == "skipped" {
+		if c.outcome == callOK || c.outcome == callSkipped {
 			continue
 		}
 		if c.status != 0 {
@@ -129,8 +129,8 @@ func (r *Relay) flushWarnings() {
 }
 
 // logStateChange logs an intent's change of state at debug.
-func (r *Relay) logStateChange(id int64, attempt int, from, to, outcome string) {
+func (r *Relay) logStateChange(id int64, attempt int, from, to State, why string) {
 	if r.log.Enabled(context.Background(), slog.LevelDebug) {
-		r.log.Debug("intent state", "intent_id", id, "attempt", attempt, "from", from, "to", to, "outcome", outcome)
+		r.log.Debug("intent state", "intent_id", id, "attempt", attempt, "from", string(from), "to", string(to), "outcome", why)
 	}
 }

@@ -49,8 +49,8 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	for _, d := range append(m.deliveryDefs(), m.stateDefs()...) {
 		d.create(f)
 	}
-	for _, s := range []string{"pending", "delivering", "dead"} {
-		m.intents.WithLabelValues(s)
+	for _, s := range []State{StatePending, StateDelivering, StateDead} {
+		m.intents.WithLabelValues(string(s))
 	}
 	for _, s := range []string{"notify", "poll", "internal"} {
 		m.wakeups.WithLabelValues(s)

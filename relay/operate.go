@@ -22,7 +22,7 @@ type Intent struct {
 	ID             int64           `db:"id" json:"id"`
 	Key            *string         `db:"key" json:"key"`
 	ConversationID string          `db:"conversation_id" json:"conversation_id"`
-	State          string          `db:"state" json:"state"`
+	State          State           `db:"state" json:"state"`
 	Attempts       int             `db:"attempts" json:"attempts"`
 	LastError      *string         `db:"last_error" json:"last_error"`
 	Payload        json.RawMessage `db:"payload" json:"payload"`
@@ -82,9 +82,9 @@ func (s Selection) validate() error {
 }
 
 // args are the named arguments of selectWhere.
-func (s Selection) args(state string) pgx.NamedArgs {
+func (s Selection) args(state State) pgx.NamedArgs {
 	a := pgx.NamedArgs{
-		"state":      state,
+		"state":      string(state),
 		"ids":        s.IDs,
 		"key":        nil,
 		"all":        s.All,
@@ -242,7 +242,7 @@ type Action struct {
 	Changed []int64 `json:"changed"`
 	// Skipped maps named ids that exist but are not in the state the
 	// command acts on to their state.
-	Skipped map[int64]string `json:"skipped"`
+	Skipped map[int64]State `json:"skipped"`
 	// NotFound are named ids with no intent.
 	NotFound []int64 `json:"not_found"`
 }
@@ -250,7 +250,7 @@ type Action struct {
 // Retry puts the selected dead intents back to pending with a fresh retry
 // budget. With dryRun it only reports which it would retry.
 func Retry(ctx context.Context, pool *pgxpool.Pool, sel Selection, dryRun bool) (Action, error) {
-	return act(ctx, pool, "retry", "dead", retrySelected, sel, dryRun)
+	return act(ctx, pool, "retry", StateDead, retrySelected, sel, dryRun)
 }
 
 // Cancel makes the selected pending intents dead with the reason
@@ -258,19 +258,19 @@ func Retry(ctx context.Context, pool *pgxpool.Pool, sel Selection, dryRun bool) 
 // An intent being delivered is not cancelled (its attempt is under way)
 // and is reported as skipped. With dryRun it only reports.
 func Cancel(ctx context.Context, pool *pgxpool.Pool, sel Selection, dryRun bool) (Action, error) {
-	return act(ctx, pool, "cancel", "pending", cancelSelected, sel, dryRun)
+	return act(ctx, pool, "cancel", StatePending, cancelSelected, sel, dryRun)
 }
 
 // Purge deletes the selected dead intents and their attempts. With dryRun
 // it only reports.
 func Purge(ctx context.Context, pool *pgxpool.Pool, sel Selection, dryRun bool) (Action, error) {
-	return act(ctx, pool, "purge", "dead", purgeSelected, sel, dryRun)
+	return act(ctx, pool, "purge", StateDead, purgeSelected, sel, dryRun)
 }
 
 // act runs one operator command: the statement over the intents selectWhere
 // picks in state, or with dryRun selectWhere alone.
-func act(ctx context.Context, pool *pgxpool.Pool, what, state, stmt string, sel Selection, dryRun bool) (Action, error) {
-	res := Action{Changed: []int64{}, Skipped: map[int64]string{}, NotFound: []int64{}}
+func act(ctx context.Context, pool *pgxpool.Pool, what string, state State, stmt string, sel Selection, dryRun bool) (Action, error) {
+	res := Action{Changed: []int64{}, Skipped: map[int64]State{}, NotFound: []int64{}}
 	if err := sel.validate(); err != nil {
 		return res, fmt.Errorf("%s: %w", what, err)
 	}
@@ -296,7 +296,7 @@ func act(ctx context.Context, pool *pgxpool.Pool, what, state, stmt string, sel 
 
 // actOn runs stmt over the selected intents in state, or with dryRun only
 // selects them, and returns their ids.
-func actOn(ctx context.Context, pool *pgxpool.Pool, state, stmt string, sel Selection, dryRun bool) ([]int64, error) {
+func actOn(ctx context.Context, pool *pgxpool.Pool, state State, stmt string, sel Selection, dryRun bool) ([]int64, error) {
 	if dryRun {
 		rows, err := pool.Query(ctx, selectWhere, sel.args(state))
 		if err != nil {
@@ -318,8 +318,8 @@ func actOn(ctx context.Context, pool *pgxpool.Pool, state, stmt string, sel Sele
 
 // idState is an intent's id and state.
 type idState struct {
-	ID    int64  `db:"id"`
-	State string `db:"state"`
+	ID    int64 `db:"id"`
+	State State `db:"state"`
 }
 
 // sortOutSelected files each id the operator named that res did not
@@ -329,7 +329,7 @@ func sortOutSelected(res *Action, ids []int64, found []idState) {
 	for _, id := range res.Changed {
 		changed[id] = true
 	}
-	states := map[int64]string{}
+	states := map[int64]State{}
 	for _, f := range found {
 		states[f.ID] = f.State
 	}

@@ -44,7 +44,7 @@ import (
 // metricStepUsers labels batch user calls in the calls metrics, apart
 // from single PUTs (stepUser). Their rows in outbox.attempts have step
 // 'user', one per intent and user served, sharing a call id.
-const metricStepUsers = "users"
+const metricStepUsers callStep = "users"
 
 // batchUser is one user a claim batch PUTs: the content sent, and the
 // intents it is PUT for.
@@ -440,23 +440,23 @@ func tightestDeadline(jobs []*job) int64 {
 
 // newCallRecord is the attempt record of a call at metricStep that ended
 // with err (cancelled: its delivery's context had ended) after d.
-func newCallRecord(metricStep string, err error, cancelled bool, started time.Time, d time.Duration) *callRecord {
+func newCallRecord(metricStep callStep, err error, cancelled bool, started time.Time, d time.Duration) *callRecord {
 	step := metricStep
 	if step == metricStepUsers {
 		step = stepUser
 	}
-	rec := &callRecord{step: step, outcome: "ok", duration: d, started: started}
+	rec := &callRecord{step: step, outcome: callOK, duration: d, started: started}
 	var pe *provider.Error
 	switch {
 	case err == nil:
 	case errors.As(err, &pe):
 		rec.status = pe.Status
-		rec.outcome = pe.Kind.String()
+		rec.outcome = callOutcome(pe.Kind.String())
 		rec.err = truncate(err.Error())
 	default:
-		rec.outcome = "retryable"
+		rec.outcome = callRetryable
 		if cancelled {
-			rec.outcome = "canceled"
+			rec.outcome = callCanceled
 		}
 		rec.err = truncate(err.Error())
 	}
@@ -604,7 +604,7 @@ func (bu *batchUser) errFor(j *job) error {
 // the jobs still held. It returns the call's record, nil when no call was
 // made (paused, lease ended, shutdown), and the metrics count it once
 // under metricStep.
-func (r *Relay) callFor(ctx context.Context, jobs []*job, metricStep string, fn func(context.Context) error) (*callRecord, error) {
+func (r *Relay) callFor(ctx context.Context, jobs []*job, metricStep callStep, fn func(context.Context) error) (*callRecord, error) {
 	ctx, stop := whileServed(ctx, jobs)
 	defer stop()
 	if err := r.waitRetryAfter(ctx); err != nil {
@@ -636,8 +636,8 @@ func (r *Relay) callFor(ctx context.Context, jobs []*job, metricStep string, fn 
 	if ctx.Err() == nil || err == nil {
 		r.gate.observe(err, gen)
 	}
-	r.metrics.calls.WithLabelValues(metricStep, rec.outcome).Inc()
-	r.metrics.callDuration.WithLabelValues(metricStep).Observe(d.Seconds())
+	r.metrics.calls.WithLabelValues(string(metricStep), string(rec.outcome)).Inc()
+	r.metrics.callDuration.WithLabelValues(string(metricStep)).Observe(d.Seconds())
 	if err != nil && r.log.Enabled(ctx, levelDebug) {
 		r.log.Debug("call failed", "intent_id", jobs[0].id, "intents", len(jobs), "attempt", jobs[0].attempt,
 			"step", metricStep, "status", rec.status, "error", rec.err)

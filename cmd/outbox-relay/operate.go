@@ -70,13 +70,13 @@ func cmdStatus(ctx context.Context, args []string, env envconfig.Lookuper, stdou
 // statusDoc is the JSON form of status: durations in seconds, timestamps
 // in RFC 3339.
 type statusDoc struct {
-	Counts         map[string]int64    `json:"counts"`
-	DoneEstimated  bool                `json:"done_estimated"`
-	LagS           float64             `json:"lag_s"`
-	OldestPendingS float64             `json:"oldest_pending_s"`
-	FailedLastHour []relay.FailedCalls `json:"failed_calls_last_hour"`
-	Relays         []relayDoc          `json:"relays"`
-	Dead           []deadDoc           `json:"dead"`
+	Counts         map[relay.State]int64 `json:"counts"`
+	DoneEstimated  bool                  `json:"done_estimated"`
+	LagS           float64               `json:"lag_s"`
+	OldestPendingS float64               `json:"oldest_pending_s"`
+	FailedLastHour []relay.FailedCalls   `json:"failed_calls_last_hour"`
+	Relays         []relayDoc            `json:"relays"`
+	Dead           []deadDoc             `json:"dead"`
 	// Paused is the operator's pause, null when there is none.
 	Paused *relay.OperatorPause `json:"paused"`
 }
@@ -124,8 +124,8 @@ func statusJSON(st relay.Status) statusDoc {
 func printStatus(w io.Writer, st relay.Status) {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(tw, "STATE\tCOUNT")
-	for _, s := range []string{"pending", "delivering", "done", "dead"} {
-		if s == "done" && st.DoneEstimated {
+	for _, s := range relay.States() {
+		if s == relay.StateDone && st.DoneEstimated {
 			fmt.Fprintf(tw, "%s\t~%d (estimate)\n", s, st.Counts[s])
 			continue
 		}
@@ -227,14 +227,14 @@ func printIntent(w io.Writer, in relay.Intent, calls []relay.Call) {
 	row("id", strconv.FormatInt(in.ID, 10))
 	row("key", deref(in.Key))
 	row("conversation", in.ConversationID)
-	row("state", in.State)
+	row("state", string(in.State))
 	row("attempts", strconv.Itoa(in.Attempts))
 	row("created", in.CreatedAt.Format(time.RFC3339Nano))
 	if in.DoneAt != nil {
 		row("done", fmt.Sprintf("%s (%s after insert)", in.DoneAt.Format(time.RFC3339Nano),
 			in.DoneAt.Sub(in.CreatedAt).Round(time.Millisecond)))
 	}
-	if in.State == "pending" {
+	if in.State == relay.StatePending {
 		row("next attempt", in.RunAfter.Format(time.RFC3339Nano))
 	}
 	if in.LeaseOwner != nil {

@@ -306,7 +306,7 @@ SELECT i.id, coalesce(i.key, ''), i.state, i.attempts,
 	}
 
 	fmt.Fprintf(w, "\nStatus: pending %d, delivering %d, done %d, dead %d\n",
-		st.Counts["pending"], st.Counts["delivering"], st.Counts["done"], st.Counts["dead"])
+		st.Counts[relay.StatePending], st.Counts[relay.StateDelivering], st.Counts[relay.StateDone], st.Counts[relay.StateDead])
 
 	stats := fake.Stats()
 	fmt.Fprintf(w, "\nThe fake TalkJS received %d requests (%d answered 500 after applying\n",
