@@ -6,6 +6,8 @@ import (
 	"encoding/json"
 	"sync/atomic"
 	"time"
+
+	"github.com/jackc/pgx/v5"
 )
 
 // job is one claimed intent.
@@ -224,6 +226,19 @@ func (r *Relay) sleepClaim(ctx context.Context, timer *time.Timer, wait time.Dur
 	return true
 }
 
+// claimedRow is one row of claimBatch, in its column order.
+type claimedRow struct {
+	ID       int64
+	Token    int64
+	Attempt  int
+	Payload  []byte
+	Key      string
+	Hashes   []byte   // user id -> hex content hash, JSON; nil when syncs are off
+	Skip     []string // users TalkJS holds with this content
+	ConvHash []byte
+	ConvSkip bool
+}
+
 // claim leases up to limit intents. A claim that has started is finished
 // even when ctx ends, so that no lease is taken and then forgotten (it would
 // hold its intents until it expired).
@@ -238,22 +253,18 @@ func (r *Relay) claim(ctx context.Context, limit int) ([]*job, error) {
 	if err != nil {
 		return nil, err
 	}
-	defer rows.Close()
-	var jobs []*job
-	for rows.Next() {
-		j := &job{claimed: start}
-		var hashes []byte
-		var skip []string
-		if err := rows.Scan(&j.id, &j.token, &j.attempt, &j.payload, &j.key, &hashes, &skip, &j.convHash, &j.convSkip); err != nil {
-			return nil, err
-		}
-		j.hashes, j.skip = parseUserSyncs(hashes, skip)
+	claimed, err := pgx.CollectRows(rows, pgx.RowToStructByPos[claimedRow])
+	if err != nil {
+		return nil, err
+	}
+	jobs := make([]*job, 0, len(claimed))
+	for _, c := range claimed {
+		j := &job{id: c.ID, token: c.Token, attempt: c.Attempt, payload: c.Payload, key: c.Key,
+			convHash: c.ConvHash, convSkip: c.ConvSkip, claimed: start}
+		j.hashes, j.skip = parseUserSyncs(c.Hashes, c.Skip)
 		j.deadline.Store(r.monotonic(start) + int64(r.cfg.Lease))
 		jobs = append(jobs, j)
 		r.logStateChange(j.id, j.attempt, StatePending, StateDelivering, "claimed")
-	}
-	if err := rows.Err(); err != nil {
-		return nil, err
 	}
 	r.metrics.claimed.Add(float64(len(jobs)))
 	r.metrics.claimBatch.Observe(float64(len(jobs)))

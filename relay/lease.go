@@ -4,6 +4,8 @@ import (
 	"context"
 	"sync"
 	"time"
+
+	"github.com/jackc/pgx/v5"
 )
 
 // leaseSet is the intents this relay holds: claimed and not yet completed.
@@ -81,6 +83,13 @@ func (k *leaseKeeper) loop(ctx context.Context) {
 	}
 }
 
+// renewedRow is one row of renewLeases: an intent still ours, and
+// whether its lease was extended (false: its row was locked).
+type renewedRow struct {
+	ID      int64
+	Renewed bool
+}
+
 // renewLeases extends the leases of held intents. An intent whose renewal
 // finds it no longer ours (another relay took it over after our lease
 // expired) is cancelled, so no further call is made for it.
@@ -100,23 +109,16 @@ func (r *Relay) renewLeases(ctx context.Context) {
 		r.setDB(false, "renew_leases", err)
 		return
 	}
-	kept := make(map[int64]bool, len(jobs))    // still ours
-	renewed := make(map[int64]bool, len(jobs)) // and extended
-	for rows.Next() {
-		var id int64
-		var ok bool
-		if err := rows.Scan(&id, &ok); err != nil {
-			// Nothing is known about the rest: cancel nothing.
-			rows.Close()
-			r.setDB(false, "renew_leases", err)
-			return
-		}
-		kept[id], renewed[id] = true, ok
-	}
-	rows.Close()
-	if err := rows.Err(); err != nil {
+	answers, err := pgx.CollectRows(rows, pgx.RowToStructByPos[renewedRow])
+	if err != nil {
+		// Nothing is known about the rest: cancel nothing.
 		r.setDB(false, "renew_leases", err)
 		return
+	}
+	kept := make(map[int64]bool, len(jobs))    // still ours
+	renewed := make(map[int64]bool, len(jobs)) // and extended
+	for _, a := range answers {
+		kept[a.ID], renewed[a.ID] = true, a.Renewed
 	}
 	r.setDB(true, "", nil)
 	deadline := r.monotonic(start) + int64(r.cfg.Lease)

@@ -4,6 +4,8 @@ import (
 	"context"
 	"sync"
 	"time"
+
+	"github.com/jackc/pgx/v5"
 )
 
 // sweeper is the service that takes back other relays' expired leases
@@ -54,6 +56,13 @@ func (w *sweeper) sweep(ctx context.Context, lastUnpark *time.Time) {
 	}
 }
 
+// expiredRow is one row of expireLeases: an intent taken back, and the
+// state it was left in (pending, or dead when its budget was spent).
+type expiredRow struct {
+	ID    int64
+	State string
+}
+
 // expireLeases takes back intents whose relay stopped renewing its lease,
 // and wakes every relay to claim them.
 func (r *Relay) expireLeases(ctx context.Context) {
@@ -62,23 +71,15 @@ func (r *Relay) expireLeases(ctx context.Context) {
 		r.setDB(false, "expire_leases", err)
 		return
 	}
-	n := 0
-	for rows.Next() {
-		var id int64
-		var state string
-		if err := rows.Scan(&id, &state); err != nil {
-			rows.Close()
-			r.setDB(false, "expire_leases", err)
-			return
-		}
-		n++
-		r.log.Warn("took back an intent whose lease expired", "intent_id", id, "state", state)
-	}
-	rows.Close()
-	if err := rows.Err(); err != nil {
+	expired, err := pgx.CollectRows(rows, pgx.RowToStructByPos[expiredRow])
+	if err != nil {
 		r.setDB(false, "expire_leases", err)
 		return
 	}
+	for _, e := range expired {
+		r.log.Warn("took back an intent whose lease expired", "intent_id", e.ID, "state", e.State)
+	}
+	n := len(expired)
 	if n > 0 {
 		r.metrics.leasesExpired.Add(float64(n))
 		r.signal()
