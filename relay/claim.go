@@ -6,8 +6,6 @@ import (
 	"encoding/json"
 	"sync/atomic"
 	"time"
-
-	"github.com/jackc/pgx/v5"
 )
 
 // job is one claimed intent.
@@ -174,7 +172,7 @@ func (r *Relay) claimStep(ctx context.Context, st *claimState) (claimNext, time.
 // NOTIFY, then looks once more, since an intent committed between the
 // claim and the flag would not notify.
 func (r *Relay) askNotify(ctx context.Context, st *claimState, limit int) claimNext {
-	if _, err := r.pool.Exec(ctx, setWaiting); err != nil {
+	if err := r.q.setWaiting(ctx); err != nil {
 		if ctx.Err() != nil {
 			return claimStop
 		}
@@ -249,11 +247,7 @@ func (r *Relay) claim(ctx context.Context, limit int) ([]*job, error) {
 	start := time.Now()
 	qctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), r.cfg.statementDeadline())
 	defer cancel()
-	rows, err := r.pool.Query(qctx, claimBatch, append([]any{planFresh}, r.claimArgs(limit)...)...)
-	if err != nil {
-		return nil, err
-	}
-	claimed, err := pgx.CollectRows(rows, pgx.RowToStructByPos[claimedRow])
+	claimed, err := r.q.claim(qctx, r.claimParams(limit))
 	if err != nil {
 		return nil, err
 	}
@@ -297,9 +291,10 @@ func parseUserSyncs(hashes []byte, skip []string) (map[string][]byte, map[string
 	return byID, skipped
 }
 
-// claimArgs are claimBatch's arguments for a claim of up to limit intents.
-func (r *Relay) claimArgs(limit int) []any {
-	return []any{limit, r.cfg.Name, r.cfg.Lease, r.syncTTL(), r.cfg.AppID, parkBatch}
+// claimParams are claimBatch's arguments for a claim of up to limit intents.
+func (r *Relay) claimParams(limit int) claimParams {
+	return claimParams{Limit: limit, Relay: r.cfg.Name, Lease: r.cfg.Lease, SyncTTL: r.syncTTL(),
+		AppID: r.cfg.AppID, ParkBatch: parkBatch}
 }
 
 // dispatch starts a worker per job in the worker pool. The caller has

@@ -347,11 +347,7 @@ type completedRow struct {
 // completeBatch records a batch of results in one statement, then counts
 // and logs what became of each.
 func (r *Relay) completeBatch(ctx context.Context, batch []*result) error {
-	rows, err := r.pool.Query(ctx, completeBatch, planFresh, r.completeParamsOf(batch).args())
-	if err != nil {
-		return fmt.Errorf("complete: %w", err)
-	}
-	completed, err := pgx.CollectRows(rows, pgx.RowToStructByName[completedRow])
+	completed, err := r.q.complete(ctx, r.completeParamsOf(batch))
 	if err != nil {
 		return fmt.Errorf("complete: %w", err)
 	}

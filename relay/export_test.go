@@ -73,7 +73,7 @@ func (r *Relay) Complete(ctx context.Context, jobs []*Job, how string, delay tim
 }
 
 // ClaimStatement is the claim statement and its arguments for n intents.
-func (r *Relay) ClaimStatement(n int) (string, []any) { return claimBatch, r.claimArgs(n) }
+func (r *Relay) ClaimStatement(n int) (string, []any) { return claimBatch, r.claimParams(n).args() }
 
 // RenewLeases holds jobs and renews their leases as the heartbeat would.
 func (r *Relay) RenewLeases(ctx context.Context, jobs []*Job) {

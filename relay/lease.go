@@ -4,8 +4,6 @@ import (
 	"context"
 	"sync"
 	"time"
-
-	"github.com/jackc/pgx/v5"
 )
 
 // leaseSet is the intents this relay holds: claimed and not yet completed.
@@ -104,12 +102,7 @@ func (r *Relay) renewLeases(ctx context.Context) {
 		ids[i], tokens[i] = j.id, j.token
 	}
 	start := time.Now()
-	rows, err := r.pool.Query(ctx, renewLeases, planFresh, ids, tokens, r.cfg.Lease)
-	if err != nil {
-		r.setDB(false, "renew_leases", err)
-		return
-	}
-	answers, err := pgx.CollectRows(rows, pgx.RowToStructByPos[renewedRow])
+	answers, err := r.q.renewLeases(ctx, renewParams{IDs: ids, Tokens: tokens, Lease: r.cfg.Lease})
 	if err != nil {
 		// Nothing is known about the rest: cancel nothing.
 		r.setDB(false, "renew_leases", err)
@@ -144,14 +137,15 @@ func (r *Relay) renewLeases(ctx context.Context) {
 func (r *Relay) beat(ctx context.Context) {
 	r.beatMu.Lock()
 	defer r.beatMu.Unlock()
-	var live int
-	var others float64
-	if err := r.pool.QueryRow(ctx, heartbeat, r.cfg.Name, 3*r.cfg.heartbeatInterval(), r.cfg.Version, r.published).Scan(&live, &others); err != nil {
+	hb, err := r.q.heartbeat(ctx, heartbeatParams{Relay: r.cfg.Name, LiveWithin: 3 * r.cfg.heartbeatInterval(),
+		Version: r.cfg.Version, Rate: r.published})
+	if err != nil {
 		r.setDB(false, "heartbeat", err)
 		return
 	}
 	r.setDB(true, "", nil)
 	r.writes.Add(1)
+	live, others := hb.Live, hb.Others
 	r.metrics.liveRelays.Set(float64(live))
 	if r.rate != nil {
 		r.published = r.rate.beat(r.cfg.RateLimit, live, others)
@@ -170,7 +164,7 @@ func (r *Relay) beat(ctx context.Context) {
 func (r *Relay) deregister() {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	if _, err := r.pool.Exec(ctx, forgetRelays, r.cfg.Name); err != nil {
+	if err := r.q.forgetRelay(ctx, r.cfg.Name); err != nil {
 		r.log.Warn("could not remove relay row", "error", err)
 		return
 	}
@@ -186,7 +180,7 @@ func (r *Relay) monotonic(t time.Time) int64 { return int64(t.Sub(r.epoch)) }
 // that they share the rate limit again at once. A lost notification costs
 // them no more than waiting for their next heartbeat.
 func (r *Relay) notifyRelays(ctx context.Context) {
-	if _, err := r.pool.Exec(ctx, relaysChanged); err != nil {
+	if err := r.q.relaysChanged(ctx); err != nil {
 		r.log.Warn("could not tell the other relays to share the rate limit again", "error", err)
 	}
 }

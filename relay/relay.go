@@ -35,6 +35,7 @@ import (
 type Relay struct {
 	cfg      Config
 	pool     *pgxpool.Pool
+	q        queries // every statement of the engine
 	provider provider.Provider
 	log      *slog.Logger
 	metrics  *metrics
@@ -121,6 +122,7 @@ func New(pool *pgxpool.Pool, p provider.Provider, cfg Config) (*Relay, error) {
 	r := &Relay{
 		cfg:         cfg,
 		pool:        pool,
+		q:           queries{db: pool},
 		provider:    p,
 		log:         cfg.Logger.With("relay", cfg.Name),
 		metrics:     newMetrics(cfg.Registerer),
@@ -238,12 +240,11 @@ func (r *Relay) start(ctx context.Context) error {
 // checkDatabase reads the schema and the session's timeouts, and checks
 // that no live relay has this one's name.
 func (r *Relay) checkDatabase(ctx context.Context) error {
-	var waiting bool
-	if err := r.pool.QueryRow(ctx, schemaCheck).Scan(&waiting); err != nil {
+	if err := r.q.checkSchema(ctx); err != nil {
 		return fmt.Errorf("relay: read the outbox schema (is the database migrated?): %w", err)
 	}
-	var statementTimeout, lockTimeout string
-	if err := r.pool.QueryRow(ctx, sessionTimeouts).Scan(&statementTimeout, &lockTimeout); err != nil {
+	statementTimeout, lockTimeout, err := r.q.sessionTimeouts(ctx)
+	if err != nil {
 		return fmt.Errorf("relay: read session timeouts: %w", err)
 	}
 	if statementTimeout == "0" || lockTimeout == "0" {
@@ -251,8 +252,8 @@ func (r *Relay) checkDatabase(ctx context.Context) error {
 			"another session can hold up the relay; make its pool with relay.ConfigurePool",
 			"statement_timeout", statementTimeout, "lock_timeout", lockTimeout)
 	}
-	var taken bool
-	if err := r.pool.QueryRow(ctx, liveRelayNamed, r.cfg.Name, r.cfg.Lease).Scan(&taken); err != nil {
+	taken, err := r.q.liveRelayNamed(ctx, r.cfg.Name, r.cfg.Lease)
+	if err != nil {
 		return fmt.Errorf("relay: check relay name: %w", err)
 	}
 	if taken {

@@ -4,8 +4,6 @@ import (
 	"context"
 	"sync"
 	"time"
-
-	"github.com/jackc/pgx/v5"
 )
 
 // sweeper is the service that takes back other relays' expired leases
@@ -66,12 +64,8 @@ type expiredRow struct {
 // expireLeases takes back intents whose relay stopped renewing its lease,
 // and wakes every relay to claim them.
 func (r *Relay) expireLeases(ctx context.Context) {
-	rows, err := r.pool.Query(ctx, expireLeases, planFresh, r.cfg.MaxAttempts, r.cfg.MaxAge, r.callTimeout)
-	if err != nil {
-		r.setDB(false, "expire_leases", err)
-		return
-	}
-	expired, err := pgx.CollectRows(rows, pgx.RowToStructByPos[expiredRow])
+	expired, err := r.q.expireLeases(ctx, expireParams{MaxAttempts: r.cfg.MaxAttempts, MaxAge: r.cfg.MaxAge,
+		CallTimeout: r.callTimeout})
 	if err != nil {
 		r.setDB(false, "expire_leases", err)
 		return
@@ -85,7 +79,7 @@ func (r *Relay) expireLeases(ctx context.Context) {
 		r.signal()
 		// Other relays may have free slots when this one has none. A
 		// lost notification costs them a poll interval, nothing more.
-		if _, err := r.pool.Exec(ctx, wakeRelays); err != nil {
+		if err := r.q.wakeRelays(ctx); err != nil {
 			r.log.Warn("could not wake the other relays after taking back expired leases", "error", err)
 		}
 	}
@@ -109,13 +103,12 @@ func (w *sweeper) unparkHeads(ctx context.Context) {
 	r := w.r
 	w.parkCursor.Lock()
 	defer w.parkCursor.Unlock()
-	var last string
-	var visited, unparked int
-	if err := r.pool.QueryRow(ctx, unparkHeads, planFresh, w.parkCursor.after, unparkHeadsPerSweep).
-		Scan(&last, &visited, &unparked); err != nil {
+	u, err := r.q.unparkHeads(ctx, unparkParams{After: w.parkCursor.after, Limit: unparkHeadsPerSweep})
+	if err != nil {
 		r.setDB(false, "unpark_heads", err)
 		return
 	}
+	last, visited, unparked := u.Last, u.Visited, u.Unparked
 	w.parkCursor.after = last
 	if visited < unparkHeadsPerSweep {
 		w.parkCursor.after = ""
@@ -123,7 +116,7 @@ func (w *sweeper) unparkHeads(ctx context.Context) {
 	if unparked > 0 {
 		r.log.Warn("unparked intents nothing active precedes", "count", unparked)
 		r.signal()
-		if _, err := r.pool.Exec(ctx, wakeRelays); err != nil {
+		if err := r.q.wakeRelays(ctx); err != nil {
 			r.log.Warn("could not wake the other relays after unparking intents", "error", err)
 		}
 	}
