@@ -35,8 +35,10 @@ import (
 //
 // A batch call that fails fails every intent it served as a failed user
 // PUT does (retryable, rate limited, auth, ...). A 400 applied nothing:
-// the entries it names fail their intents alone, permanently, and the
-// others are sent again; a 400 that names none of them, or any other
+// the entries it names fail, permanently, the intents carrying the
+// content refused (an earlier intent with other content is retried with
+// its own, see errFor), and the others are sent again; a 400 that names
+// none of them, or any other
 // permanent answer to a batch, is searched by halves, down to single
 // PUTs. A 404 or 405 from the batch route means the API has none: this
 // relay sends users one by one from then on.
