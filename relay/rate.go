@@ -29,6 +29,13 @@ type answerReporter interface {
 	OnAnswer(func(status int, latency, retryAfter time.Duration))
 }
 
+// retryAfterHolder is implemented by providers that can hold all their
+// requests for a 429's Retry-After, including those already past the
+// relay's own hold and waiting for a slot (provider/talkjs.Client).
+type retryAfterHolder interface {
+	HoldRetryAfter(longest time.Duration)
+}
+
 // rateLimiter is implemented by providers whose request rate can be changed
 // at run time (provider/talkjs.Client).
 type rateLimiter interface {
@@ -81,6 +88,13 @@ func newAdaptiveRate(cfg Config, p any, m *metrics) (*adaptiveRate, error) {
 	a.ctl = ctl
 	a.limit(cfg.RateLimit, 1)
 	rep.OnAnswer(a.answered)
+	if h, ok := p.(retryAfterHolder); ok {
+		// The gate holds calls not yet sent for a 429's Retry-After; calls
+		// already waiting for a slot of the client's limiter are held by
+		// the client. A hold ends with the limiter full of the slots it
+		// kept back (see rateBurstWindow).
+		h.HoldRetryAfter(maxRetryAfter)
+	}
 	return a, nil
 }
 
@@ -131,8 +145,9 @@ func (a *adaptiveRate) apply() {
 // included) whose others publish rates summing to others. On the first
 // heartbeat a relay joining relays that publish rates starts from its
 // share of their sum; when the number of live relays changes, each scales
-// its rate so that the app's total stays what it was. It returns the rate
-// to publish.
+// a rate it found so that the app's total stays what it was. It returns
+// the rate to publish: the rate found, 0 while it is still a starting
+// guess (a relay that has made no call yet must not hand its guess on).
 func (a *adaptiveRate) beat(appLimit float64, live int, others float64) float64 {
 	live = max(live, 1)
 	a.mu.Lock()
@@ -143,10 +158,13 @@ func (a *adaptiveRate) beat(appLimit float64, live int, others float64) float64 
 	switch {
 	case before == 0 && live > 1 && others > 0:
 		a.ctl.Join(others / float64(live))
-	case before > 0 && live != before:
+	case before > 0 && live != before && a.ctl.Found():
 		a.ctl.Scale(float64(before) / float64(live))
 	}
 	a.apply()
+	if !a.ctl.Found() {
+		return 0
+	}
 	return a.ctl.Rate()
 }
 

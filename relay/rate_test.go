@@ -92,7 +92,7 @@ func TestAdaptiveRateFindsHiddenRate(t *testing.T) {
 	}{
 		{"one relay, 429s", 1, faketalkjs.Faults{RateLimit: 60, Burst: 60}},
 		{"three relays, 429s", 3, faketalkjs.Faults{RateLimit: 90, Burst: 90}},
-		{"three relays, a queue before 429s", 3, faketalkjs.Faults{RateLimit: 90, Burst: 10, QueueLength: 30}},
+		{"three relays, a queue before 429s", 3, faketalkjs.Faults{RateLimit: 60, Burst: 10, QueueLength: 20}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
@@ -140,4 +140,70 @@ func TestAdaptiveRateFindsHiddenRate(t *testing.T) {
 			}
 		})
 	}
+}
+
+// The relays share what they found through outbox.relays: a relay joining
+// starts from its share of the rates the others publish, and they scale
+// theirs down to keep the app's total; a relay stopping gives its share
+// back at once (its row goes, and a notification makes the others share
+// again); a relay that stops heartbeating (a crash) stops counting once
+// its heartbeat is older than the lease, and the others take its share.
+func TestAdaptiveRateShared(t *testing.T) {
+	t.Parallel()
+	b := setup(t, faketalkjs.Faults{RateLimit: 40, Burst: 10})
+	cfgA := adaptiveConfig("share-a")
+	regA := cfgA.Registerer.(*prometheus.Registry)
+	b.startAdaptive(t, cfgA)
+	rateOf := func(reg *prometheus.Registry) float64 { return metricValue(t, reg, "outbox_relay_rate_limit") }
+	published := func(name string) float64 {
+		var r float64
+		if err := b.pool.QueryRow(context.Background(), `SELECT rate FROM outbox.relays WHERE id = $1`, name).Scan(&r); err != nil {
+			t.Fatal(err)
+		}
+		return r
+	}
+
+	// A finds the hidden rate, then runs out of work: its rate holds still.
+	var intents []outbox.Intent
+	for i := range 50 {
+		intents = append(intents, orderIntent(fmt.Sprintf("share-%d", i), i))
+	}
+	b.insertSQL(t, intents)
+	waitFor(t, 60*time.Second, "relay A to find a rate and publish it", func() bool {
+		return published("share-a") > 0
+	})
+	if published("share-a") > 0 && metricValue(t, regA, "outbox_relay_rate_limit_cuts_total", "cause", "429")+
+		metricValue(t, regA, "outbox_relay_rate_limit_cuts_total", "cause", "slow") == 0 {
+		t.Fatal("relay A published a rate it never found")
+	}
+	b.waitSettled(t, 60*time.Second)
+	found := rateOf(regA)
+	near := func(got, want float64) bool { return got > 0.9*want && got < 1.1*want }
+	waitFor(t, 10*time.Second, "relay A to publish its settled rate", func() bool { return near(published("share-a"), found) })
+
+	// B joins: half of A's rate each.
+	cfgB := adaptiveConfig("share-b")
+	regB := cfgB.Registerer.(*prometheus.Registry)
+	rb := b.startAdaptive(t, cfgB)
+	if got := rateOf(regB); !near(got, found/2) {
+		t.Fatalf("relay B started at %.2f/s, want half of relay A's %.2f/s", got, found)
+	}
+	waitFor(t, 10*time.Second, "relay A to give half its rate to B", func() bool { return near(rateOf(regA), found/2) })
+
+	// B stops gracefully: A takes it back at once (the notification; its
+	// next heartbeat would do it within a third of the lease otherwise).
+	rb.Stop()
+	waitFor(t, 10*time.Second, "relay A to take B's share back", func() bool { return near(rateOf(regA), found) })
+
+	// A relay that crashed: its row stays, its heartbeat ages.
+	if _, err := b.pool.Exec(context.Background(),
+		`INSERT INTO outbox.relays (id, heartbeat_at, rate) VALUES ('crashed', now(), $1)`, found); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 10*time.Second, "relay A to count the other relay", func() bool {
+		return metricValue(t, regA, "outbox_relay_live_relays") == 2 && near(rateOf(regA), found/2)
+	})
+	waitFor(t, 3*cfgA.Lease, "relay A to take the crashed relay's share back once its heartbeat is older than the lease", func() bool {
+		return metricValue(t, regA, "outbox_relay_live_relays") == 1 && near(rateOf(regA), found)
+	})
 }

@@ -20,7 +20,8 @@ import (
 // The controller finds a rate it was not told: against a fake API with a
 // burst, a sustained rate and a queue (as TalkJS describes its limit),
 // driven by more workers than the queue holds, it settles within bounds
-// of the hidden rate with under 2% of calls refused with 429. A bounded
+// of the hidden rate (at least 85% of it) with under 2% of calls refused
+// with 429. A bounded
 // request loop; only counts and the controller's rate are asserted.
 func TestConvergesToHiddenRate(t *testing.T) {
 	if testing.Short() {
@@ -111,7 +112,7 @@ func TestConvergesToHiddenRate(t *testing.T) {
 	if share >= 0.02 {
 		t.Errorf("429 share %.2f%%, want under 2%%", 100*share)
 	}
-	if mean < 0.4*hidden || mean > 1.5*hidden {
-		t.Errorf("mean rate over the second half %.0f/s, want within [%.0f, %.0f] of a hidden %.0f/s", mean, 0.4*hidden, 1.5*hidden, hidden)
+	if mean < 0.85*hidden || mean > 1.3*hidden {
+		t.Errorf("mean rate over the second half %.0f/s, want within [%.0f, %.0f] of a hidden %.0f/s", mean, 0.85*hidden, 1.3*hidden, hidden)
 	}
 }

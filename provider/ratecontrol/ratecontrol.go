@@ -34,10 +34,11 @@ const (
 	DefaultBackoff     = 0.9
 	DefaultSlowBackoff = 0.9
 	DefaultSlowFactor  = 2.0
-	DefaultSlowMargin  = 50 * time.Millisecond
+	DefaultSlowMargin  = 200 * time.Millisecond
 	DefaultCooldown    = time.Second
 	DefaultSlowStart   = 500 * time.Millisecond
 	DefaultRecover     = 4 * time.Second
+	DefaultHold        = 12 * time.Second
 )
 
 // How the latencies move: the recent latency follows answers quickly
@@ -52,6 +53,7 @@ const (
 	recentWeight = 0.25
 	baselineDown = 0.5
 	baselineRise = 10 * time.Second
+	slowPersist  = 500 * time.Millisecond
 )
 
 // The meter: answers are counted in slots of meterSlot over the last
@@ -62,7 +64,7 @@ const (
 // measure; else it cuts the rate itself.
 const (
 	meterSlot   = 100 * time.Millisecond
-	meterSlots  = 20
+	meterSlots  = 50
 	minMeasured = 10
 	// minHistory: answers over a shorter time (just started) do not
 	// measure a rate yet: the calls made so far were not yet made at the
@@ -70,11 +72,16 @@ const (
 	minHistory = time.Second
 )
 
-// usedHeadroom bounds growth by use: the rate rises to at most this many
-// times the rate of calls actually made (and never falls for want of
-// use), so a relay that has little to send does not build a rate it has
-// never tried and then fire it all at once.
-const usedHeadroom = 2.0
+// Growth is bounded by use: the rate rises to at most usedHeadroom times
+// the rate of calls made and, after slow start (whose rate moves too fast
+// for a measure over the window to keep up), only while the calls made
+// use at least usedFull of it (and
+// never falls for want of use), so a relay that has little to send does
+// not build a rate it has never tried and then fire it all at once.
+const (
+	usedHeadroom = 2.0
+	usedFull     = 0.8
+)
 
 // Config configures a Controller. Every field has a default.
 type Config struct {
@@ -94,6 +101,9 @@ type Config struct {
 	// rate that drew it; it then stays near it for a while and probes
 	// above, faster and faster (CUBIC's K). Default DefaultRecover.
 	Recover time.Duration
+	// Hold is how long the rate stays at the rate of the last cut, once
+	// back there, before probing above. Default DefaultHold.
+	Hold time.Duration
 	// Backoff is the fraction of the measured rate of answers a 429 cuts
 	// to, in (0, 1). Default DefaultBackoff.
 	Backoff float64
@@ -140,6 +150,8 @@ func (c Config) validate() error {
 		return fmt.Errorf("ratecontrol: SlowStart must not be negative, got %s", c.SlowStart)
 	case c.Recover < 0:
 		return fmt.Errorf("ratecontrol: Recover must not be negative, got %s", c.Recover)
+	case c.Hold < 0:
+		return fmt.Errorf("ratecontrol: Hold must not be negative, got %s", c.Hold)
 	case bad(c.Backoff) || c.Backoff < 0 || c.Backoff >= 1:
 		return fmt.Errorf("ratecontrol: Backoff must be in (0, 1), got %g", c.Backoff)
 	case bad(c.SlowBackoff) || c.SlowBackoff < 0 || c.SlowBackoff >= 1:
@@ -173,10 +185,13 @@ type Controller struct {
 	baseline   time.Duration // 0 until the first answer
 	recent     time.Duration
 	lastCut    time.Time // zero: never cut
+	coolUntil  time.Time // no cut, no rise before
 	lastAnswer time.Time
 	// slowPeak is the highest recent latency of the current run of slow
-	// answers, 0 when answers are not slow.
+	// answers, 0 when answers are not slow; slowSince is when the run
+	// began.
 	slowPeak    time.Duration
+	slowSince   time.Time
 	pausedUntil time.Time
 
 	meter meter
@@ -194,6 +209,7 @@ func New(cfg Config) (*Controller, error) {
 	cfg.Initial = cmp.Or(cfg.Initial, cfg.Ceiling, 10*cfg.Floor)
 	cfg.SlowStart = cmp.Or(cfg.SlowStart, DefaultSlowStart)
 	cfg.Recover = cmp.Or(cfg.Recover, DefaultRecover)
+	cfg.Hold = cmp.Or(cfg.Hold, DefaultHold)
 	cfg.Backoff = cmp.Or(cfg.Backoff, DefaultBackoff)
 	cfg.SlowBackoff = cmp.Or(cfg.SlowBackoff, DefaultSlowBackoff)
 	cfg.SlowFactor = cmp.Or(cfg.SlowFactor, DefaultSlowFactor)
@@ -213,6 +229,15 @@ func (c *Controller) Rate() float64 {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return c.rate
+}
+
+// Found reports whether the rate was found: the API objected at least
+// once (or the rate was taken from others with Join). Before, the rate is
+// a starting guess, doubling as calls are made.
+func (c *Controller) Found() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return !c.slowStart
 }
 
 // Ceiling returns the current ceiling, 0 for none.
@@ -305,15 +330,23 @@ func (c *Controller) Answered(latency time.Duration) {
 	}
 	c.baseline = max(c.baseline, 1)
 
+	if !slow {
+		c.slowSince = time.Time{}
+	} else if c.slowSince.IsZero() {
+		c.slowSince = now
+	}
 	switch {
 	case slow:
-		// Cut only while the queue grows: answers slower than any so far
-		// in this run. Once the rate is under the API's, the queue drains
-		// and answers get faster, though still slow: cutting then would
-		// only cost throughput.
-		if c.recent > c.slowPeak {
+		// Cut only once answers have been slow for slowPersist (a stall
+		// of the caller's own machine, a GC pause or a busy network make
+		// a few answers slow, a queue keeps them slow), and only while
+		// the queue grows: answers slower than any so far in this run.
+		// Once the rate is under the API's, the queue drains and answers
+		// get faster, though still slow: cutting then would only cost
+		// throughput.
+		if now.Sub(c.slowSince) >= slowPersist && c.recent > c.slowPeak {
 			c.slowPeak = c.recent
-			c.cutLocked(now, c.cfg.SlowBackoff, CauseSlow)
+			c.cutLocked(now, c.cfg.SlowBackoff, CauseSlow, 0)
 		}
 		c.lastGrow = now
 	case c.coolingLocked(now):
@@ -349,21 +382,38 @@ func (c *Controller) growLocked(now time.Time) {
 		// Backoff × wMax: K = Recover.
 		k := c.cfg.Recover.Seconds()
 		x := (now.Sub(c.epoch).Seconds() - k) / k
-		cube := x * x * x
-		if x > 3 {
-			// Beyond 3K (+270% at Backoff 0.9) go on in a straight line,
-			// as steep as the curve there.
-			cube = 27 + 27*(x-3)
+		if x > 0 {
+			// Hold the rate that drew the cut for Hold before probing
+			// above it: an API's burst hides a rate above its own for a
+			// while, so a probe is found out late, and far above.
+			x = max(0, x-c.cfg.Hold.Seconds()/k)
 		}
-		target = c.wMax * (1 + (1-c.cfg.Backoff)*cube)
+		var up float64
+		switch {
+		case x <= 0:
+			up = x * x * x // back to wMax: fast far below it, flat near it
+		case x <= 2:
+			// Probe above it in a straight line, (1 - Backoff) × wMax per
+			// Recover: found out while little above.
+			up = x
+		default:
+			// No signal for long: the API's rate has risen; faster,
+			// though never more than cubic.
+			up = x + min((x-2)*(x-2)*(x-2), 27*(x-2))
+		}
+		target = c.wMax * (1 + (1-c.cfg.Backoff)*up)
 	}
 	if target <= c.rate {
 		return
 	}
-	if used, ok := c.meter.rate(now, 1, c.rate); ok {
-		target = min(target, max(c.rate, usedHeadroom*used))
+	used, _ := c.meter.rate(now, 1, c.rate)
+	if !c.slowStart && used < usedFull*c.rate {
+		// The calls do not use the rate: it says nothing about the API,
+		// so it does not rise, and the curve waits.
+		c.epoch = c.epoch.Add(dt)
+		return
 	}
-	c.rate = c.bound(target)
+	c.rate = c.bound(min(target, max(c.rate, usedHeadroom*used)))
 }
 
 // RateLimited records a 429. retryAfter is the answer's Retry-After (0
@@ -374,7 +424,7 @@ func (c *Controller) RateLimited(retryAfter time.Duration) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	now := c.cfg.Now()
-	c.cutLocked(now, c.cfg.Backoff, CauseRateLimited)
+	c.cutLocked(now, c.cfg.Backoff, CauseRateLimited, retryAfter)
 	if until := now.Add(retryAfter); retryAfter > 0 && until.After(c.pausedUntil) {
 		c.pausedUntil = until
 	}
@@ -384,28 +434,41 @@ func (c *Controller) RateLimited(retryAfter time.Duration) {
 // before (what the API let through; the current rate when too few answers
 // were measured), unless a cut is cooling down. A cut never raises the
 // rate.
-func (c *Controller) cutLocked(now time.Time, factor float64, cause string) {
+func (c *Controller) cutLocked(now time.Time, factor float64, cause string, retryAfter time.Duration) {
 	if c.coolingLocked(now) {
 		return
 	}
 	base := c.rate
-	if m, ok := c.meter.rate(now, minMeasured, c.rate); ok && now.Sub(c.meter.first) >= minHistory {
-		base = min(base, m)
+	// In slow start the rate doubles every SlowStart: the last second
+	// measures what the API lets through; the whole window would lag.
+	slots := meterSlots
+	if c.slowStart {
+		slots = int(time.Second / meterSlot)
+	}
+	if m, ok := c.meter.rateOver(now, slots, minMeasured, c.rate); ok && now.Sub(c.meter.first) >= minHistory {
+		// At most halved by one cut: when several callers share the
+		// API, one may see few of its calls through for a moment.
+		base = min(base, max(m, 0.5*c.rate/factor))
 	}
 	c.wMax = base
 	c.rate = c.bound(min(c.rate, factor*base))
 	c.slowStart = false
 	c.lastCut, c.epoch, c.lastGrow = now, now, now
+	// Cooling: Cooldown, or until a quarter of it after the Retry-After
+	// of this cut has passed, if later (the calls held meanwhile go when
+	// it ends, with the slots they had at the old rate, and their answers
+	// say nothing of the new rate). Only this cut's Retry-After counts:
+	// were every later 429 to extend the cooling, 429s coming on and on
+	// would never cut again.
+	c.coolUntil = now.Add(max(c.cfg.Cooldown, retryAfter+c.cfg.Cooldown/4))
 	if c.cfg.OnCut != nil {
 		c.cfg.OnCut(cause)
 	}
 }
 
+// coolingLocked reports whether a cut is cooling down (see cutLocked).
 func (c *Controller) coolingLocked(now time.Time) bool {
-	if now.Before(c.pausedUntil) {
-		return true
-	}
-	return !c.lastCut.IsZero() && now.Sub(c.lastCut) < c.cfg.Cooldown
+	return now.Before(c.coolUntil)
 }
 
 // bound clamps r into [Floor, Ceiling].
@@ -440,20 +503,25 @@ func (m *meter) add(now time.Time) {
 // first answer, if sooner), and whether at least need answers were
 // counted. expected is the rate answers are expected at.
 func (m *meter) rate(now time.Time, need int, expected float64) (float64, bool) {
+	return m.rateOver(now, meterSlots, need, expected)
+}
+
+// rateOver is rate over the last slots slots only.
+func (m *meter) rateOver(now time.Time, slots, need int, expected float64) (float64, bool) {
 	if m.first.IsZero() {
 		return 0, false
 	}
 	n := now.UnixNano() / int64(meterSlot)
 	total := 0
 	for i := range meterSlots {
-		if s := m.slot[i]; s > n-meterSlots && s <= n {
+		if s := m.slot[i]; s > n-int64(slots) && s <= n {
 			total += m.count[i]
 		}
 	}
 	// The window: the slots before this one, and this one so far, or
 	// since the first answer plus the interval before it (at the expected
 	// rate), when that is shorter.
-	window := (meterSlots-1)*meterSlot + time.Duration(now.UnixNano()-n*int64(meterSlot))
+	window := time.Duration(slots-1)*meterSlot + time.Duration(now.UnixNano()-n*int64(meterSlot))
 	span := min(window, now.Sub(m.first)+time.Duration(float64(time.Second)/expected))
 	if total < need || span <= 0 {
 		return 0, false

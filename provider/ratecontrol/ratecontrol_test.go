@@ -46,7 +46,7 @@ func answerFor(c *Controller, clk *clock, d, latency time.Duration) {
 // cuts it with a 429 without Retry-After.
 func cutAt(c *Controller, clk *clock, r float64) {
 	c.SetCeiling(r)
-	answerFor(c, clk, 5*time.Second, 10*time.Millisecond)
+	answerFor(c, clk, 8*time.Second, 10*time.Millisecond)
 	c.SetCeiling(0)
 	c.RateLimited(0)
 }
@@ -99,7 +99,7 @@ func TestController(t *testing.T) {
 		},
 		{
 			name: "a 429 cuts to Backoff × the rate measured, and pauses for its Retry-After",
-			cfg:  Config{Initial: 200},
+			cfg:  Config{Initial: 150, Ceiling: 150},
 			run: func(c *Controller, clk *clock) {
 				for range 300 { // 100 answers a second: what the API lets through
 					clk.Advance(10 * ms)
@@ -109,6 +109,18 @@ func TestController(t *testing.T) {
 				clk.Advance(time.Second)
 			},
 			wantMin: 89, wantMax: 91, wantPause: 2 * time.Second,
+		},
+		{
+			name: "one cut at most halves the rate",
+			cfg:  Config{Initial: 100, Ceiling: 100},
+			run: func(c *Controller, clk *clock) {
+				for range 30 { // 10 answers a second
+					clk.Advance(100 * ms)
+					c.Answered(10 * ms)
+				}
+				c.RateLimited(0)
+			},
+			wantMin: 50, wantMax: 50,
 		},
 		{
 			name:    "a 429 with too few answers measured cuts the rate itself",
@@ -170,21 +182,39 @@ func TestController(t *testing.T) {
 			wantMin: 98.5, wantMax: 99, // 100 × (1 - 0.1 × (1/2)³)
 		},
 		{
-			name: "then it probes above, faster the longer no signal comes (convex)",
-			cfg:  Config{Initial: 10, Recover: 4 * time.Second},
+			name: "then it holds there for Hold",
+			cfg:  Config{Initial: 10, Recover: 4 * time.Second, Hold: 10 * time.Second},
 			run: func(c *Controller, clk *clock) {
 				cutAt(c, clk, 100)
-				answerFor(c, clk, 8*time.Second, 10*ms)
+				answerFor(c, clk, 14*time.Second, 10*ms)
 			},
-			wantMin: 109, wantMax: 111, // 100 × (1 + 0.1 × 1³)
+			wantMin: 99.9, wantMax: 100.1,
+		},
+		{
+			name: "then it probes above in a straight line",
+			cfg:  Config{Initial: 10, Recover: 4 * time.Second, Hold: 10 * time.Second},
+			run: func(c *Controller, clk *clock) {
+				cutAt(c, clk, 100)
+				answerFor(c, clk, 22*time.Second, 10*ms)
+			},
+			wantMin: 119, wantMax: 121, // 100 × (1 + 0.1 × 2)
+		},
+		{
+			name: "and faster the longer no signal comes",
+			cfg:  Config{Initial: 10, Recover: 4 * time.Second, Hold: 10 * time.Second},
+			run: func(c *Controller, clk *clock) {
+				cutAt(c, clk, 100)
+				answerFor(c, clk, 30*time.Second, 10*ms)
+			},
+			wantMin: 150, wantMax: 221, // above the line (140), at most 100 × (1 + 0.1 × (4 + 2³))
 		},
 		{
 			name: "answers slowing down cut the rate, once per cooldown while they get slower",
 			cfg:  Config{Initial: 100, Ceiling: 100},
 			run: func(c *Controller, clk *clock) {
 				answer(c, clk, 300, 10*ms) // baseline 10ms, 100/s measured
-				for i := range 120 {       // a queue growing: cut at once, and once more a second later
-					answer(c, clk, 1, time.Duration(100+2*i)*ms)
+				for i := range 200 {       // a queue growing: cut once slow for slowPersist, and once more a second later
+					answer(c, clk, 1, time.Duration(300+3*i)*ms)
 				}
 			},
 			wantMin: 100 * 0.9 * 0.9 * 0.97, wantMax: 100 * 0.9 * 0.9 * 1.03,
@@ -202,6 +232,16 @@ func TestController(t *testing.T) {
 			wantMin: 89, wantMax: 100, // cut once to 90, then climbing back
 		},
 		{
+			name: "a stall shorter than slowPersist is not slow",
+			cfg:  Config{Initial: 100, Ceiling: 100},
+			run: func(c *Controller, clk *clock) {
+				answer(c, clk, 300, 10*ms)
+				answer(c, clk, 30, time.Second) // 0.3s of slow answers: the caller's machine stalled
+				answer(c, clk, 100, 10*ms)
+			},
+			wantMin: 100, wantMax: 100,
+		},
+		{
 			name: "jitter within the margin is not slow",
 			cfg:  Config{Initial: 100, Ceiling: 110, SlowStart: 100 * ms},
 			run: func(c *Controller, clk *clock) {
@@ -212,14 +252,14 @@ func TestController(t *testing.T) {
 		},
 		{
 			name: "a lasting change of latency is learnt: the rate rises again",
-			cfg:  Config{Initial: 100, Floor: 10},
+			cfg:  Config{Initial: 100, Ceiling: 1000, Floor: 10},
 			run: func(c *Controller, clk *clock) {
 				answer(c, clk, 50, 10*ms)
-				answer(c, clk, 2000, 200*ms)
+				answer(c, clk, 2000, 400*ms)
 				before := c.Rate()
-				answer(c, clk, 500, 200*ms)
+				answerFor(c, clk, 40*time.Second, 400*ms)
 				if c.Rate() <= before {
-					panic("the rate did not rise once 200ms was the usual latency")
+					panic("the rate did not rise once 400ms was the usual latency")
 				}
 			},
 			wantMin: 10, wantMax: 1e9,
@@ -276,7 +316,7 @@ func TestOnCut(t *testing.T) {
 	c.RateLimited(0) // cooling down: no cut
 	clk.Advance(2 * time.Second)
 	answer(c, clk, 50, 10*time.Millisecond)
-	answer(c, clk, 20, time.Second)
+	answer(c, clk, 100, time.Second)
 	if len(causes) != 2 || causes[0] != CauseRateLimited || causes[1] != CauseSlow {
 		t.Fatalf("causes %q, want [429 slow]", causes)
 	}

@@ -188,6 +188,58 @@ type Client struct {
 	slotWaitsNS atomic.Int64 // and how long, in total
 
 	onAnswer atomic.Pointer[func(status int, latency, retryAfter time.Duration)] // nil: nobody listens
+
+	// holdMax is the longest Retry-After held (0: none held); holdUntil
+	// is when the latest held one ends, unix ns.
+	holdMax   atomic.Int64
+	holdUntil atomic.Int64
+}
+
+// HoldRetryAfter makes the client honour every 429's Retry-After for all
+// its requests, up to longest (0 turns it off): no request is sent before it
+// has passed, including requests that already had their slot from the
+// rate limiter (they would otherwise all go during the wait, each meeting
+// its own 429). A request whose deadline the wait would leave less than
+// half of Timeout is not sent: it fails as the limiter's refusals do, a
+// RateLimited error with Status 0.
+func (c *Client) HoldRetryAfter(longest time.Duration) { c.holdMax.Store(int64(max(longest, 0))) }
+
+// waitHold waits out a held Retry-After, as waitForSlot waits for a slot.
+func (c *Client) waitHold(ctx context.Context, method, path string) error {
+	for {
+		now := time.Now()
+		wait := time.Duration(c.holdUntil.Load() - now.UnixNano())
+		if wait <= 0 {
+			return nil
+		}
+		if dl, ok := ctx.Deadline(); ok && now.Add(wait+c.timeout/2).After(dl) {
+			return &provider.Error{Kind: provider.RateLimited, RetryAfter: wait,
+				Err: fmt.Errorf("%s %s: held for a 429's Retry-After for %s, leaving less than half the %s timeout before the caller's deadline",
+					method, path, wait.Round(time.Millisecond), c.timeout)}
+		}
+		t := time.NewTimer(wait)
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+			t.Stop()
+			return fmt.Errorf("talkjs: %s %s: waiting for a 429's Retry-After: %w", method, path, ctx.Err())
+		}
+	}
+}
+
+// hold records a 429's Retry-After, when holding is on.
+func (c *Client) hold(retryAfter time.Duration) {
+	limit := time.Duration(c.holdMax.Load())
+	if limit <= 0 || retryAfter <= 0 {
+		return
+	}
+	until := time.Now().Add(min(retryAfter, limit)).UnixNano()
+	for {
+		cur := c.holdUntil.Load()
+		if cur >= until || c.holdUntil.CompareAndSwap(cur, until) {
+			return
+		}
+	}
 }
 
 // OnAnswer sets the function told about every request's answer (nil to
@@ -464,6 +516,9 @@ func (c *Client) doInspect(ctx context.Context, method, path string, body any, i
 	if err := c.waitForSlot(ctx, method, path); err != nil {
 		return err
 	}
+	if err := c.waitHold(ctx, method, path); err != nil {
+		return err
+	}
 	token, err := c.creds.bearer()
 	if err != nil {
 		return &provider.Error{Kind: provider.Auth, Err: fmt.Errorf("%s %s: %w", method, path, err)}
@@ -503,6 +558,9 @@ func (c *Client) doInspect(ctx context.Context, method, path string, body any, i
 		return nil // judged by status only: the body is not read
 	}
 	e, raw := c.statusError(method, path, resp, token)
+	if resp.StatusCode == http.StatusTooManyRequests {
+		c.hold(e.RetryAfter)
+	}
 	c.answered(resp.StatusCode, sent, e.RetryAfter)
 	if inspect != nil {
 		inspect(e, raw)
