@@ -154,10 +154,12 @@ func TestAdaptiveRateShared(t *testing.T) {
 	cfgA := adaptiveConfig("share-a")
 	regA := cfgA.Registerer.(*prometheus.Registry)
 	b.startAdaptive(t, cfgA)
-	rateOf := func(reg *prometheus.Registry) float64 { return metricValue(t, reg, "outbox_relay_rate_limit") }
+	rateOf := func(reg *prometheus.Registry) float64 {
+		return relaytest.MetricValue(t, reg, "outbox_relay_rate_limit")
+	}
 	published := func(name string) float64 {
 		var r float64
-		if err := b.pool.QueryRow(context.Background(), `SELECT rate FROM outbox.relays WHERE id = $1`, name).Scan(&r); err != nil {
+		if err := b.pool.QueryRow(t.Context(), `SELECT rate FROM outbox.relays WHERE id = $1`, name).Scan(&r); err != nil {
 			t.Fatal(err)
 		}
 		return r
@@ -172,8 +174,8 @@ func TestAdaptiveRateShared(t *testing.T) {
 	waitFor(t, 60*time.Second, "relay A to find a rate and publish it", func() bool {
 		return published("share-a") > 0
 	})
-	if published("share-a") > 0 && metricValue(t, regA, "outbox_relay_rate_limit_cuts_total", "cause", "429")+
-		metricValue(t, regA, "outbox_relay_rate_limit_cuts_total", "cause", "slow") == 0 {
+	if published("share-a") > 0 && relaytest.MetricValue(t, regA, "outbox_relay_rate_limit_cuts_total", "cause", "429")+
+		relaytest.MetricValue(t, regA, "outbox_relay_rate_limit_cuts_total", "cause", "slow") == 0 {
 		t.Fatal("relay A published a rate it never found")
 	}
 	b.waitSettled(t, 60*time.Second)
@@ -196,14 +198,14 @@ func TestAdaptiveRateShared(t *testing.T) {
 	waitFor(t, 10*time.Second, "relay A to take B's share back", func() bool { return near(rateOf(regA), found) })
 
 	// A relay that crashed: its row stays, its heartbeat ages.
-	if _, err := b.pool.Exec(context.Background(),
+	if _, err := b.pool.Exec(t.Context(),
 		`INSERT INTO outbox.relays (id, heartbeat_at, rate) VALUES ('crashed', now(), $1)`, found); err != nil {
 		t.Fatal(err)
 	}
 	waitFor(t, 10*time.Second, "relay A to count the other relay", func() bool {
-		return metricValue(t, regA, "outbox_relay_live_relays") == 2 && near(rateOf(regA), found/2)
+		return relaytest.MetricValue(t, regA, "outbox_relay_live_relays") == 2 && near(rateOf(regA), found/2)
 	})
 	waitFor(t, 3*cfgA.Lease, "relay A to take the crashed relay's share back once its heartbeat is older than the lease", func() bool {
-		return metricValue(t, regA, "outbox_relay_live_relays") == 1 && near(rateOf(regA), found)
+		return relaytest.MetricValue(t, regA, "outbox_relay_live_relays") == 1 && near(rateOf(regA), found)
 	})
 }
