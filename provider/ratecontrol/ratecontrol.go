@@ -181,6 +181,7 @@ type Controller struct {
 	wMax     float64
 	epoch    time.Time
 	lastGrow time.Time
+	hold     time.Duration // at wMax before probing: Hold after a 429, else 0
 
 	baseline   time.Duration // 0 until the first answer
 	recent     time.Duration
@@ -277,9 +278,9 @@ func (c *Controller) Scale(f float64) {
 	c.wMax *= f
 }
 
-// Join starts from a rate others found (a share of theirs): as if a cut
-// had measured it Recover ago, so the rate stays near it for a while and
-// then probes above, instead of doubling from it.
+// Join starts from a rate others found (a share of theirs): as if a 429
+// had measured it Recover ago, so the rate holds there for Hold and then
+// probes above, instead of doubling from it.
 func (c *Controller) Join(rate float64) {
 	if math.IsNaN(rate) || math.IsInf(rate, 0) || rate <= 0 {
 		return
@@ -290,6 +291,7 @@ func (c *Controller) Join(rate float64) {
 	c.rate = c.bound(rate)
 	c.wMax = c.rate
 	c.slowStart = false
+	c.hold = c.cfg.Hold
 	c.epoch = now.Add(-c.cfg.Recover)
 	c.lastGrow = now
 }
@@ -344,7 +346,11 @@ func (c *Controller) Answered(latency time.Duration) {
 		// Once the rate is under the API's, the queue drains and answers
 		// get faster, though still slow: cutting then would only cost
 		// throughput.
-		if now.Sub(c.slowSince) >= slowPersist && c.recent > c.slowPeak {
+		// And only while the calls use the rate: answers slowing down
+		// while the rate is not what holds the calls back (the caller's
+		// own host is busy) are not this rate's doing.
+		used, _ := c.meter.rate(now, 1, c.rate)
+		if now.Sub(c.slowSince) >= slowPersist && c.recent > c.slowPeak && used >= usedFull*c.rate {
 			c.slowPeak = c.recent
 			c.cutLocked(now, c.cfg.SlowBackoff, CauseSlow, 0)
 		}
@@ -383,10 +389,12 @@ func (c *Controller) growLocked(now time.Time) {
 		k := c.cfg.Recover.Seconds()
 		x := (now.Sub(c.epoch).Seconds() - k) / k
 		if x > 0 {
-			// Hold the rate that drew the cut for Hold before probing
+			// Hold the rate that drew a 429 for Hold before probing
 			// above it: an API's burst hides a rate above its own for a
-			// while, so a probe is found out late, and far above.
-			x = max(0, x-c.cfg.Hold.Seconds()/k)
+			// while, so a probe is found out late, and far above. A
+			// queue shows a probe at once (answers slow down): no hold
+			// after a cut for slow answers.
+			x = max(0, x-c.hold.Seconds()/k)
 		}
 		var up float64
 		switch {
@@ -454,6 +462,10 @@ func (c *Controller) cutLocked(now time.Time, factor float64, cause string, retr
 	c.rate = c.bound(min(c.rate, factor*base))
 	c.slowStart = false
 	c.lastCut, c.epoch, c.lastGrow = now, now, now
+	c.hold = 0
+	if cause == CauseRateLimited {
+		c.hold = c.cfg.Hold
+	}
 	// Cooling: Cooldown, or until a quarter of it after the Retry-After
 	// of this cut has passed, if later (the calls held meanwhile go when
 	// it ends, with the slots they had at the old rate, and their answers
