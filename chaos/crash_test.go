@@ -263,7 +263,7 @@ func TestStoppedRelayIsFenced(t *testing.T) {
 	// on a loaded machine a result may be dropped to its lease (a
 	// completion outlasting the statement timeout) or left unrecorded at
 	// shutdown, and a claim that committed while A was stopped may never
-	// have reached A (its answer timed out), so A holds no job for those
+	// have reached A (its answer timed out), so A never held those
 	// intents at all; their leases simply expire.
 	fenced := strings.Count(string(logs), "result discarded")
 	if fenced == 0 {

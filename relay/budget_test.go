@@ -27,7 +27,7 @@ func (b *bundle) intentState(t *testing.T, id int64) (state string, failing bool
 }
 
 // claimOne claims exactly the one due intent.
-func claimOne(t *testing.T, r *relay.Relay) []*relay.Job {
+func claimOne(t *testing.T, r *relay.Relay) []*relay.ClaimedIntent {
 	t.Helper()
 	jobs, err := r.Claim(t.Context(), 1)
 	if err != nil || len(jobs) != 1 {

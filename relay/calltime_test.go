@@ -114,7 +114,7 @@ func TestUnitCallOutcome(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			err := noAnswer(tt.err, tt.jobEnded, budget)
-			res := r.decide(&result{job: &job{id: 1, attempt: 1}}, err, stepUser)
+			res := r.decide(&result{intent: &claimedIntent{id: 1, attempt: 1}}, err, stepUser)
 			if res.outcome != tt.wantOutcome {
 				t.Fatalf("outcome %s, want %s (error %v)", res.outcome, tt.wantOutcome, err)
 			}

@@ -8,8 +8,8 @@ import (
 	"time"
 )
 
-// job is one claimed intent.
-type job struct {
+// claimedIntent is one intent claimed for delivery: its row and its lease.
+type claimedIntent struct {
 	id       int64
 	token    int64 // lease token: fences the completion
 	attempt  int   // this attempt's number (1 for the first)
@@ -240,7 +240,7 @@ type claimedRow struct {
 // claim leases up to limit intents. A claim that has started is finished
 // even when ctx ends, so that no lease is taken and then forgotten (it would
 // hold its intents until it expired).
-func (r *Relay) claim(ctx context.Context, limit int) ([]*job, error) {
+func (r *Relay) claim(ctx context.Context, limit int) ([]*claimedIntent, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
@@ -251,9 +251,9 @@ func (r *Relay) claim(ctx context.Context, limit int) ([]*job, error) {
 	if err != nil {
 		return nil, err
 	}
-	jobs := make([]*job, 0, len(claimed))
+	jobs := make([]*claimedIntent, 0, len(claimed))
 	for _, c := range claimed {
-		j := &job{id: c.ID, token: c.Token, attempt: c.Attempt, payload: c.Payload, key: c.Key,
+		j := &claimedIntent{id: c.ID, token: c.Token, attempt: c.Attempt, payload: c.Payload, key: c.Key,
 			convHash: c.ConvHash, convSkip: c.ConvSkip, claimed: start}
 		j.hashes, j.skip = parseUserSyncs(c.Hashes, c.Skip)
 		j.deadline.Store(r.monotonic(start) + int64(r.cfg.Lease))
@@ -297,9 +297,9 @@ func (r *Relay) claimParams(limit int) claimParams {
 		AppID: r.cfg.AppID, ParkBatch: parkBatch}
 }
 
-// dispatch starts a worker per job in the worker pool. The caller has
+// dispatch starts a worker per intent in the worker pool. The caller has
 // checked there are free slots for all of them.
-func (r *Relay) dispatch(jobs []*job) {
+func (r *Relay) dispatch(jobs []*claimedIntent) {
 	workCtx, workers := r.workers.workCtx(), &r.workers.wg
 	jctxs := make([]context.Context, len(jobs))
 	for i, j := range jobs {

@@ -169,7 +169,7 @@ func (r *Relay) writeSplitting(batch []*result, failed *[]failedWrite) {
 		r.setDB(true, "", nil)
 		r.writes.Add(1)
 		for _, res := range batch {
-			r.held.remove(res.job)
+			r.held.remove(res.intent)
 		}
 		return
 	}
@@ -188,15 +188,15 @@ func (r *Relay) writeSplitting(batch []*result, failed *[]failedWrite) {
 // dropResult gives up writing a result: its lease is no longer renewed, so
 // it expires and the intent is delivered again.
 func (r *Relay) dropResult(res *result, err error, shutdown bool) {
-	r.held.remove(res.job)
+	r.held.remove(res.intent)
 	r.metrics.dropped.Inc()
 	if shutdown {
 		r.log.Error("shutting down without recording a result; the intent will be delivered again after its lease",
-			"intent_id", res.job.id, "attempt", res.job.attempt, "outcome", res.outcome, "error", err)
+			"intent_id", res.intent.id, "attempt", res.intent.attempt, "outcome", res.outcome, "error", err)
 		return
 	}
 	r.log.Error("result dropped: the database refuses to record it; the intent will be delivered again after its lease",
-		"intent_id", res.job.id, "attempt", res.job.attempt, "outcome", res.outcome, "error", err)
+		"intent_id", res.intent.id, "attempt", res.intent.attempt, "outcome", res.outcome, "error", err)
 }
 
 // writeCause is why a completion write failed.
@@ -316,22 +316,22 @@ func (r *Relay) completeParamsOf(batch []*result) *completeParams {
 		errs: make([]*string, n), delays: make([]float64, n),
 		maxAttempts: r.cfg.MaxAttempts, maxAge: r.cfg.MaxAge, relay: r.cfg.Name, appID: r.cfg.AppID}
 	for i, res := range batch {
-		p.ids[i], p.tokens[i], p.outcomes[i] = res.job.id, res.job.token, string(res.outcome)
+		p.ids[i], p.tokens[i], p.outcomes[i] = res.intent.id, res.intent.token, string(res.outcome)
 		if res.err != "" {
 			p.errs[i] = &res.err
 		}
 		p.delays[i] = res.delay.Seconds()
 		for _, c := range res.calls {
-			p.attempts.add(res.job, c)
+			p.attempts.add(res.intent, c)
 		}
 		for _, s := range res.syncs {
-			p.syncs.add(res.job, s)
+			p.syncs.add(res.intent, s)
 		}
 		for _, id := range res.forget {
-			p.syncs.add(res.job, userSync{id: id, hash: []byte{}})
+			p.syncs.add(res.intent, userSync{id: id, hash: []byte{}})
 		}
 		if c := res.convRecord(); c != nil {
-			p.convs.add(res.job, c)
+			p.convs.add(res.intent, c)
 		}
 	}
 	return p
@@ -367,11 +367,11 @@ func (r *Relay) completeBatch(ctx context.Context, batch []*result) error {
 // reportCompletion counts and logs what became of one result: final
 // holds the state of each intent the completion changed.
 func (r *Relay) reportCompletion(res *result, final map[int64]State) {
-	state, ok := final[res.job.id]
+	state, ok := final[res.intent.id]
 	if !ok {
 		r.metrics.fenced.Inc()
 		r.log.Warn("result discarded: the intent's lease passed to another relay",
-			"intent_id", res.job.id, "attempt", res.job.attempt, "outcome", res.outcome)
+			"intent_id", res.intent.id, "attempt", res.intent.attempt, "outcome", res.outcome)
 		return
 	}
 	label := res.outcome
@@ -379,7 +379,7 @@ func (r *Relay) reportCompletion(res *result, final map[int64]State) {
 		label = outcomeDead
 	}
 	r.metrics.completed.WithLabelValues(string(label)).Inc()
-	r.logStateChange(res.job.id, res.job.attempt, StateDelivering, state, string(label))
+	r.logStateChange(res.intent.id, res.intent.attempt, StateDelivering, state, string(label))
 	if res.outcome == outcomeRetry && state == StatePending {
 		r.logRetryable(res)
 	}
@@ -390,7 +390,7 @@ func (r *Relay) reportCompletion(res *result, final map[int64]State) {
 		if res.outcome == outcomeRetry {
 			reason = "retry budget spent"
 		}
-		r.log.Warn("intent dead", "intent_id", res.job.id, "attempt", res.job.attempt,
+		r.log.Warn("intent dead", "intent_id", res.intent.id, "attempt", res.intent.attempt,
 			"reason", reason, "error", firstLine(res.err))
 	}
 }
@@ -416,7 +416,7 @@ type attemptColumns struct {
 	callID     []*string // uuid text; nil for a call of one intent
 }
 
-func (a *attemptColumns) add(j *job, c callRecord) {
+func (a *attemptColumns) add(j *claimedIntent, c callRecord) {
 	var status *int32
 	if c.status != 0 {
 		s := int32(c.status)
@@ -451,7 +451,7 @@ type syncColumns struct {
 	ok       []bool
 }
 
-func (c *syncColumns) add(j *job, s userSync) {
+func (c *syncColumns) add(j *claimedIntent, s userSync) {
 	c.userID = append(c.userID, s.id)
 	c.intentID = append(c.intentID, j.id)
 	c.hash = append(c.hash, s.hash)
@@ -467,7 +467,7 @@ type convSyncColumns struct {
 	ok             []bool
 }
 
-func (c *convSyncColumns) add(j *job, s *convSync) {
+func (c *convSyncColumns) add(j *claimedIntent, s *convSync) {
 	c.conversationID = append(c.conversationID, s.id)
 	c.intentID = append(c.intentID, j.id)
 	c.hash = append(c.hash, s.hash)

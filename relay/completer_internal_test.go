@@ -18,7 +18,7 @@ func TestCompleterService(t *testing.T) {
 			t.Fatalf("claim: %v, %d jobs", err, len(jobs))
 		}
 		for _, j := range jobs {
-			r.completer.send(&result{job: j, outcome: outcomeDone})
+			r.completer.send(&result{intent: j, outcome: outcomeDone})
 		}
 		// Stop returns once every result sent has been written.
 		stopService(t, r.completer)

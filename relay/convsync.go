@@ -31,7 +31,7 @@ type convSync struct {
 // putConversation upserts the intent's conversation, unless the claim
 // found TalkJS holding exactly this content within the TTL: the skip is
 // then recorded in outbox.attempts as a skipped user PUT is.
-func (r *Relay) putConversation(ctx context.Context, j *job, res *result, conv provider.Conversation) error {
+func (r *Relay) putConversation(ctx context.Context, j *claimedIntent, res *result, conv provider.Conversation) error {
 	if j.convSkip {
 		res.record(callRecord{step: stepConversation, target: conv.ID, outcome: callSkipped,
 			err: "unchanged since last synchronised", started: time.Now()})

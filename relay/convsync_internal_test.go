@@ -46,7 +46,7 @@ func TestUnitConversationDoubt(t *testing.T) {
 	r := &Relay{cfg: Config{Retry: RetryPolicy{Base: time.Millisecond, Max: time.Millisecond}}}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			res := &result{job: &job{id: 1, attempt: tt.attempt}}
+			res := &result{intent: &claimedIntent{id: 1, attempt: tt.attempt}}
 			if tt.conv != nil {
 				c := *tt.conv
 				c.id, c.hash = "c", hash
@@ -59,7 +59,7 @@ func TestUnitConversationDoubt(t *testing.T) {
 			}
 			var cols convSyncColumns
 			if c := res.convRecord(); c != nil {
-				cols.add(res.job, c)
+				cols.add(res.intent, c)
 			}
 			if write := len(cols.ok) == 1; write != tt.write || (write && cols.ok[0] != tt.ok) {
 				t.Errorf("completion entries %v (ok %v), want one: %t, ok %t", cols.conversationID, cols.ok, tt.write, tt.ok)

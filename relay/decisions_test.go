@@ -210,7 +210,7 @@ func TestUnitDecide(t *testing.T) {
 		{"other failure retries", errors.New("boom"), stepMessages, 1, nil, outcomeRetry,
 			500 * time.Millisecond, time.Second, false},
 	} {
-		res := &result{job: &job{id: 1, attempt: tc.attempt}, skipped: tc.skipped}
+		res := &result{intent: &claimedIntent{id: 1, attempt: tc.attempt}, skipped: tc.skipped}
 		decideOutcome(res, tc.err, tc.step, retry)
 		if res.outcome != tc.outcome || res.delay < tc.minDelay || res.delay > tc.maxDelay ||
 			(res.forget != nil) != tc.forget || res.err == "" {

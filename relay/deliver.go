@@ -48,7 +48,7 @@ type userSync struct {
 
 // result is the outcome of one delivery attempt, written by the completer.
 type result struct {
-	job     *job
+	intent  *claimedIntent
 	outcome outcome
 	err     string
 	delay   time.Duration // before the next attempt (retry, release)
@@ -74,11 +74,11 @@ func (res *result) record(c callRecord) {
 // deliver makes one intent's calls in contract order: its users (synced
 // with its claim batch's, see userbatch.go), then the conversation, then
 // the messages.
-func (r *Relay) deliver(ctx context.Context, j *job) *result {
-	res := &result{job: j}
+func (r *Relay) deliver(ctx context.Context, j *claimedIntent) *result {
+	res := &result{intent: j}
 	if j.users == nil {
 		// Not started with its claim batch (see dispatch): alone.
-		r.startUserSync(ctx, []*job{j}, []context.Context{ctx}, &sync.WaitGroup{})
+		r.startUserSync(ctx, []*claimedIntent{j}, []context.Context{ctx}, &sync.WaitGroup{})
 	}
 	in := j.users.intent
 	if err := j.users.err; err != nil {
@@ -136,11 +136,11 @@ func idempotencyKey(deliveryKey string, index int) string {
 // deliverSafely is deliver with a panic turned into a dead intent, so an
 // intent that trips a bug fails alone instead of crashing the relay (and,
 // redelivered, the next one).
-func (r *Relay) deliverSafely(ctx context.Context, j *job) (res *result) {
+func (r *Relay) deliverSafely(ctx context.Context, j *claimedIntent) (res *result) {
 	defer func() {
 		if p := recover(); p != nil {
 			r.log.Error("delivery panicked; intent dead", "intent_id", j.id, "panic", p, "stack", string(debug.Stack()))
-			res = &result{job: j, outcome: outcomeDead, err: truncate(fmt.Sprintf("attempt %d: relay error: panic: %v", j.attempt, p))}
+			res = &result{intent: j, outcome: outcomeDead, err: truncate(fmt.Sprintf("attempt %d: relay error: panic: %v", j.attempt, p))}
 		}
 	}()
 	return r.deliver(ctx, j)
@@ -156,8 +156,8 @@ func (r *Relay) skipUser(res *result, id, why string) {
 }
 
 // call makes one API call for one intent (see callFor) and records it.
-func (r *Relay) call(ctx context.Context, j *job, res *result, step callStep, target string, fn func(context.Context) error) error {
-	rec, err := r.callFor(ctx, []*job{j}, step, fn)
+func (r *Relay) call(ctx context.Context, j *claimedIntent, res *result, step callStep, target string, fn func(context.Context) error) error {
+	rec, err := r.callFor(ctx, []*claimedIntent{j}, step, fn)
 	if rec != nil {
 		rec.target = target
 		res.record(*rec)
@@ -201,7 +201,7 @@ func (r *Relay) decide(res *result, err error, step callStep) *result {
 // decideOutcome is decide without the relay: res's outcome, error text
 // and delay after err ended the attempt at step ("" before any step).
 func decideOutcome(res *result, err error, step callStep, retry RetryPolicy) *result {
-	j := res.job
+	j := res.intent
 	msg := err.Error()
 	if step != "" {
 		msg = fmt.Sprintf("attempt %d: %s: %s", j.attempt, step, msg)
@@ -262,7 +262,7 @@ func decidePermanent(res *result, step callStep, pe *provider.Error, retry Retry
 		// meanwhile by other intents cannot keep a poison intent
 		// alive.
 		res.forget = res.skipped
-		if res.job.attempt == 1 {
+		if res.intent.attempt == 1 {
 			res.outcome = outcomeRetry
 			res.delay = retry.backoff(1)
 		}

@@ -9,17 +9,17 @@ import (
 // expression over c.payload.
 const ConversationContentHashSQL = conversationContentHash
 
-// ConvSkip reports whether the claim found the job's conversation synced
+// ConvSkip reports whether the claim found the intent's conversation synced
 // with its content.
-func (j *job) ConvSkip() bool { return j.convSkip }
+func (j *claimedIntent) ConvSkip() bool { return j.convSkip }
 
 // CompleteConversationPuts records the claimed intents done, each having
 // PUT its conversation unless the claim skipped it, answered 200 unless
 // failed[intent id]. No call is made.
-func (r *Relay) CompleteConversationPuts(ctx context.Context, jobs []*Job, failed map[int64]bool) error {
+func (r *Relay) CompleteConversationPuts(ctx context.Context, jobs []*ClaimedIntent, failed map[int64]bool) error {
 	batch := make([]*result, len(jobs))
 	for i, j := range jobs {
-		res := &result{job: j, outcome: outcomeDone}
+		res := &result{intent: j, outcome: outcomeDone}
 		if j.convHash != nil && !j.convSkip {
 			res.conv = &convSync{id: conversationOf(j), hash: j.convHash, ok: !failed[j.id]}
 		}
@@ -28,7 +28,7 @@ func (r *Relay) CompleteConversationPuts(ctx context.Context, jobs []*Job, faile
 	return r.completeBatch(ctx, batch)
 }
 
-func conversationOf(j *job) string {
+func conversationOf(j *claimedIntent) string {
 	var p struct {
 		Conversation struct {
 			ID string `json:"id"`

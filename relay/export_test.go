@@ -21,7 +21,7 @@ func (r *Relay) ClaimAndComplete(ctx context.Context, n int) (int, error) {
 	for i, j := range jobs {
 		u, v := fmt.Sprint("u", j.id), fmt.Sprint("v", j.id)
 		hash := sha256.Sum256([]byte(u))
-		batch[i] = &result{job: j, outcome: outcomeDone, calls: []callRecord{
+		batch[i] = &result{intent: j, outcome: outcomeDone, calls: []callRecord{
 			{step: stepUser, target: u, status: 200, outcome: "ok", started: j.claimed},
 			{step: stepUser, target: v, status: 200, outcome: "ok", started: j.claimed},
 			{step: stepConversation, target: "c", status: 200, outcome: "ok", started: j.claimed},
@@ -50,21 +50,22 @@ func (r *Relay) ExpireLeases(ctx context.Context) {
 	r.sweeper.unparkHeads(ctx)
 }
 
-// Job is a claimed intent, for tests that drive claims and completions.
-type Job = job
+// ClaimedIntent is a claimed intent, for tests that drive claims and
+// completions.
+type ClaimedIntent = claimedIntent
 
 // ID is the claimed intent's id.
-func (j *job) ID() int64 { return j.id }
+func (j *claimedIntent) ID() int64 { return j.id }
 
 // Claim claims up to n intents as the claimer would, without delivering them.
-func (r *Relay) Claim(ctx context.Context, n int) ([]*Job, error) { return r.claim(ctx, n) }
+func (r *Relay) Claim(ctx context.Context, n int) ([]*ClaimedIntent, error) { return r.claim(ctx, n) }
 
 // Complete records jobs with one outcome (done, dead, retry, release) and
 // no calls, the next attempt due after delay.
-func (r *Relay) Complete(ctx context.Context, jobs []*Job, how string, delay time.Duration) error {
+func (r *Relay) Complete(ctx context.Context, jobs []*ClaimedIntent, how string, delay time.Duration) error {
 	batch := make([]*result, len(jobs))
 	for i, j := range jobs {
-		batch[i] = &result{job: j, outcome: outcome(how), delay: delay}
+		batch[i] = &result{intent: j, outcome: outcome(how), delay: delay}
 		if outcome(how) != outcomeDone {
 			batch[i].err = "test: " + how
 		}
@@ -76,15 +77,15 @@ func (r *Relay) Complete(ctx context.Context, jobs []*Job, how string, delay tim
 func (r *Relay) ClaimStatement(n int) (string, []any) { return claimBatch, r.claimParams(n).args() }
 
 // RenewLeases holds jobs and renews their leases as the heartbeat would.
-func (r *Relay) RenewLeases(ctx context.Context, jobs []*Job) {
+func (r *Relay) RenewLeases(ctx context.Context, jobs []*ClaimedIntent) {
 	for _, j := range jobs {
 		r.held.add(j)
 	}
 	r.renewLeases(ctx)
 }
 
-// Lost reports whether a renewal found the job's intent no longer held.
-func (j *job) Lost() bool { return j.deadline.Load() == 0 }
+// Lost reports whether a renewal found the intent no longer held.
+func (j *claimedIntent) Lost() bool { return j.deadline.Load() == 0 }
 
 // RetentionRun counts what one retention run deleted.
 type RetentionRun = retentionRun
@@ -99,10 +100,10 @@ const DeleteDoneSQL = deleteDone
 // CompleteUserPuts records the claimed intents done, each having PUT every
 // user the claim did not skip, answered 200 unless failed[intent id] names
 // the user. No call is made.
-func (r *Relay) CompleteUserPuts(ctx context.Context, jobs []*Job, failed map[int64][]string) error {
+func (r *Relay) CompleteUserPuts(ctx context.Context, jobs []*ClaimedIntent, failed map[int64][]string) error {
 	batch := make([]*result, len(jobs))
 	for i, j := range jobs {
-		res := &result{job: j, outcome: outcomeDone}
+		res := &result{intent: j, outcome: outcomeDone}
 		for id, hash := range j.hashes {
 			if j.skip[id] {
 				continue

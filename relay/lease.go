@@ -9,18 +9,18 @@ import (
 // leaseSet is the intents this relay holds: claimed and not yet completed.
 type leaseSet struct {
 	mu   sync.Mutex
-	jobs map[int64]*job
+	jobs map[int64]*claimedIntent
 }
 
-func newLeaseSet() *leaseSet { return &leaseSet{jobs: map[int64]*job{}} }
+func newLeaseSet() *leaseSet { return &leaseSet{jobs: map[int64]*claimedIntent{}} }
 
-func (s *leaseSet) add(j *job) {
+func (s *leaseSet) add(j *claimedIntent) {
 	s.mu.Lock()
 	s.jobs[j.id] = j
 	s.mu.Unlock()
 }
 
-func (s *leaseSet) remove(j *job) {
+func (s *leaseSet) remove(j *claimedIntent) {
 	s.mu.Lock()
 	if s.jobs[j.id] == j {
 		delete(s.jobs, j.id)
@@ -28,10 +28,10 @@ func (s *leaseSet) remove(j *job) {
 	s.mu.Unlock()
 }
 
-func (s *leaseSet) snapshot() []*job {
+func (s *leaseSet) snapshot() []*claimedIntent {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	out := make([]*job, 0, len(s.jobs))
+	out := make([]*claimedIntent, 0, len(s.jobs))
 	for _, j := range s.jobs {
 		out = append(out, j)
 	}

@@ -53,7 +53,7 @@ SELECT min(id) FROM ins`, queue).Scan(&head); err != nil {
 		if err != nil {
 			t.Fatal(err)
 		}
-		var failed, done []*relay.Job
+		var failed, done []*relay.ClaimedIntent
 		for _, j := range jobs {
 			if j.ID() == head {
 				failed = append(failed, j)

@@ -52,9 +52,9 @@ const metricStepUsers callStep = "users"
 // intents it is PUT for.
 type batchUser struct {
 	user provider.User
-	hash []byte // hash of the content sent, from the claim; nil when user syncs are off (TTL 0)
-	from int64  // the intent whose content is sent: the highest id carrying the user
-	jobs []*job // the intents it is PUT for, in id order
+	hash []byte           // hash of the content sent, from the claim; nil when user syncs are off (TTL 0)
+	from int64            // the intent whose content is sent: the highest id carrying the user
+	jobs []*claimedIntent // the intents it is PUT for, in id order
 
 	flight *userFlight // this relay's flight for (id, hash) when it leads it
 
@@ -99,7 +99,7 @@ type userPlan struct {
 // highest intent skips the user (TalkJS holds its content), the user is
 // PUT for no one, and is covered for the intents that do not skip it.
 // jobs maps intent ids to the jobs the plan's batchUsers name.
-func planUsers(intents []planIntent, jobs map[int64]*job) userPlan {
+func planUsers(intents []planIntent, jobs map[int64]*claimedIntent) userPlan {
 	intents = slices.SortedFunc(slices.Values(intents), func(a, b planIntent) int { return cmp.Compare(a.id, b.id) })
 	type latest struct {
 		intent *planIntent
@@ -211,11 +211,11 @@ func newCallID() string {
 }
 
 // startUserSync reads the claimed intents' payloads, plans their users
-// and starts the PUTs; each job's users field says what to wait for. The
-// calls run under workCtx, cut short once every job they serve has ended
+// and starts the PUTs; each intent's users field says what to wait for. The
+// calls run under workCtx, cut short once every intent they serve has ended
 // (its context done), and are tracked by workers.
-func (r *Relay) startUserSync(workCtx context.Context, jobs []*job, jobCtxs []context.Context, workers *sync.WaitGroup) {
-	byID := make(map[int64]*job, len(jobs))
+func (r *Relay) startUserSync(workCtx context.Context, jobs []*claimedIntent, jobCtxs []context.Context, workers *sync.WaitGroup) {
+	byID := make(map[int64]*claimedIntent, len(jobs))
 	intents := make([]planIntent, 0, len(jobs))
 	for i, j := range jobs {
 		byID[j.id] = j
@@ -248,7 +248,7 @@ func (r *Relay) startUserSync(workCtx context.Context, jobs []*job, jobCtxs []co
 		return
 	}
 
-	// The calls stop when every job of the batch has ended (each job's
+	// The calls stop when every intent of the batch has ended (each intent's
 	// own calls are over by then, or it would still be waiting).
 	ctx, cancel := context.WithCancel(workCtx)
 	var live atomic.Int64
@@ -430,7 +430,7 @@ func (r *Relay) putHalves(ctx context.Context, users []*batchUser) {
 
 // tightestDeadline is the earliest lease deadline of jobs (monotonic ns),
 // 0 when none of them has one.
-func tightestDeadline(jobs []*job) int64 {
+func tightestDeadline(jobs []*claimedIntent) int64 {
 	var tightest int64
 	for _, j := range jobs {
 		if d := j.deadline.Load(); d != 0 && (tightest == 0 || d < tightest) {
@@ -525,9 +525,9 @@ func (r *Relay) settleIfOpen(bu *batchUser, err error) {
 	}
 }
 
-func jobsOf(users []*batchUser) []*job {
-	var out []*job
-	seen := map[*job]bool{}
+func jobsOf(users []*batchUser) []*claimedIntent {
+	var out []*claimedIntent
+	seen := map[*claimedIntent]bool{}
 	for _, bu := range users {
 		for _, j := range bu.jobs {
 			if !seen[j] {
@@ -542,7 +542,7 @@ func jobsOf(users []*batchUser) []*job {
 // awaitUsers waits until the users of j are settled, records what their
 // calls did for it and returns the error that decides its attempt. Every
 // call it waits for is bounded by the lease of an intent it serves.
-func (r *Relay) awaitUsers(j *job, res *result) error {
+func (r *Relay) awaitUsers(j *claimedIntent, res *result) error {
 	iu := j.users
 	for _, id := range iu.skipped {
 		r.skipUser(res, id, "unchanged since last synchronised")
@@ -588,7 +588,7 @@ func (r *Relay) awaitUsers(j *job, res *result) error {
 // that carries other content for the user is not judged by it, but
 // retried (a counted attempt), to send its own once the refused intent
 // no longer serves the user.
-func (bu *batchUser) errFor(j *job) error {
+func (bu *batchUser) errFor(j *claimedIntent) error {
 	var pe *provider.Error
 	if bu.err == nil || j.id == bu.from || !errors.As(bu.err, &pe) || pe.Kind != provider.Permanent || pe.Status == 0 {
 		return bu.err
@@ -600,13 +600,13 @@ func (bu *batchUser) errFor(j *job) error {
 		Err: fmt.Errorf("user %q: TalkJS refused the content of intent %d, not this intent's: sent again with its own: %w", bu.user.ID, bu.from, bu.err)}
 }
 
-// callFor makes one API call for jobs of one claim batch, as call does
+// callFor makes one API call for intents of one claim batch, as call does
 // for one intent: after any relay-wide Retry-After, through the gate (a
-// probe if any job is one), with a deadline from the tightest lease among
-// the jobs still held. It returns the call's record, nil when no call was
+// probe if any intent is one), with a deadline from the tightest lease among
+// the intents still held. It returns the call's record, nil when no call was
 // made (paused, lease ended, shutdown), and the metrics count it once
 // under metricStep.
-func (r *Relay) callFor(ctx context.Context, jobs []*job, metricStep callStep, fn func(context.Context) error) (*callRecord, error) {
+func (r *Relay) callFor(ctx context.Context, jobs []*claimedIntent, metricStep callStep, fn func(context.Context) error) (*callRecord, error) {
 	ctx, stop := whileServed(ctx, jobs)
 	defer stop()
 	if err := r.waitRetryAfter(ctx); err != nil {
@@ -647,12 +647,12 @@ func (r *Relay) callFor(ctx context.Context, jobs []*job, metricStep callStep, f
 	return rec, err
 }
 
-// whileServed returns ctx, cancelled as well once every job has ended
+// whileServed returns ctx, cancelled as well once every intent has ended
 // (its delivery's context done: the attempt ended, or the intent was
 // cancelled or passed to another relay), so that a call serving only
 // such intents stops at once instead of running to its deadline. Jobs
 // without a context (not started by startUserSync) leave ctx as it is.
-func whileServed(ctx context.Context, jobs []*job) (context.Context, context.CancelFunc) {
+func whileServed(ctx context.Context, jobs []*claimedIntent) (context.Context, context.CancelFunc) {
 	for _, j := range jobs {
 		if j.ctx == nil {
 			return ctx, func() {}

@@ -51,9 +51,9 @@ func TestUnitPlanUsers(t *testing.T) {
 		{name: "no users", intents: []planIntent{pi(1, nil)}},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
-			jobs := map[int64]*job{}
+			jobs := map[int64]*claimedIntent{}
 			for _, in := range tt.intents {
-				jobs[in.id] = &job{id: in.id}
+				jobs[in.id] = &claimedIntent{id: in.id}
 			}
 			p := planUsers(tt.intents, jobs)
 			var got []string
@@ -92,7 +92,7 @@ func orEmpty(m map[int64][]string) map[int64][]string {
 func TestUnitPlanUsersWithoutHashes(t *testing.T) {
 	t.Parallel()
 	in := planIntent{id: 1, users: []outbox.User{{ID: "a", Name: "A"}}} // user syncs off: no hashes, no skips
-	p := planUsers([]planIntent{in}, map[int64]*job{1: {id: 1}})
+	p := planUsers([]planIntent{in}, map[int64]*claimedIntent{1: {id: 1}})
 	if len(p.put) != 1 || p.put[0].hash != nil {
 		t.Fatalf("put = %v, want user a with no hash", p.put)
 	}
@@ -129,8 +129,8 @@ func TestUnitChunks(t *testing.T) {
 func TestUnitSplitRefused(t *testing.T) {
 	t.Parallel()
 	// Users a (intents 1, 2), b (2), c (3).
-	j1, j2, j3 := &job{id: 1}, &job{id: 2}, &job{id: 3}
-	mk := func(id string, jobs ...*job) *batchUser {
+	j1, j2, j3 := &claimedIntent{id: 1}, &claimedIntent{id: 2}, &claimedIntent{id: 3}
+	mk := func(id string, jobs ...*claimedIntent) *batchUser {
 		bu := &batchUser{jobs: jobs}
 		bu.user.ID = id
 		return bu
