@@ -167,6 +167,3 @@ func (a *adaptiveRate) beat(appLimit float64, live int, others float64) float64 
 	}
 	return a.ctl.Rate()
 }
-
-// rate returns the current rate.
-func (a *adaptiveRate) rate() float64 { return a.ctl.Rate() }
