@@ -65,7 +65,7 @@ func TestBatchSyncRefusedLaterContentSparesEarlierIntent(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := r.Start(context.Background()); err != nil {
+	if err := r.Start(t.Context()); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(r.Stop)

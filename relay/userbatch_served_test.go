@@ -54,7 +54,7 @@ func (p *hangingUsers) PutConversation(ctx context.Context, c provider.Conversat
 func TestBatchCallStopsWhenEveryIntentItServesHasEnded(t *testing.T) {
 	t.Parallel()
 	b := setup(t, faketalkjs.Faults{})
-	ctx := context.Background()
+	ctx := t.Context()
 	// x's users get records; b carries the same users and skips them, a
 	// carries a new buyer and the seller with new content.
 	first := b.startRelay(t, testConfig("served-0"), testSecret)

@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/outbox-relay/outbox-relay/internal/relaytest"
 	"github.com/outbox-relay/outbox-relay/provider"
 	"github.com/outbox-relay/outbox-relay/provider/faketalkjs"
 )
@@ -44,7 +45,7 @@ func TestOnAnswerReportsEveryRequestSent(t *testing.T) {
 	b := setup(t, faketalkjs.Faults{RateLimit: 0.1, Burst: 1}, func(c *Config) { c.Timeout = 300 * time.Millisecond })
 	var log answerLog
 	b.client.OnAnswer(log.record)
-	ctx := context.Background()
+	ctx := t.Context()
 	if err := b.client.PutUser(ctx, alice); err != nil {
 		t.Fatal(err)
 	}
@@ -61,9 +62,13 @@ func TestOnAnswerReportsEveryRequestSent(t *testing.T) {
 	if err := b.client.PutUser(ctx, alice); !errors.As(err, &pe) || pe.Kind != provider.Retryable {
 		t.Fatalf("PUT to a hung API: %v, want a retryable failure", err)
 	}
-	// Cancelled by its caller.
+	// Cancelled by its caller, once the fake holds the request (it was sent).
 	cctx, cancel := context.WithCancel(ctx)
-	go func() { time.Sleep(20 * time.Millisecond); cancel() }()
+	sent := b.fake.Stats().Requests
+	go func() {
+		relaytest.Poll(5*time.Second, func() bool { return b.fake.Stats().Requests > sent })
+		cancel()
+	}()
 	if err := b.client.PutUser(cctx, alice); !errors.Is(err, context.Canceled) {
 		t.Fatalf("cancelled PUT: %v, want context.Canceled", err)
 	}
@@ -90,7 +95,7 @@ func TestHoldRetryAfter(t *testing.T) {
 		if hold {
 			b.client.HoldRetryAfter(time.Minute)
 		}
-		ctx := context.Background()
+		ctx := t.Context()
 		if err := b.client.PutUser(ctx, alice); err != nil {
 			t.Fatal(err)
 		}
