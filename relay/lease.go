@@ -155,6 +155,8 @@ func (r *Relay) beat(ctx context.Context) {
 		share := r.cfg.RateLimit / float64(live)
 		burst := max(1, r.cfg.RateBurst/live)
 		rl.SetRateLimit(share, burst)
+		r.metrics.rate.Set(share)
+		r.metrics.rateCeiling.Set(share)
 	}
 }
 

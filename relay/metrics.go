@@ -138,7 +138,7 @@ func (m *metrics) stateDefs() []metricDef {
 		{dst: &m.paused, name: "paused", labels: []string{"reason"},
 			help: "1 while delivery is paused, by reason (auth, breaker, operator)."},
 		{dst: &m.rate, name: "rate_limit",
-			help: "Requests per second this relay allows itself: the rate its adaptive limit found (0 when it has none)."},
+			help: "Requests per second this relay allows itself: the rate its adaptive limit found, or its share of a fixed OUTBOX_RATE_LIMIT (0 when it has no limit)."},
 		{dst: &m.rateCeiling, name: "rate_limit_ceiling",
 			help: "This relay's share of OUTBOX_RATE_LIMIT, the most its adaptive limit may reach (0: no ceiling)."},
 		{dst: &m.rateCuts, name: "rate_limit_cuts_total", labels: []string{"cause"},

@@ -36,7 +36,7 @@ const (
 	DefaultSlowFactor  = 2.0
 	DefaultSlowMargin  = 200 * time.Millisecond
 	DefaultCooldown    = time.Second
-	DefaultSlowStart   = 500 * time.Millisecond
+	DefaultSlowStart   = 250 * time.Millisecond
 	DefaultRecover     = 4 * time.Second
 	DefaultHold        = 12 * time.Second
 )
@@ -414,7 +414,7 @@ func (c *Controller) growLocked(now time.Time) {
 	if target <= c.rate {
 		return
 	}
-	used, _ := c.meter.rate(now, 1, c.rate)
+	used, _ := c.meter.rateOver(now, c.slots(), 1, c.rate)
 	if !c.slowStart && used < usedFull*c.rate {
 		// The calls do not use the rate: it says nothing about the API,
 		// so it does not rise, and the curve waits.
@@ -447,13 +447,7 @@ func (c *Controller) cutLocked(now time.Time, factor float64, cause string, retr
 		return
 	}
 	base := c.rate
-	// In slow start the rate doubles every SlowStart: the last second
-	// measures what the API lets through; the whole window would lag.
-	slots := meterSlots
-	if c.slowStart {
-		slots = int(time.Second / meterSlot)
-	}
-	if m, ok := c.meter.rateOver(now, slots, minMeasured, c.rate); ok && now.Sub(c.meter.first) >= minHistory {
+	if m, ok := c.meter.rateOver(now, c.slots(), minMeasured, c.rate); ok && now.Sub(c.meter.first) >= minHistory {
 		// At most halved by one cut: when several callers share the
 		// API, one may see few of its calls through for a moment.
 		base = min(base, max(m, 0.5*c.rate/factor))
@@ -476,6 +470,17 @@ func (c *Controller) cutLocked(now time.Time, factor float64, cause string, retr
 	if c.cfg.OnCut != nil {
 		c.cfg.OnCut(cause)
 	}
+}
+
+// slots is how many slots of the meter measure the rate of answers: in
+// slow start the rate doubles every SlowStart, so only the last second
+// measures it (the whole window would lag far behind); else the whole
+// window.
+func (c *Controller) slots() int {
+	if c.slowStart {
+		return int(time.Second / meterSlot)
+	}
+	return meterSlots
 }
 
 // coolingLocked reports whether a cut is cooling down (see cutLocked).
