@@ -26,7 +26,7 @@ func ExampleEnqueue() {
 	if err != nil {
 		panic(err)
 	}
-	defer tx.Rollback(ctx) //nolint:errcheck
+	defer tx.Rollback(ctx) //nolint:errcheck // a no-op after Commit
 
 	if _, err := tx.Exec(ctx, `INSERT INTO orders (id, buyer, seller) VALUES ($1, $2, $3)`,
 		"123", "u1", "u2"); err != nil {

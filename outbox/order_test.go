@@ -26,7 +26,7 @@ func TestIDOrderIsCommitOrderPerConversation(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer txA.Rollback(ctx) //nolint:errcheck
+	defer txA.Rollback(ctx) //nolint:errcheck // after Commit a no-op; a failed test ends the transaction either way
 	idA, err := outbox.Enqueue(ctx, txA, simpleIntent("order_C", "from A"))
 	if err != nil {
 		t.Fatal(err)
@@ -37,7 +37,7 @@ func TestIDOrderIsCommitOrderPerConversation(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer txB.Rollback(ctx) //nolint:errcheck
+	defer txB.Rollback(ctx) //nolint:errcheck // after Commit a no-op; a failed test ends the transaction either way
 	type result struct {
 		id  int64
 		err error
@@ -67,7 +67,7 @@ SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE pid = $1 AND wait_event_type
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer txC.Rollback(ctx) //nolint:errcheck
+	defer txC.Rollback(ctx) //nolint:errcheck // after Commit a no-op; a failed test ends the transaction either way
 	if _, err := outbox.Enqueue(ctxC, txC, simpleIntent("order_D", "from C")); err != nil {
 		t.Fatalf("insert for another conversation: %v", err)
 	}

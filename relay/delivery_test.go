@@ -175,7 +175,7 @@ func TestOverlappingProducersDeliverInCommitOrder(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer txB.Rollback(ctx) //nolint:errcheck
+	defer txB.Rollback(ctx) //nolint:errcheck // after Commit a no-op; a failed test ends the transaction either way
 	var bPID int
 	if err := txB.QueryRow(ctx, `SELECT pg_backend_pid()`).Scan(&bPID); err != nil {
 		t.Fatal(err)
@@ -185,7 +185,7 @@ func TestOverlappingProducersDeliverInCommitOrder(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer txA.Rollback(ctx) //nolint:errcheck
+	defer txA.Rollback(ctx) //nolint:errcheck // after Commit a no-op; a failed test ends the transaction either way
 	if _, err := outbox.Enqueue(ctx, txA, withText(orderIntent("shared", 1), "A1")); err != nil {
 		t.Fatal(err)
 	}

@@ -105,7 +105,7 @@ func ensureTemplate(ctx context.Context, adminURL string) (string, error) {
 	if _, err := conn.Exec(ctx, `SELECT pg_advisory_lock(7467737401)`); err != nil {
 		return "", err
 	}
-	defer conn.Exec(context.Background(), `SELECT pg_advisory_unlock(7467737401)`) //nolint:errcheck
+	defer conn.Exec(context.Background(), `SELECT pg_advisory_unlock(7467737401)`) //nolint:errcheck // the lock ends with the connection anyway
 	var exists bool
 	if err := conn.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)`, name).Scan(&exists); err != nil {
 		return "", err
