@@ -56,6 +56,10 @@ type adaptiveRate struct {
 	live    int // live relays at the last heartbeat; 0 before the first
 	applied float64
 	bursted int
+
+	// beforeApplyLock, when set (tests only), runs in apply before it
+	// takes mu: where another answer may cut the rate meanwhile.
+	beforeApplyLock func()
 }
 
 // newAdaptiveRate returns the adaptive limit of a relay with cfg over p,
@@ -121,10 +125,16 @@ func (a *adaptiveRate) limit(appLimit float64, live int) {
 }
 
 // apply sets the provider's limiter to the controller's rate, when it
-// moved by more than a little (setting it takes the limiter's lock).
+// moved by more than a little (setting it takes the limiter's lock). The
+// rate is read under mu, so the last apply to set the limiter read the
+// controller's latest rate: a rate read before a cut (another answer's
+// 429) never overwrites the cut.
 func (a *adaptiveRate) apply() {
-	r := a.ctl.Rate()
+	if a.beforeApplyLock != nil {
+		a.beforeApplyLock()
+	}
 	a.mu.Lock()
+	r := a.ctl.Rate()
 	burst := a.burst
 	if burst > 0 {
 		burst = max(1, burst/max(a.live, 1))
@@ -137,8 +147,8 @@ func (a *adaptiveRate) apply() {
 	}
 	a.applied, a.bursted = r, burst
 	a.limiter.SetRateLimit(r, burst)
-	a.mu.Unlock()
 	a.m.rate.Set(r)
+	a.mu.Unlock()
 }
 
 // beat shares the limit after a heartbeat found live relays (itself
