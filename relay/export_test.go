@@ -50,6 +50,11 @@ func (r *Relay) ExpireLeases(ctx context.Context) {
 	r.sweeper.unparkHeads(ctx)
 }
 
+// StopSweeper stops the relay's own sweeps for expired leases (the rest
+// of the relay runs on), so that only another relay's sweep can take an
+// intent back.
+func (r *Relay) StopSweeper(ctx context.Context) error { return r.sweeper.Stop(ctx) }
+
 // ClaimedIntent is a claimed intent, for tests that drive claims and
 // completions.
 type ClaimedIntent = claimedIntent

@@ -118,17 +118,24 @@ func TestTakeoverWakesOtherRelays(t *testing.T) {
 	if err := r.Start(t.Context()); err != nil {
 		t.Fatal(err)
 	}
+	// The idle relay's own sweep (every second) would take the intent back
+	// and claim it without any wake-up, and on a busy host it did so
+	// before this test's sweeper could: only a wake-up may bring it here.
+	if err := r.StopSweeper(t.Context()); err != nil {
+		t.Fatal(err)
+	}
 	// Another relay (not delivering: it only sweeps) takes the intent
-	// back as soon as its lease has ended.
+	// back once its lease has ended by the database clock.
 	sweeper := b.newRelay(t, testConfig("sweeper"))
 	waitFor(t, time.Until(expires)+5*time.Second, "the ghost's lease to end", func() bool {
 		var ended bool
-		err := b.pool.QueryRow(t.Context(), `SELECT lease_expires_at < now() FROM outbox.intents WHERE id = $1`, ids[0]).Scan(&ended)
+		err := b.pool.QueryRow(t.Context(), `SELECT $1 < now()`, expires).Scan(&ended)
 		return err == nil && ended
 	})
 	swept := time.Now()
 	sweeper.ExpireLeases(t.Context())
-	waitFor(t, 5*time.Second, "the idle relay to claim and deliver the intent taken back", func() bool {
+	// Well before the idle relay's next poll.
+	waitFor(t, idle.PollInterval/3, "the idle relay to claim and deliver the intent taken back", func() bool {
 		_, ok := b.doneAt(t, ids[0])
 		return ok
 	})
