@@ -137,7 +137,7 @@ func (r *Relay) renewLeases(ctx context.Context) {
 func (r *Relay) beat(ctx context.Context) {
 	r.beatMu.Lock()
 	defer r.beatMu.Unlock()
-	hb, err := r.q.heartbeat(ctx, heartbeatParams{Relay: r.cfg.Name, LiveWithin: 3 * r.cfg.heartbeatInterval(),
+	hb, err := r.q.heartbeat(ctx, heartbeatParams{Relay: r.cfg.Name, LiveWithin: r.cfg.liveWithin(),
 		Version: r.cfg.Version, Rate: r.published})
 	if err != nil {
 		r.setDB(false, "heartbeat", err)
@@ -146,6 +146,7 @@ func (r *Relay) beat(ctx context.Context) {
 	r.setDB(true, "", nil)
 	r.writes.Add(1)
 	live, others := hb.Live, hb.Others
+	r.live.Store(int64(live))
 	r.metrics.liveRelays.Set(float64(live))
 	if r.rate != nil {
 		r.published = r.rate.beat(r.cfg.RateLimit, live, others)
@@ -157,6 +158,35 @@ func (r *Relay) beat(ctx context.Context) {
 		rl.SetRateLimit(share, burst)
 		r.metrics.rate.Set(share)
 		r.metrics.rateCeiling.Set(share)
+	}
+}
+
+// liveWithin is how recent a relay's heartbeat must be for it to count as
+// live (relayIsLive): the lease, three heartbeat intervals. A relay that
+// crashed counts as live for a lease after its last heartbeat.
+func (c Config) liveWithin() time.Duration { return c.Lease }
+
+// checkLive counts the live relays, as the heartbeat does, and when their
+// number is not what the last heartbeat found (a relay crashed: its last
+// heartbeat just became older than the lease), has the lease keeper beat
+// now, so the rate limit is shared again within a sweep instead of at the
+// next heartbeat. Every relay's sweep looks for itself, so none needs to
+// tell the others.
+func (r *Relay) checkLive(ctx context.Context) {
+	seen := r.live.Load()
+	if seen == 0 {
+		return // no heartbeat yet
+	}
+	n, err := r.q.liveRelays(ctx, r.cfg.Name, r.cfg.liveWithin())
+	if err != nil {
+		r.setDB(false, "live_relays", err)
+		return
+	}
+	if int64(n) != seen {
+		select {
+		case r.relaysChanged <- struct{}{}:
+		default: // a beat is already due
+		}
 	}
 }
 

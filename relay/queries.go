@@ -139,6 +139,14 @@ func (q queries) liveRelayNamed(ctx context.Context, relay string, lease time.Du
 	return taken, err
 }
 
+// liveRelays runs liveRelays: the relays with a heartbeat within
+// liveWithin, relay included.
+func (q queries) liveRelays(ctx context.Context, relay string, liveWithin time.Duration) (int, error) {
+	var n int
+	err := q.db.QueryRow(ctx, liveRelays, relay, liveWithin).Scan(&n)
+	return n, err
+}
+
 // checkSchema reads outbox.wakeup: it fails when the schema is missing.
 func (q queries) checkSchema(ctx context.Context) error {
 	var waiting bool

@@ -1,9 +1,13 @@
 package relay
 
 import (
+	"context"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/outbox-relay/outbox-relay/internal/pgtest"
+	"github.com/outbox-relay/outbox-relay/internal/relaytest"
 )
 
 // fakeLimited is a provider that reports answers and has a limiter: it
@@ -61,4 +65,80 @@ func TestUnitAdaptiveRateApplyKeepsCut(t *testing.T) {
 	if got := p.limit(); got != cut {
 		t.Fatalf("limiter at %.2f/s after the cut to %.2f/s (%.2f/s before it): a stale rate overwrote the cut", got, cut, before)
 	}
+}
+
+// limitedOK is an okProvider with a limiter that reports answers, so a
+// relay over it has an adaptive rate.
+type limitedOK struct {
+	okProvider
+	fakeLimited
+}
+
+// A relay that crashed (stopped without removing its row) gives its share
+// of the rate limit back within a sweep of its heartbeat becoming older
+// than the lease: every live relay's sweep counts the live relays and
+// shares again when the number changed, not at its next heartbeat. With a
+// lease of 30s the heartbeats come every 10s and the sweeps every second;
+// the crashed relay's heartbeat is aged right after the others beat, so
+// only a sweep can share again within the deadline of two sweeps.
+func TestAdaptiveRateCrashedRelaySharedWithinSweep(t *testing.T) {
+	t.Parallel()
+	pool, _ := pgtest.NewPool(t)
+	const appLimit = 30.0
+	suffix := randomSuffix()
+	var relays []*Relay
+	for _, name := range []string{"a", "b", "c"} {
+		cfg := Config{Name: "crash-" + name + "-" + suffix, Lease: 30 * time.Second, RateAdaptive: true, RateLimit: appLimit}
+		r, err := New(pool, &limitedOK{}, cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if r.rate == nil {
+			t.Fatal("the relay has no adaptive rate")
+		}
+		if err := r.Start(t.Context()); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(r.Stop)
+		relays = append(relays, r)
+	}
+	a, b, c := relays[0], relays[1], relays[2]
+	shares := func(live int) bool {
+		for _, r := range []*Relay{a, b} {
+			if r.live.Load() != int64(live) || r.rate.ctl.Ceiling() != appLimit/float64(live) {
+				return false
+			}
+		}
+		return true
+	}
+	// They share at once: each joining relay notifies.
+	relaytest.WaitFor(t, 10*time.Second, "the three relays to share the limit", func() bool { return shares(3) })
+
+	// C crashes: its services stop, its row stays.
+	if err := stopAll(context.Background(), c.services()); err != nil {
+		t.Fatal(err)
+	}
+	// Wait for A's and B's next heartbeats, so that the next ones are most
+	// of a heartbeat interval away, then age C's heartbeat past the lease.
+	var mark time.Time
+	if err := pool.QueryRow(t.Context(), `SELECT now()`).Scan(&mark); err != nil {
+		t.Fatal(err)
+	}
+	relaytest.WaitFor(t, 2*a.cfg.heartbeatInterval(), "relays A and B to beat", func() bool {
+		var n int
+		if err := pool.QueryRow(t.Context(), `SELECT count(*) FROM outbox.relays WHERE id = ANY($1) AND heartbeat_at > $2`,
+			[]string{a.cfg.Name, b.cfg.Name}, mark).Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+		return n == 2
+	})
+	if _, err := pool.Exec(t.Context(), `UPDATE outbox.relays SET heartbeat_at = now() - $2::interval WHERE id = $1`,
+		c.cfg.Name, c.cfg.liveWithin()); err != nil {
+		t.Fatal(err)
+	}
+	if !shares(3) {
+		t.Fatal("a relay shared the limit again before the crashed relay's heartbeat was older than the lease")
+	}
+	relaytest.WaitFor(t, 2*a.cfg.sweepInterval(), "relays A and B to take the crashed relay's share within two sweeps",
+		func() bool { return shares(2) })
 }

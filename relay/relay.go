@@ -58,6 +58,7 @@ type Relay struct {
 	beatMu        sync.Mutex
 	published     float64
 	relaysChanged chan struct{} // another relay came or went
+	live          atomic.Int64  // live relays at the last heartbeat; 0 before the first
 
 	epoch       time.Time     // origin of the monotonic lease clock
 	callTimeout time.Duration // the longest one call may take
@@ -252,7 +253,7 @@ func (r *Relay) checkDatabase(ctx context.Context) error {
 			"another session can hold up the relay; make its pool with relay.ConfigurePool",
 			"statement_timeout", statementTimeout, "lock_timeout", lockTimeout)
 	}
-	taken, err := r.q.liveRelayNamed(ctx, r.cfg.Name, r.cfg.Lease)
+	taken, err := r.q.liveRelayNamed(ctx, r.cfg.Name, r.cfg.liveWithin())
 	if err != nil {
 		return fmt.Errorf("relay: check relay name: %w", err)
 	}

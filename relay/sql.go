@@ -556,7 +556,21 @@ WITH me AS (
 SELECT count(*) + 1, coalesce(sum(rate), 0)::float8
   FROM outbox.relays
  WHERE id <> $1
-   AND heartbeat_at > now() - $2::interval`
+   AND ` + relayIsLive
+
+	// relayIsLive is what makes a relay live: a heartbeat within $2 (the
+	// lease, Config.liveWithin). The heartbeat, the sweep and the name
+	// check all count relays by it.
+	relayIsLive = `heartbeat_at > now() - $2::interval`
+
+	// liveRelays counts the live relays, this one ($1) included whatever
+	// its own heartbeat, as the heartbeat does: the sweep's look for a
+	// relay that stopped heartbeating (a crash).
+	liveRelays = `
+SELECT count(*) + 1
+  FROM outbox.relays
+ WHERE id <> $1
+   AND ` + relayIsLive
 
 	// forgetRelays removes this relay's row (at shutdown).
 	forgetRelays = `DELETE FROM outbox.relays WHERE id = $1`
@@ -666,7 +680,7 @@ SELECT count(*) FROM gone`
 
 	// liveRelayNamed reports whether a live relay already uses a name.
 	liveRelayNamed = `
-SELECT EXISTS (SELECT 1 FROM outbox.relays WHERE id = $1 AND heartbeat_at > now() - $2::interval)`
+SELECT EXISTS (SELECT 1 FROM outbox.relays WHERE id = $1 AND ` + relayIsLive + `)`
 )
 
 // notifyChannel is the channel producers NOTIFY when a relay is waiting.

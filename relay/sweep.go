@@ -7,7 +7,8 @@ import (
 )
 
 // sweeper is the service that takes back other relays' expired leases
-// every sweep interval and, at most every unparkHeadsInterval, makes one
+// every sweep interval, notices relays that stopped heartbeating (checkLive)
+// and, at most every unparkHeadsInterval, makes one
 // bounded pass for stranded parked heads. It owns the pass's cursor.
 type sweeper struct {
 	r *Relay
@@ -48,6 +49,7 @@ func (w *sweeper) sweep(ctx context.Context, lastUnpark *time.Time) {
 	opCtx, cancel := context.WithTimeout(ctx, w.r.cfg.heartbeatInterval())
 	defer cancel()
 	w.r.expireLeases(opCtx)
+	w.r.checkLive(opCtx)
 	if time.Since(*lastUnpark) >= unparkHeadsInterval {
 		*lastUnpark = time.Now()
 		w.unparkHeads(opCtx)
