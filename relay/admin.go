@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"time"
 
-	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 )
 
@@ -35,27 +34,27 @@ type Status struct {
 
 // FailedCalls is how many calls of one step failed one way in the last hour.
 type FailedCalls struct {
-	Step    string `json:"step"`
-	Outcome string `json:"outcome"`
-	Calls   int64  `json:"calls"`
+	Step    string `db:"step" json:"step"`
+	Outcome string `db:"outcome" json:"outcome"`
+	Calls   int64  `db:"calls" json:"calls"`
 }
 
 // DeadIntent is one dead letter.
 type DeadIntent struct {
-	ID             int64
-	Key            *string
-	ConversationID string
-	Attempts       int
-	LastError      *string
-	UpdatedAt      time.Time
+	ID             int64     `db:"id"`
+	Key            *string   `db:"key"`
+	ConversationID string    `db:"conversation_id"`
+	Attempts       int       `db:"attempts"`
+	LastError      *string   `db:"last_error"`
+	UpdatedAt      time.Time `db:"updated_at"`
 }
 
 // RelayInfo is one live relay process.
 type RelayInfo struct {
-	ID          string
-	StartedAt   time.Time
-	HeartbeatAt time.Time
-	Version     string
+	ID          string    `db:"id"`
+	StartedAt   time.Time `db:"started_at"`
+	HeartbeatAt time.Time `db:"heartbeat_at"`
+	Version     string    `db:"version"`
 }
 
 const (
@@ -73,8 +72,8 @@ WITH active AS (
 )
 SELECT a.pending, a.delivering, a.dead,
        CASE WHEN e.n < $1 THEN (SELECT count(*) FROM outbox.intents WHERE state = 'done')
-            ELSE greatest(e.n - a.pending - a.delivering - a.dead, 0) END,
-       e.n >= $1
+            ELSE greatest(e.n - a.pending - a.delivering - a.dead, 0) END AS done,
+       e.n >= $1 AS done_estimated
   FROM active a, est e`
 
 	statusOldestPending = `
@@ -114,53 +113,30 @@ const ExactDoneLimit = 100_000
 
 // ReadStatus reads the queue's status, listing up to deadLimit dead intents.
 func ReadStatus(ctx context.Context, pool *pgxpool.Pool, deadLimit int) (Status, error) {
+	q := adminQueries{db: pool}
 	st := Status{Counts: map[State]int64{}}
-	var pending, delivering, deadN, done int64
-	if err := pool.QueryRow(ctx, statusCounts, ExactDoneLimit).Scan(&pending, &delivering, &deadN, &done, &st.DoneEstimated); err != nil {
+	c, err := q.statusCounts(ctx, ExactDoneLimit)
+	if err != nil {
 		return st, fmt.Errorf("status: counts: %w", err)
 	}
-	st.Counts = map[State]int64{StatePending: pending, StateDelivering: delivering, StateDone: done, StateDead: deadN}
-	var oldest float64
-	if err := pool.QueryRow(ctx, statusOldestPending).Scan(&oldest); err != nil {
+	st.Counts = map[State]int64{StatePending: c.Pending, StateDelivering: c.Delivering, StateDone: c.Done, StateDead: c.Dead}
+	st.DoneEstimated = c.DoneEstimated
+	if st.OldestPending, err = q.oldestPending(ctx); err != nil {
 		return st, fmt.Errorf("status: oldest pending: %w", err)
 	}
-	st.OldestPending = time.Duration(oldest * float64(time.Second))
-
-	var lag float64
-	if err := pool.QueryRow(ctx, statusLag).Scan(&lag); err != nil {
+	if st.Lag, err = q.lag(ctx); err != nil {
 		return st, fmt.Errorf("status: lag: %w", err)
 	}
-	st.Lag = time.Duration(lag * float64(time.Second))
-	failed, err := pool.Query(ctx, statusFailedCalls)
-	if err != nil {
+	if st.FailedCalls, err = q.failedCalls(ctx); err != nil {
 		return st, fmt.Errorf("status: failed calls: %w", err)
 	}
-	st.FailedCalls, err = pgx.CollectRows(failed, pgx.RowToStructByPos[FailedCalls])
-	if err != nil {
-		return st, fmt.Errorf("status: failed calls: %w", err)
-	}
-
-	dead, err := pool.Query(ctx, statusDead, deadLimit)
-	if err != nil {
-		return st, fmt.Errorf("status: dead: %w", err)
-	}
-	st.Dead, err = pgx.CollectRows(dead, func(row pgx.CollectableRow) (DeadIntent, error) {
-		var d DeadIntent
-		err := row.Scan(&d.ID, &d.Key, &d.ConversationID, &d.Attempts, &d.LastError, &d.UpdatedAt)
-		return d, err
-	})
-	if err != nil {
+	if st.Dead, err = q.deadIntents(ctx, deadLimit); err != nil {
 		return st, fmt.Errorf("status: dead: %w", err)
 	}
 	if st.Paused, err = ReadPause(ctx, pool); err != nil {
 		return st, fmt.Errorf("status: %w", err)
 	}
-	relays, err := pool.Query(ctx, statusRelays)
-	if err != nil {
-		return st, fmt.Errorf("status: relays: %w", err)
-	}
-	st.Relays, err = pgx.CollectRows(relays, pgx.RowToStructByPos[RelayInfo])
-	if err != nil {
+	if st.Relays, err = q.liveRelays(ctx); err != nil {
 		return st, fmt.Errorf("status: relays: %w", err)
 	}
 	return st, nil

@@ -7,7 +7,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 )
 
@@ -69,27 +68,17 @@ WITH ended AS (
      WHERE paused_at IS NOT NULL
     RETURNING 1
 )
-SELECT count(*), pg_notify('` + notifyChannel + `', '') IS NULL FROM ended`
+SELECT count(*) AS ended, pg_notify('` + notifyChannel + `', '') IS NULL AS notified FROM ended`
 )
 
 // ReadPause returns the operator's pause, or nil when delivery is not
 // paused.
-func ReadPause(ctx context.Context, q interface {
-	QueryRow(context.Context, string, ...any) pgx.Row
-}) (*OperatorPause, error) {
-	var p OperatorPause
-	var reason *string
-	err := q.QueryRow(ctx, readControl).Scan(&p.Since, &p.By, &reason)
-	if errors.Is(err, pgx.ErrNoRows) {
-		return nil, nil
-	}
+func ReadPause(ctx context.Context, pool *pgxpool.Pool) (*OperatorPause, error) {
+	p, err := adminQueries{db: pool}.readPause(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("read pause: %w", err)
 	}
-	if reason != nil {
-		p.Reason = *reason
-	}
-	return &p, nil
+	return p, nil
 }
 
 // Pause stops every relay from claiming: once it returns, no intent is
@@ -97,23 +86,7 @@ func ReadPause(ctx context.Context, q interface {
 // in force and whether this call started it (false: one was already on,
 // and is left as it was).
 func Pause(ctx context.Context, pool *pgxpool.Pool, reason string) (*OperatorPause, bool, error) {
-	var p *OperatorPause
-	var started bool
-	err := pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
-		if _, err := tx.Exec(ctx, fmt.Sprintf("SET LOCAL lock_timeout = '%dms'", pauseLockTimeout.Milliseconds())); err != nil {
-			return err
-		}
-		if _, err := tx.Exec(ctx, lockControl); err != nil {
-			return fmt.Errorf("lock outbox.control (a session may hold it in an open transaction): %w", err)
-		}
-		tag, err := tx.Exec(ctx, pauseDelivery, reason)
-		if err != nil {
-			return err
-		}
-		started = tag.RowsAffected() == 1
-		p, err = ReadPause(ctx, tx)
-		return err
-	})
+	p, started, err := adminQueries{db: pool}.pause(ctx, pool, reason)
 	if err != nil {
 		return nil, false, fmt.Errorf("pause: %w", err)
 	}
@@ -126,12 +99,11 @@ func Pause(ctx context.Context, pool *pgxpool.Pool, reason string) (*OperatorPau
 // Resume ends an operator's pause and wakes the relays. It reports whether
 // delivery was paused.
 func Resume(ctx context.Context, pool *pgxpool.Pool) (bool, error) {
-	var n int
-	var ignored bool
-	if err := pool.QueryRow(ctx, resumeDelivery).Scan(&n, &ignored); err != nil {
+	ended, err := adminQueries{db: pool}.resume(ctx)
+	if err != nil {
 		return false, fmt.Errorf("resume: %w", err)
 	}
-	return n > 0, nil
+	return ended, nil
 }
 
 // operatorPause is the relay's copy of outbox.control.

@@ -2,10 +2,8 @@ package relay
 
 import (
 	"context"
-	"strconv"
 	"time"
 
-	"github.com/jackc/pgx/v5"
 	"github.com/prometheus/client_golang/prometheus"
 )
 
@@ -20,7 +18,7 @@ const gaugeInterval = 10 * time.Second
 // history.
 const readGauges = `
 SELECT l.pending, l.delivering,
-       (SELECT count(*) FROM outbox.intents WHERE state = 'dead'),
+       (SELECT count(*) FROM outbox.intents WHERE state = 'dead') AS dead,
        l.lag_s
   FROM outbox.lag l`
 
@@ -59,28 +57,20 @@ func (g *gaugeReader) loop(ctx context.Context) {
 
 // refreshGauges reads the queue gauges from the database.
 func (r *Relay) refreshGauges(ctx context.Context) {
-	var pending, delivering, dead int64
-	var lag float64
-	err := pgx.BeginFunc(ctx, r.pool, func(tx pgx.Tx) error {
-		// The relay's sessions cut statements at a quarter of the lease,
-		// sized for its lock paths; counting a large backlog can take
-		// longer, and this read locks no row. It gets the interval instead.
-		ms := strconv.FormatInt(gaugeInterval.Milliseconds(), 10)
-		if _, err := tx.Exec(ctx, `SELECT set_config('statement_timeout', $1, true)`, ms); err != nil {
-			return err
-		}
-		return tx.QueryRow(ctx, readGauges, planFresh).Scan(&pending, &delivering, &dead, &lag)
-	})
+	// The relay's sessions cut statements at a quarter of the lease,
+	// sized for its lock paths; counting a large backlog can take longer,
+	// and this read locks no row. It gets the interval instead.
+	g, err := r.q.readGauges(ctx, gaugeInterval)
 	if err != nil {
 		if ctx.Err() == nil {
 			r.setDB(false, "read_gauges", err)
 		}
 		return
 	}
-	r.metrics.intents.WithLabelValues(string(StatePending)).Set(float64(pending))
-	r.metrics.intents.WithLabelValues(string(StateDelivering)).Set(float64(delivering))
-	r.metrics.intents.WithLabelValues(string(StateDead)).Set(float64(dead))
-	r.metrics.lag.Set(lag)
+	r.metrics.intents.WithLabelValues(string(StatePending)).Set(float64(g.Pending))
+	r.metrics.intents.WithLabelValues(string(StateDelivering)).Set(float64(g.Delivering))
+	r.metrics.intents.WithLabelValues(string(StateDead)).Set(float64(g.Dead))
+	r.metrics.lag.Set(g.LagS)
 }
 
 // waitRetryAfter holds a call until a 429's Retry-After has passed, and

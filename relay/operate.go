@@ -210,26 +210,15 @@ SELECT id, true AS notified FROM gone ORDER BY id`
 // every call recorded for it in order. It returns ErrNotFound when there is
 // none.
 func Inspect(ctx context.Context, pool *pgxpool.Pool, id int64, key string) (Intent, []Call, error) {
-	args := pgx.NamedArgs{"id": id, "key": nil}
-	if key != "" {
-		args = pgx.NamedArgs{"id": nil, "key": key}
-	}
-	rows, err := pool.Query(ctx, inspectIntent, args)
-	if err != nil {
-		return Intent{}, nil, fmt.Errorf("inspect: %w", err)
-	}
-	in, err := pgx.CollectExactlyOneRow(rows, pgx.RowToStructByName[Intent])
+	q := adminQueries{db: pool}
+	in, err := q.inspectIntent(ctx, inspectParams{ID: id, Key: key})
 	if errors.Is(err, pgx.ErrNoRows) {
 		return Intent{}, nil, ErrNotFound
 	}
 	if err != nil {
 		return Intent{}, nil, fmt.Errorf("inspect: %w", err)
 	}
-	rows, err = pool.Query(ctx, inspectCalls, pgx.NamedArgs{"id": in.ID})
-	if err != nil {
-		return Intent{}, nil, fmt.Errorf("inspect: calls: %w", err)
-	}
-	calls, err := pgx.CollectRows(rows, pgx.RowToStructByName[Call])
+	calls, err := q.inspectCalls(ctx, in.ID)
 	if err != nil {
 		return Intent{}, nil, fmt.Errorf("inspect: calls: %w", err)
 	}
@@ -274,7 +263,15 @@ func act(ctx context.Context, pool *pgxpool.Pool, what string, state State, stmt
 	if err := sel.validate(); err != nil {
 		return res, fmt.Errorf("%s: %w", what, err)
 	}
-	changed, err := actOn(ctx, pool, state, stmt, sel, dryRun)
+	q := adminQueries{db: pool}
+	p := selectParams{Selection: sel, State: state}
+	var changed []int64
+	var err error
+	if dryRun {
+		changed, err = q.selectIntents(ctx, p)
+	} else {
+		changed, err = q.actOnSelected(ctx, stmt, p)
+	}
 	if err != nil {
 		return res, fmt.Errorf("%s: %w", what, err)
 	}
@@ -282,38 +279,12 @@ func act(ctx context.Context, pool *pgxpool.Pool, what string, state State, stmt
 	if len(sel.IDs) == 0 {
 		return res, nil
 	}
-	rows, err := pool.Query(ctx, intentStatesByID, pgx.NamedArgs{"ids": sel.IDs})
-	if err != nil {
-		return res, fmt.Errorf("%s: %w", what, err)
-	}
-	found, err := pgx.CollectRows(rows, pgx.RowToStructByName[idState])
+	found, err := q.intentStates(ctx, sel.IDs)
 	if err != nil {
 		return res, fmt.Errorf("%s: %w", what, err)
 	}
 	sortOutSelected(&res, sel.IDs, found)
 	return res, nil
-}
-
-// actOn runs stmt over the selected intents in state, or with dryRun only
-// selects them, and returns their ids.
-func actOn(ctx context.Context, pool *pgxpool.Pool, state State, stmt string, sel Selection, dryRun bool) ([]int64, error) {
-	if dryRun {
-		rows, err := pool.Query(ctx, selectWhere, sel.args(state))
-		if err != nil {
-			return nil, err
-		}
-		return pgx.CollectRows(rows, pgx.RowTo[int64])
-	}
-	rows, err := pool.Query(ctx, stmt, sel.args(state))
-	if err != nil {
-		return nil, err
-	}
-	return pgx.CollectRows(rows, func(row pgx.CollectableRow) (int64, error) {
-		var id int64
-		var ignored bool
-		err := row.Scan(&id, &ignored)
-		return id, err
-	})
 }
 
 // idState is an intent's id and state.

@@ -10,9 +10,11 @@ import (
 
 // queries runs the engine's statements (sql.go): one method per
 // statement, its arguments named by a params struct when it takes more
-// than one, its rows read with pgx.CollectRows. Nothing else in the
-// engine sends SQL, except the LISTEN connection (listen.go), the gauges'
-// transaction (gauges.go) and retention (retention.go).
+// than one, its rows read with pgx.CollectRows. The gauges' read and
+// retention's batches are its methods too (adminqueries.go); the
+// operator's commands have a sibling type, adminQueries. Nothing else in
+// the relay sends SQL, except the LISTEN on the listener's own connection
+// (listen.go).
 type queries struct {
 	db *pgxpool.Pool
 }

@@ -5,10 +5,8 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
-	"strconv"
 	"time"
 
-	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 )
 
@@ -155,38 +153,56 @@ func (s *retainer) loop(ctx context.Context) {
 // with Pause between batches. It stops at the first error.
 func (s *retainer) runOnce(ctx context.Context) (retentionRun, error) {
 	var run retentionRun
-	n, err := s.batch(ctx, forgetSilentRelays, forgetRelaysAfter)
+	q, timeout := queries{db: s.pool}, s.cfg.StatementTimeout
+	n, err := s.bounded(ctx, func(ctx context.Context) (int64, error) {
+		return q.forgetSilentRelays(ctx, timeout, forgetRelaysAfter)
+	})
 	s.count("relays", &run.Relays, n)
 	if err != nil {
 		return run, fmt.Errorf("forget silent relays: %w", err)
 	}
 	// With skipping off (TTL 0) this deletes every record of the app:
 	// none is read or written any more.
-	if err := s.drain(ctx, "user_syncs", &run.Syncs, deleteStaleSyncs, s.syncTTL, s.appID); err != nil {
+	syncs := func(del func(context.Context, staleSyncsParams) (int64, error)) batchFunc {
+		return func(ctx context.Context, p retentionParams) (int64, error) {
+			return del(ctx, staleSyncsParams{retentionParams: p, TTL: s.syncTTL, AppID: s.appID})
+		}
+	}
+	if err := s.drain(ctx, "user_syncs", &run.Syncs, syncs(q.deleteStaleSyncs)); err != nil {
 		return run, fmt.Errorf("delete stale user syncs: %w", err)
 	}
-	if err := s.drain(ctx, "conversation_syncs", &run.ConversationSyncs, deleteStaleConversationSyncs, s.syncTTL, s.appID); err != nil {
+	if err := s.drain(ctx, "conversation_syncs", &run.ConversationSyncs, syncs(q.deleteStaleConversationSyncs)); err != nil {
 		return run, fmt.Errorf("delete stale conversation syncs: %w", err)
 	}
+	olderThan := func(age time.Duration, del func(context.Context, olderThanParams) (int64, error)) batchFunc {
+		return func(ctx context.Context, p retentionParams) (int64, error) {
+			return del(ctx, olderThanParams{retentionParams: p, Age: age})
+		}
+	}
 	if s.cfg.Done > 0 {
-		if err := s.drain(ctx, "intents", &run.Intents, deleteDone, s.cfg.Done); err != nil {
+		if err := s.drain(ctx, "intents", &run.Intents, olderThan(s.cfg.Done, q.deleteDone)); err != nil {
 			return run, fmt.Errorf("delete done intents: %w", err)
 		}
 	}
 	if s.cfg.Keys > 0 {
-		if err := s.drain(ctx, "keys", &run.Keys, deleteRetiredKeys, s.cfg.Keys); err != nil {
+		if err := s.drain(ctx, "keys", &run.Keys, olderThan(s.cfg.Keys, q.deleteRetiredKeys)); err != nil {
 			return run, fmt.Errorf("delete retired keys: %w", err)
 		}
 	}
 	return run, nil
 }
 
-// drain runs stmt batch after batch until a batch comes back short or the
-// run's cap is reached. The statement takes args, then the batch size.
-func (s *retainer) drain(ctx context.Context, what string, total *int64, stmt string, args ...any) error {
+// batchFunc runs one batch of a retention statement.
+type batchFunc func(context.Context, retentionParams) (int64, error)
+
+// drain runs batch after batch until a batch comes back short or the
+// run's cap is reached.
+func (s *retainer) drain(ctx context.Context, what string, total *int64, batch batchFunc) error {
 	for *total < int64(s.cfg.MaxPerRun) {
 		limit := min(int64(s.cfg.BatchSize), int64(s.cfg.MaxPerRun)-*total)
-		n, err := s.batch(ctx, stmt, append(args, limit)...)
+		n, err := s.bounded(ctx, func(ctx context.Context) (int64, error) {
+			return batch(ctx, retentionParams{Timeout: s.cfg.StatementTimeout, Limit: limit})
+		})
 		s.count(what, total, n)
 		if err != nil || n < limit {
 			return err
@@ -211,20 +227,12 @@ func (s *retainer) count(what string, total *int64, n int64) {
 	}
 }
 
-// batch runs one retention statement in its own transaction under the
-// server-side statement timeout, and returns the count it selects.
-func (s *retainer) batch(ctx context.Context, stmt string, args ...any) (int64, error) {
-	// The client-side deadline is a backstop for a server that cannot even
-	// be told to cancel.
+// bounded runs one retention statement (in its own transaction under the
+// server-side statement timeout, see queries.countRows) with a
+// client-side deadline as a backstop for a server that cannot even be told
+// to cancel.
+func (s *retainer) bounded(ctx context.Context, batch func(context.Context) (int64, error)) (int64, error) {
 	ctx, cancel := context.WithTimeout(ctx, s.cfg.StatementTimeout+5*time.Second)
 	defer cancel()
-	var n int64
-	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
-		ms := strconv.FormatInt(max(1, s.cfg.StatementTimeout.Milliseconds()), 10)
-		if _, err := tx.Exec(ctx, `SELECT set_config('statement_timeout', $1, true)`, ms); err != nil {
-			return err
-		}
-		return tx.QueryRow(ctx, stmt, append([]any{planFresh}, args...)...).Scan(&n)
-	})
-	return n, err
+	return batch(ctx)
 }
