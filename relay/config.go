@@ -84,7 +84,9 @@ type Config struct {
 	// when the provider reports them (provider/talkjs.Client does).
 	RateAdaptive bool
 	// RateStart is the rate of the whole app an adaptive limit starts from
-	// when RateLimit is 0 and no live relay publishes a rate. Default
+	// when RateLimit is 0 and no live relay publishes a rate: like
+	// RateLimit, shared by the live relays (each starts from RateStart /
+	// live relays, and rescales as relays come and go). Default
 	// DefaultRateStart.
 	RateStart float64
 

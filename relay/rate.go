@@ -154,22 +154,32 @@ func (a *adaptiveRate) apply() {
 // beat shares the limit after a heartbeat found live relays (itself
 // included) whose others publish rates summing to others. On the first
 // heartbeat a relay joining relays that publish rates starts from its
-// share of their sum; when the number of live relays changes, each scales
-// a rate it found so that the app's total stays what it was. It returns
-// the rate to publish: the rate found, 0 while it is still a starting
-// guess (a relay that has made no call yet must not hand its guess on).
+// share of their sum, else from its share of the app's starting rate
+// (RateStart, or RateLimit when set: rates of the whole app); when the
+// number of live relays changes, each scales its rate, found or still a
+// guess, so that the app's total stays what it was. It returns the rate
+// to publish: the rate found, 0 while it is still a starting guess (a
+// relay that has made no call yet must not hand its guess on).
 func (a *adaptiveRate) beat(appLimit float64, live int, others float64) float64 {
 	live = max(live, 1)
 	a.mu.Lock()
 	before := a.live
 	a.live = live
 	a.mu.Unlock()
-	a.limit(appLimit, live)
-	switch {
+	switch f := float64(max(before, 1)) / float64(live); {
 	case before == 0 && live > 1 && others > 0:
+		a.limit(appLimit, live)
 		a.ctl.Join(others / float64(live))
-	case before > 0 && live != before && a.ctl.Found():
-		a.ctl.Scale(float64(before) / float64(live))
+	case f < 1:
+		// Scale under the old share of the ceiling, then lower it: the
+		// rate is not first cut to the new share and then scaled again.
+		a.ctl.Scale(f)
+		a.limit(appLimit, live)
+	case f > 1:
+		a.limit(appLimit, live)
+		a.ctl.Scale(f)
+	default:
+		a.limit(appLimit, live)
 	}
 	a.apply()
 	if !a.ctl.Found() {

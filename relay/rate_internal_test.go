@@ -2,6 +2,7 @@ package relay
 
 import (
 	"context"
+	"math"
 	"sync"
 	"testing"
 	"time"
@@ -141,4 +142,36 @@ func TestAdaptiveRateCrashedRelaySharedWithinSweep(t *testing.T) {
 	}
 	relaytest.WaitFor(t, 2*a.cfg.sweepInterval(), "relays A and B to take the crashed relay's share within two sweeps",
 		func() bool { return shares(2) })
+}
+
+// The starting rate is the app's, as OUTBOX_RATE_LIMIT is: relays
+// starting together ask for RateStart between them, not each, and a
+// starting guess is shared again as relays come and go. Under a ceiling
+// (RateLimit) each relay's rate is its share of it, also after a relay
+// joins (not cut to the new share and then scaled again).
+func TestUnitAdaptiveRateStartSharedByLiveRelays(t *testing.T) {
+	for _, tc := range []struct {
+		name     string
+		cfg      Config
+		appLimit float64
+	}{
+		{"start", Config{RateStart: 30}, 0},
+		{"ceiling", Config{RateLimit: 30}, 30},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			a, p := newTestAdaptiveRate(t, tc.cfg)
+			for _, step := range []struct {
+				live int
+				want float64
+			}{{3, 10}, {2, 15}, {3, 10}, {1, 30}} {
+				if got := a.beat(tc.appLimit, step.live, 0); got != 0 {
+					t.Fatalf("published %.2f/s for a starting guess", got)
+				}
+				if r, l := a.ctl.Rate(), p.limit(); math.Abs(r-step.want) > 1e-9 || math.Abs(l-step.want) > 1e-9 {
+					t.Fatalf("with %d live relays: rate %.3f/s, limiter %.3f/s, want %.3f/s (the app's 30/s shared)",
+						step.live, r, l, step.want)
+				}
+			}
+		})
+	}
 }
