@@ -384,6 +384,11 @@ func (r *Relay) onPauseChange(reason string, err error) {
 // setDB records the outcome of a database operation. It runs after every
 // claim and completion, so it touches the readiness gauge only on a change.
 func (r *Relay) setDB(ok bool, op string, err error) {
+	if !ok && r.stopping.Load() && errors.Is(err, context.Canceled) {
+		// Stop cancelled the statement: the relay's own doing, not the
+		// database's, so neither logged as an outage nor counted.
+		return
+	}
 	if !ok {
 		r.metrics.dbErrors.WithLabelValues(op).Inc()
 		if r.dbOK.Swap(false) {
