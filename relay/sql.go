@@ -1,6 +1,10 @@
 package relay
 
-import "github.com/jackc/pgx/v5"
+import (
+	"strings"
+
+	"github.com/jackc/pgx/v5"
+)
 
 // The relay's SQL. Each statement has one job.
 //
@@ -657,21 +661,6 @@ WITH gone AS (
 )
 SELECT count(*) FROM gone`
 
-	// deleteStaleConversationSyncs is deleteStaleSyncs for the
-	// conversation-sync records.
-	deleteStaleConversationSyncs = `
-WITH gone AS (
-    DELETE FROM outbox.synced_conversations
-     WHERE ctid = ANY (ARRAY(SELECT ctid
-                               FROM outbox.synced_conversations
-                              WHERE synced_at < now() - CASE WHEN app_id = $2 THEN $1::interval
-                                                             ELSE greatest($1::interval, interval '1 day') END
-                              LIMIT $3
-                                FOR UPDATE SKIP LOCKED))
-    RETURNING 1
-)
-SELECT count(*) FROM gone`
-
 	// sessionTimeouts reads the statement and lock timeouts of a session.
 	sessionTimeouts = `SELECT current_setting('statement_timeout'), current_setting('lock_timeout')`
 
@@ -685,3 +674,7 @@ SELECT EXISTS (SELECT 1 FROM outbox.relays WHERE id = $1 AND ` + relayIsLive + `
 
 // notifyChannel is the channel producers NOTIFY when a relay is waiting.
 const notifyChannel = "outbox_intents"
+
+// deleteStaleConversationSyncs is deleteStaleSyncs for the
+// conversation-sync records: the same rules over the other table.
+var deleteStaleConversationSyncs = strings.ReplaceAll(deleteStaleSyncs, "outbox.synced_users", "outbox.synced_conversations")
