@@ -163,13 +163,16 @@ func TestRateLimit(t *testing.T) {
 
 // With QueueLength, requests over the rate wait their turn (answered late)
 // while the queue has room; only a request finding it full gets 429.
-func TestRateLimitQueue(t *testing.T) {
-	t.Parallel()
-	// A frozen clock: the bucket never refills. Queued requests wait until
-	// release is closed.
+// fillRateQueue sets up a fake whose bucket of one never refills (a frozen
+// clock) and holds rate tokens a second with a queue of two, takes the
+// token, queues two requests, and returns the fake, the answer to the
+// request refused because the queue is full, and the answers of the two
+// queued ones once they are released.
+func fillRateQueue(t *testing.T, rate float64) (*bundle, reply, []reply) {
+	t.Helper()
 	now := time.Now()
 	clock := func() time.Time { return now }
-	b := setup(t, Config{Faults: Faults{RateLimit: 10, Burst: 1, QueueLength: 2}, Clock: clock})
+	b := setup(t, Config{Faults: Faults{RateLimit: rate, Burst: 1, QueueLength: 2}, Clock: clock})
 	release := make(chan time.Time)
 	b.fake.mu.Lock()
 	b.fake.after = func(time.Duration) <-chan time.Time { return release }
@@ -188,13 +191,21 @@ func TestRateLimitQueue(t *testing.T) {
 		defer b.fake.mu.Unlock()
 		return b.fake.queued == 2
 	})
-	rep := b.do(t, "PUT", userPath("u1"), aliceJSON)
+	refused := b.do(t, "PUT", userPath("u1"), aliceJSON)
+	close(release)
+	return b, refused, []reply{<-queued, <-queued}
+}
+
+func TestRateLimitQueue(t *testing.T) {
+	t.Parallel()
+	// A frozen clock: the bucket never refills. Queued requests wait until
+	// released.
+	b, rep, queued := fillRateQueue(t, 10)
 	if rep.status != http.StatusTooManyRequests || rep.header.Get("Retry-After") != "1" {
 		t.Fatalf("queue full: status %d, Retry-After %q; want 429 with 1", rep.status, rep.header.Get("Retry-After"))
 	}
-	close(release)
-	for range 2 {
-		if rep := <-queued; rep.status != http.StatusOK {
+	for _, rep := range queued {
+		if rep.status != http.StatusOK {
 			t.Fatalf("queued request: status %d, want 200", rep.status)
 		}
 	}
