@@ -162,7 +162,7 @@ func (r *Relay) claimStep(ctx context.Context, st *claimState) (claimNext, time.
 	if len(jobs) == limit && !probe {
 		return claimAgain, 0 // there may be more
 	}
-	if len(jobs) == 0 && r.gate.paused() == "" && r.listening.Load() && !st.quiet {
+	if len(jobs) == 0 && r.gate.paused() == "" && r.listener.listening.Load() && !st.quiet {
 		return r.askNotify(ctx, st, limit), wait
 	}
 	return claimSleep, wait
@@ -258,7 +258,7 @@ func (r *Relay) claim(ctx context.Context, limit int) ([]*claimedIntent, error) 
 		j.hashes, j.skip = parseUserSyncs(c.Hashes, c.Skip)
 		j.deadline.Store(r.monotonic(start) + int64(r.cfg.Lease))
 		jobs = append(jobs, j)
-		r.logStateChange(j.id, j.attempt, StatePending, StateDelivering, "claimed")
+		r.env.logStateChange(j.id, j.attempt, StatePending, StateDelivering, "claimed")
 	}
 	r.metrics.claimed.Add(float64(len(jobs)))
 	r.metrics.claimBatch.Observe(float64(len(jobs)))
@@ -293,7 +293,7 @@ func parseUserSyncs(hashes []byte, skip []string) (map[string][]byte, map[string
 
 // claimParams are claimBatch's arguments for a claim of up to limit intents.
 func (r *Relay) claimParams(limit int) claimParams {
-	return claimParams{Limit: limit, Relay: r.cfg.Name, Lease: r.cfg.Lease, SyncTTL: r.syncTTL(),
+	return claimParams{Limit: limit, Relay: r.cfg.Name, Lease: r.cfg.Lease, SyncTTL: r.cfg.syncTTL(),
 		AppID: r.cfg.AppID, ParkBatch: parkBatch}
 }
 
@@ -326,13 +326,4 @@ func (r *Relay) dispatch(jobs []*claimedIntent) {
 			r.signal()
 		}()
 	}
-}
-
-// syncTTL is the skip window of user and conversation PUTs passed to the
-// claim (0 disables skipping).
-func (r *Relay) syncTTL() time.Duration {
-	if r.cfg.UserSyncTTL < 0 {
-		return 0
-	}
-	return r.cfg.UserSyncTTL
 }

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -23,17 +24,27 @@ const maxCompletionBatch = 500
 // latency when idle, few round trips under load. Stop closes its queue
 // and returns once every result sent before has been written (or dropped,
 // see writeResults): stop it after the worker pool.
+//
+// Its goroutine owns the results queue and the batch being written; it
+// removes the intents it wrote from the set of held leases.
 type completer struct {
-	r    *Relay
-	size int // queue capacity
+	serviceEnv
+	cfg       completerConfig
+	held      *leaseSet     // removes what it wrote or dropped
+	writes    *atomic.Int64 // the database's accepted writes: counts its own, reads all
+	warns     *warnEvery    // retryable failures, logged at most once per class per minute
+	stopBegan func() (time.Time, bool)
 	startStop
 
 	mu      sync.Mutex
 	results chan *result // nil when not started
 }
 
-func newCompleter(r *Relay, size int) *completer {
-	return &completer{r: r, size: size, startStop: startStop{name: "completer"}}
+// newCompleter makes the completer; stopBegan reports when Relay.Stop
+// began, and whether it did.
+func newCompleter(env serviceEnv, cfg completerConfig, held *leaseSet, writes *atomic.Int64, warns *warnEvery, stopBegan func() (time.Time, bool)) *completer {
+	return &completer{serviceEnv: env, cfg: cfg, held: held, writes: writes, warns: warns, stopBegan: stopBegan,
+		startStop: startStop{name: "completer"}}
 }
 
 // Start writes results in the background until Stop.
@@ -43,8 +54,8 @@ func (c *completer) Start(ctx context.Context) error {
 	if c.results != nil {
 		return errors.New("completer: already started")
 	}
-	results := make(chan *result, c.size)
-	if err := c.start(ctx, func(context.Context) { c.r.completeLoop(results) }); err != nil {
+	results := make(chan *result, c.cfg.QueueSize)
+	if err := c.start(ctx, func(context.Context) { c.loop(results) }); err != nil {
 		return err
 	}
 	c.results = results
@@ -71,11 +82,11 @@ func (c *completer) send(res *result) {
 	results <- res
 }
 
-// completeLoop writes results as they come, batching whatever is ready
-// into one transaction. It returns when results is closed and drained.
-func (r *Relay) completeLoop(results chan *result) {
+// loop writes results as they come, batching whatever is ready into one
+// transaction. It returns when results is closed and drained.
+func (c *completer) loop(results chan *result) {
 	for res := range results {
-		r.writeResults(results, moreResults(results, []*result{res}))
+		c.writeResults(results, moreResults(results, []*result{res}))
 	}
 }
 
@@ -109,37 +120,38 @@ func moreResults(results chan *result, batch []*result) []*result {
 // messages deduplicated by their idempotency keys. While the database does
 // not answer at all, nothing is split or dropped: the batch is tried again
 // with backoff, and results that arrive meanwhile join it.
-func (r *Relay) writeResults(results chan *result, batch []*result) {
+func (c *completer) writeResults(results chan *result, batch []*result) {
 	rejections := map[*result]int{}
-	writesBefore := map[*result]int64{} // r.writes when the result was first refused
+	writesBefore := map[*result]int64{} // c.writes when the result was first refused
 	retry := dbRetryMin
 	for len(batch) > 0 {
 		var failed []failedWrite
-		r.writeSplitting(batch, &failed)
+		c.writeSplitting(batch, &failed)
 		if len(failed) == 0 {
 			break
 		}
-		shutdownOver := r.stopping.Load() && time.Since(r.stoppedAt()) > r.cfg.ShutdownTimeout
+		stopped, stopping := c.stopBegan()
+		shutdownOver := stopping && time.Since(stopped) > c.cfg.ShutdownTimeout
 		batch = batch[:0]
 		for _, f := range failed {
 			cause := writeErrorCause(f.err)
 			if cause == writeRejected {
 				if rejections[f.res] == 0 {
-					writesBefore[f.res] = r.writes.Load()
+					writesBefore[f.res] = c.writes.Load()
 				}
 				rejections[f.res]++
 			}
 			verdict := afterFailedWrite(writeFailure{
 				cause:        cause,
 				rejections:   rejections[f.res],
-				othersOK:     rejections[f.res] > 0 && r.writes.Load() > writesBefore[f.res],
+				othersOK:     rejections[f.res] > 0 && c.writes.Load() > writesBefore[f.res],
 				shutdownOver: shutdownOver,
 			})
 			if verdict == writeAgain {
 				batch = append(batch, f.res)
 				continue
 			}
-			r.dropResult(f.res, f.err, shutdownOver)
+			c.dropResult(f.res, f.err, shutdownOver)
 		}
 		if len(batch) == 0 {
 			break
@@ -150,7 +162,7 @@ func (r *Relay) writeResults(results chan *result, batch []*result) {
 		// they are not held up behind these.
 		batch = moreResults(results, batch)
 	}
-	r.signal()
+	c.wake()
 }
 
 // failedWrite is a result whose write failed, with the error.
@@ -161,19 +173,19 @@ type failedWrite struct {
 
 // writeSplitting writes batch, splitting it while the database refuses it
 // (see splitWrite), and appends the results it could not write to failed.
-func (r *Relay) writeSplitting(batch []*result, failed *[]failedWrite) {
-	ctx, cancel := context.WithTimeout(context.Background(), r.cfg.statementDeadline())
-	err := r.completeBatch(ctx, batch)
+func (c *completer) writeSplitting(batch []*result, failed *[]failedWrite) {
+	ctx, cancel := context.WithTimeout(context.Background(), c.cfg.StatementDeadline)
+	err := c.completeBatch(ctx, batch)
 	cancel()
 	if err == nil {
-		r.setDB(true, "", nil)
-		r.writes.Add(1)
+		c.setDB(true, "", nil)
+		c.writes.Add(1)
 		for _, res := range batch {
-			r.held.remove(res.intent)
+			c.held.remove(res.intent)
 		}
 		return
 	}
-	r.setDB(false, "complete", err)
+	c.setDB(false, "complete", err)
 	if !splitWrite(len(batch), writeErrorCause(err)) {
 		for _, res := range batch {
 			*failed = append(*failed, failedWrite{res, err})
@@ -181,21 +193,21 @@ func (r *Relay) writeSplitting(batch []*result, failed *[]failedWrite) {
 		return
 	}
 	mid := len(batch) / 2
-	r.writeSplitting(batch[:mid], failed)
-	r.writeSplitting(batch[mid:], failed)
+	c.writeSplitting(batch[:mid], failed)
+	c.writeSplitting(batch[mid:], failed)
 }
 
 // dropResult gives up writing a result: its lease is no longer renewed, so
 // it expires and the intent is delivered again.
-func (r *Relay) dropResult(res *result, err error, shutdown bool) {
-	r.held.remove(res.intent)
-	r.metrics.dropped.Inc()
+func (c *completer) dropResult(res *result, err error, shutdown bool) {
+	c.held.remove(res.intent)
+	c.metrics.dropped.Inc()
 	if shutdown {
-		r.log.Error("shutting down without recording a result; the intent will be delivered again after its lease",
+		c.log.Error("shutting down without recording a result; the intent will be delivered again after its lease",
 			"intent_id", res.intent.id, "attempt", res.intent.attempt, "outcome", res.outcome, "error", err)
 		return
 	}
-	r.log.Error("result dropped: the database refuses to record it; the intent will be delivered again after its lease",
+	c.log.Error("result dropped: the database refuses to record it; the intent will be delivered again after its lease",
 		"intent_id", res.intent.id, "attempt", res.intent.attempt, "outcome", res.outcome, "error", err)
 }
 
@@ -310,19 +322,19 @@ func (p *completeParams) args() pgx.NamedArgs {
 }
 
 // completeParamsOf lays a batch out as completeBatch's columns.
-func (r *Relay) completeParamsOf(batch []*result) *completeParams {
+func (c *completer) completeParamsOf(batch []*result) *completeParams {
 	n := len(batch)
 	p := &completeParams{ids: make([]int64, n), tokens: make([]int64, n), outcomes: make([]string, n),
 		errs: make([]*string, n), delays: make([]float64, n),
-		maxAttempts: r.cfg.MaxAttempts, maxAge: r.cfg.MaxAge, relay: r.cfg.Name, appID: r.cfg.AppID}
+		maxAttempts: c.cfg.MaxAttempts, maxAge: c.cfg.MaxAge, relay: c.cfg.Name, appID: c.cfg.AppID}
 	for i, res := range batch {
 		p.ids[i], p.tokens[i], p.outcomes[i] = res.intent.id, res.intent.token, string(res.outcome)
 		if res.err != "" {
 			p.errs[i] = &res.err
 		}
 		p.delays[i] = res.delay.Seconds()
-		for _, c := range res.calls {
-			p.attempts.add(res.intent, c)
+		for _, call := range res.calls {
+			p.attempts.add(res.intent, call)
 		}
 		for _, s := range res.syncs {
 			p.syncs.add(res.intent, s)
@@ -330,8 +342,8 @@ func (r *Relay) completeParamsOf(batch []*result) *completeParams {
 		for _, id := range res.forget {
 			p.syncs.add(res.intent, userSync{id: id, hash: []byte{}})
 		}
-		if c := res.convRecord(); c != nil {
-			p.convs.add(res.intent, c)
+		if conv := res.convRecord(); conv != nil {
+			p.convs.add(res.intent, conv)
 		}
 	}
 	return p
@@ -346,31 +358,31 @@ type completedRow struct {
 
 // completeBatch records a batch of results in one statement, then counts
 // and logs what became of each.
-func (r *Relay) completeBatch(ctx context.Context, batch []*result) error {
-	completed, err := r.q.complete(ctx, r.completeParamsOf(batch))
+func (c *completer) completeBatch(ctx context.Context, batch []*result) error {
+	completed, err := c.q.complete(ctx, c.completeParamsOf(batch))
 	if err != nil {
 		return fmt.Errorf("complete: %w", err)
 	}
 	final := make(map[int64]State, len(completed))
-	for _, c := range completed {
-		final[c.ID] = c.State
-		if c.State == StateDone {
-			r.metrics.latency.Observe(c.AgeS)
+	for _, row := range completed {
+		final[row.ID] = row.State
+		if row.State == StateDone {
+			c.metrics.latency.Observe(row.AgeS)
 		}
 	}
 	for _, res := range batch {
-		r.reportCompletion(res, final)
+		c.reportCompletion(res, final)
 	}
 	return nil
 }
 
 // reportCompletion counts and logs what became of one result: final
 // holds the state of each intent the completion changed.
-func (r *Relay) reportCompletion(res *result, final map[int64]State) {
+func (c *completer) reportCompletion(res *result, final map[int64]State) {
 	state, ok := final[res.intent.id]
 	if !ok {
-		r.metrics.fenced.Inc()
-		r.log.Warn("result discarded: the intent's lease passed to another relay",
+		c.metrics.fenced.Inc()
+		c.log.Warn("result discarded: the intent's lease passed to another relay",
 			"intent_id", res.intent.id, "attempt", res.intent.attempt, "outcome", res.outcome)
 		return
 	}
@@ -378,10 +390,10 @@ func (r *Relay) reportCompletion(res *result, final map[int64]State) {
 	if res.outcome == outcomeRetry && state == StateDead {
 		label = outcomeDead
 	}
-	r.metrics.completed.WithLabelValues(string(label)).Inc()
-	r.logStateChange(res.intent.id, res.intent.attempt, StateDelivering, state, string(label))
+	c.metrics.completed.WithLabelValues(string(label)).Inc()
+	c.logStateChange(res.intent.id, res.intent.attempt, StateDelivering, state, string(label))
 	if res.outcome == outcomeRetry && state == StatePending {
-		r.logRetryable(res)
+		c.warns.logRetryable(c.log, c.metrics, res)
 	}
 	if state == StateDead {
 		// One line per dead letter, with its reason; outbox-relay
@@ -390,7 +402,7 @@ func (r *Relay) reportCompletion(res *result, final map[int64]State) {
 		if res.outcome == outcomeRetry {
 			reason = "retry budget spent"
 		}
-		r.log.Warn("intent dead", "intent_id", res.intent.id, "attempt", res.intent.attempt,
+		c.log.Warn("intent dead", "intent_id", res.intent.id, "attempt", res.intent.attempt,
 			"reason", reason, "error", firstLine(res.err))
 	}
 }

@@ -114,15 +114,21 @@ type operatorPause struct {
 func (o *operatorPause) get() *OperatorPause { return o.current.Load() }
 
 // controlReader is the service that reads outbox.control every
-// controlInterval (the relay's copy of the operator's pause), and flushes
-// the warnings held back meanwhile.
+// controlInterval, and flushes the warnings held back meanwhile. Its
+// goroutine owns the relay's copy of the operator's pause (Health reads
+// it); Relay.Start reads it once before the services start.
 type controlReader struct {
-	r *Relay
+	serviceEnv
+	cfg         controlReaderConfig
+	warns       *warnEvery // flushed: the retryable failures not logged yet
+	updateReady func()     // the readiness gauge follows the pause
+	operator    operatorPause
 	startStop
 }
 
-func newControlReader(r *Relay) *controlReader {
-	return &controlReader{r: r, startStop: startStop{name: "control reader"}}
+func newControlReader(env serviceEnv, cfg controlReaderConfig, warns *warnEvery, updateReady func()) *controlReader {
+	return &controlReader{serviceEnv: env, cfg: cfg, warns: warns, updateReady: updateReady,
+		startStop: startStop{name: "control reader"}}
 }
 
 // Start reads in the background until Stop.
@@ -132,47 +138,47 @@ func (c *controlReader) Start(ctx context.Context) error { return c.start(ctx, c
 func (c *controlReader) Stop(ctx context.Context) error { return c.stop(ctx) }
 
 func (c *controlReader) loop(ctx context.Context) {
-	t := time.NewTicker(controlInterval)
+	t := time.NewTicker(c.cfg.Interval)
 	defer t.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
-			opCtx, cancel := context.WithTimeout(ctx, controlInterval)
-			c.r.readControl(opCtx)
+			opCtx, cancel := context.WithTimeout(ctx, c.cfg.Interval)
+			c.read(opCtx)
 			cancel()
-			c.r.flushWarnings()
+			c.warns.flush(c.log)
 		}
 	}
 }
 
-// readControl refreshes the relay's copy of the operator's pause, and says
-// so when it changed.
-func (r *Relay) readControl(ctx context.Context) {
-	p, err := ReadPause(ctx, r.pool)
+// read refreshes the relay's copy of the operator's pause, and says so
+// when it changed.
+func (c *controlReader) read(ctx context.Context) {
+	p, err := ReadPause(ctx, c.q.db)
 	if err != nil {
 		if ctx.Err() == nil {
-			r.setDB(false, "read_control", err)
+			c.setDB(false, "read_control", err)
 		}
 		return
 	}
-	r.setDB(true, "", nil)
-	prev := r.operator.current.Swap(p)
+	c.setDB(true, "", nil)
+	prev := c.operator.current.Swap(p)
 	if (prev == nil) == (p == nil) {
 		return
 	}
 	v := 0.0
 	if p != nil {
 		v = 1
-		r.log.Warn("delivery paused by an operator: claiming nothing until `outbox-relay resume`",
+		c.log.Warn("delivery paused by an operator: claiming nothing until `outbox-relay resume`",
 			"since", p.Since, "by", p.By, "reason", p.Reason)
 	} else {
-		r.log.Info("delivery resumed by an operator")
+		c.log.Info("delivery resumed by an operator")
 	}
-	r.metrics.paused.WithLabelValues(pauseOperator).Set(v)
-	r.updateReadyMetric()
-	r.signal()
+	c.metrics.paused.WithLabelValues(pauseOperator).Set(v)
+	c.updateReady()
+	c.wake()
 }
 
 // pauseOperator is the paused metric's reason for an operator's pause.

@@ -16,12 +16,12 @@ func TestControlReaderService(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitFor(t, 10*time.Second, "the pause read", func() bool {
-		p := r.operator.get()
+		p := r.control.operator.get()
 		return p != nil && p.Reason == "maintenance"
 	})
 	if _, err := Resume(t.Context(), pool); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 10*time.Second, "the resume read", func() bool { return r.operator.get() == nil })
+	waitFor(t, 10*time.Second, "the resume read", func() bool { return r.control.operator.get() == nil })
 	stopService(t, r.control)
 }

@@ -25,7 +25,7 @@ func (r *Relay) CompleteConversationPuts(ctx context.Context, jobs []*ClaimedInt
 		}
 		batch[i] = res
 	}
-	return r.completeBatch(ctx, batch)
+	return r.completer.completeBatch(ctx, batch)
 }
 
 func conversationOf(j *claimedIntent) string {

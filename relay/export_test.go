@@ -34,7 +34,7 @@ func (r *Relay) ClaimAndComplete(ctx context.Context, n int) (int, error) {
 	if len(batch) == 0 {
 		return 0, nil
 	}
-	return len(jobs), r.completeBatch(ctx, batch)
+	return len(jobs), r.completer.completeBatch(ctx, batch)
 }
 
 // Prepare checks the schema as Start would, without starting anything.
@@ -46,7 +46,7 @@ func (r *Relay) Prepare(ctx context.Context) error {
 // ExpireLeases runs one sweep for expired leases now, with a pass for
 // stranded parked heads.
 func (r *Relay) ExpireLeases(ctx context.Context) {
-	r.expireLeases(ctx)
+	r.sweeper.expireLeases(ctx)
 	r.sweeper.unparkHeads(ctx)
 }
 
@@ -75,7 +75,7 @@ func (r *Relay) Complete(ctx context.Context, jobs []*ClaimedIntent, how string,
 			batch[i].err = "test: " + how
 		}
 	}
-	return r.completeBatch(ctx, batch)
+	return r.completer.completeBatch(ctx, batch)
 }
 
 // ClaimStatement is the claim statement and its arguments for n intents.
@@ -86,7 +86,7 @@ func (r *Relay) RenewLeases(ctx context.Context, jobs []*ClaimedIntent) {
 	for _, j := range jobs {
 		r.held.add(j)
 	}
-	r.renewLeases(ctx)
+	r.keeper.renewLeases(ctx)
 }
 
 // Lost reports whether a renewal found the intent no longer held.
@@ -118,7 +118,7 @@ func (r *Relay) CompleteUserPuts(ctx context.Context, jobs []*ClaimedIntent, fai
 		}
 		batch[i] = res
 	}
-	return r.completeBatch(ctx, batch)
+	return r.completer.completeBatch(ctx, batch)
 }
 
 // UnparkHeadsStatement is the sweep's statement that unparks stranded heads,
@@ -127,4 +127,4 @@ func UnparkHeadsStatement() (string, []any) { return unparkHeads, []any{"", unpa
 
 // RefreshGauges reads the queue gauges now, as the relay does every
 // gaugeInterval.
-func (r *Relay) RefreshGauges(ctx context.Context) { r.refreshGauges(ctx) }
+func (r *Relay) RefreshGauges(ctx context.Context) { r.gauges.refresh(ctx) }

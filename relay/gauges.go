@@ -23,14 +23,15 @@ SELECT l.pending, l.delivering,
   FROM outbox.lag l`
 
 // gaugeReader is the service that reads the queue gauges at start and
-// every gaugeInterval.
+// every gaugeInterval. It owns no state: it reads, and sets the gauges.
 type gaugeReader struct {
-	r *Relay
+	serviceEnv
+	cfg gaugeReaderConfig
 	startStop
 }
 
-func newGaugeReader(r *Relay) *gaugeReader {
-	return &gaugeReader{r: r, startStop: startStop{name: "gauge reader"}}
+func newGaugeReader(env serviceEnv, cfg gaugeReaderConfig) *gaugeReader {
+	return &gaugeReader{serviceEnv: env, cfg: cfg, startStop: startStop{name: "gauge reader"}}
 }
 
 // Start reads in the background until Stop.
@@ -40,37 +41,37 @@ func (g *gaugeReader) Start(ctx context.Context) error { return g.start(ctx, g.l
 func (g *gaugeReader) Stop(ctx context.Context) error { return g.stop(ctx) }
 
 func (g *gaugeReader) loop(ctx context.Context) {
-	t := time.NewTicker(gaugeInterval)
+	t := time.NewTicker(g.cfg.Interval)
 	defer t.Stop()
-	g.r.refreshGauges(ctx)
+	g.refresh(ctx)
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
-			opCtx, cancel := context.WithTimeout(ctx, gaugeInterval)
-			g.r.refreshGauges(opCtx)
+			opCtx, cancel := context.WithTimeout(ctx, g.cfg.Interval)
+			g.refresh(opCtx)
 			cancel()
 		}
 	}
 }
 
-// refreshGauges reads the queue gauges from the database.
-func (r *Relay) refreshGauges(ctx context.Context) {
+// refresh reads the queue gauges from the database.
+func (g *gaugeReader) refresh(ctx context.Context) {
 	// The relay's sessions cut statements at a quarter of the lease,
 	// sized for its lock paths; counting a large backlog can take longer,
 	// and this read locks no row. It gets the interval instead.
-	g, err := r.q.readGauges(ctx, gaugeInterval)
+	v, err := g.q.readGauges(ctx, g.cfg.Interval)
 	if err != nil {
 		if ctx.Err() == nil {
-			r.setDB(false, "read_gauges", err)
+			g.setDB(false, "read_gauges", err)
 		}
 		return
 	}
-	r.metrics.intents.WithLabelValues(string(StatePending)).Set(float64(g.Pending))
-	r.metrics.intents.WithLabelValues(string(StateDelivering)).Set(float64(g.Delivering))
-	r.metrics.intents.WithLabelValues(string(StateDead)).Set(float64(g.Dead))
-	r.metrics.lag.Set(g.LagS)
+	g.metrics.intents.WithLabelValues(string(StatePending)).Set(float64(v.Pending))
+	g.metrics.intents.WithLabelValues(string(StateDelivering)).Set(float64(v.Delivering))
+	g.metrics.intents.WithLabelValues(string(StateDead)).Set(float64(v.Dead))
+	g.metrics.lag.Set(v.LagS)
 }
 
 // waitRetryAfter holds a call until a 429's Retry-After has passed, and

@@ -3,6 +3,7 @@ package relay
 import (
 	"context"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -42,14 +43,33 @@ func (s *leaseSet) snapshot() []*claimedIntent {
 // in outbox.relays every Lease/3, sharing the rate limit among live
 // relays, and again at once when a relay came or went. Nothing else runs
 // here: the sweep (sweep.go) and retention (retention.go) have their own
-// services, so however long they take, no renewal waits for them.
+// services, so however long they take, no renewal waits for them. Its
+// goroutine owns the heartbeat's published rate; Relay.Start beats once
+// before the services start.
 type leaseKeeper struct {
-	r *Relay
+	serviceEnv
+	cfg     leaseKeeperConfig
+	held    *leaseSet     // read: the leases to renew (the claimer adds, the completer removes)
+	rate    *adaptiveRate // the adaptive limit, nil when there is none
+	limiter rateLimiter   // the provider's limiter, nil when it has none
+	writes  *atomic.Int64 // counts the heartbeats the database accepted
 	startStop
+
+	// beatMu serialises heartbeats; published is the rate the next one
+	// publishes (0 before the first).
+	beatMu    sync.Mutex
+	published float64
+	changed   chan struct{} // another relay came or went
+	live      atomic.Int64  // live relays at the last heartbeat; 0 before the first
 }
 
-func newLeaseKeeper(r *Relay) *leaseKeeper {
-	return &leaseKeeper{r: r, startStop: startStop{name: "lease keeper"}}
+func newLeaseKeeper(env serviceEnv, cfg leaseKeeperConfig, held *leaseSet, rate *adaptiveRate, p any, writes *atomic.Int64) *leaseKeeper {
+	k := &leaseKeeper{serviceEnv: env, cfg: cfg, held: held, rate: rate, writes: writes,
+		changed: make(chan struct{}, 1), startStop: startStop{name: "lease keeper"}}
+	if rl, ok := p.(rateLimiter); ok {
+		k.limiter = rl
+	}
+	return k
 }
 
 // Start renews in the background until Stop.
@@ -59,8 +79,7 @@ func (k *leaseKeeper) Start(ctx context.Context) error { return k.start(ctx, k.l
 func (k *leaseKeeper) Stop(ctx context.Context) error { return k.stop(ctx) }
 
 func (k *leaseKeeper) loop(ctx context.Context) {
-	r := k.r
-	renew := time.NewTicker(r.cfg.heartbeatInterval())
+	renew := time.NewTicker(k.cfg.Interval)
 	defer renew.Stop()
 	for {
 		select {
@@ -68,16 +87,25 @@ func (k *leaseKeeper) loop(ctx context.Context) {
 			return
 		case <-renew.C:
 			// Bounded, so a hung statement cannot hold up the next renewal.
-			opCtx, cancel := context.WithTimeout(ctx, r.cfg.heartbeatInterval())
-			r.renewLeases(opCtx)
-			r.beat(opCtx)
+			opCtx, cancel := context.WithTimeout(ctx, k.cfg.Interval)
+			k.renewLeases(opCtx)
+			k.beat(opCtx)
 			cancel()
-		case <-r.relaysChanged:
+		case <-k.changed:
 			// A relay came or went: share the rate limit again now.
-			opCtx, cancel := context.WithTimeout(ctx, r.cfg.heartbeatInterval())
-			r.beat(opCtx)
+			opCtx, cancel := context.WithTimeout(ctx, k.cfg.Interval)
+			k.beat(opCtx)
 			cancel()
 		}
+	}
+}
+
+// relaysChanged has the keeper beat at once (the listener heard a relay
+// come or go; the sweeper counted a different number of live relays).
+func (k *leaseKeeper) relaysChanged() {
+	select {
+	case k.changed <- struct{}{}:
+	default: // a beat is already due
 	}
 }
 
@@ -91,8 +119,8 @@ type renewedRow struct {
 // renewLeases extends the leases of held intents. An intent whose renewal
 // finds it no longer ours (another relay took it over after our lease
 // expired) is cancelled, so no further call is made for it.
-func (r *Relay) renewLeases(ctx context.Context) {
-	jobs := r.held.snapshot()
+func (k *leaseKeeper) renewLeases(ctx context.Context) {
+	jobs := k.held.snapshot()
 	if len(jobs) == 0 {
 		return
 	}
@@ -102,10 +130,10 @@ func (r *Relay) renewLeases(ctx context.Context) {
 		ids[i], tokens[i] = j.id, j.token
 	}
 	start := time.Now()
-	answers, err := r.q.renewLeases(ctx, renewParams{IDs: ids, Tokens: tokens, Lease: r.cfg.Lease})
+	answers, err := k.q.renewLeases(ctx, renewParams{IDs: ids, Tokens: tokens, Lease: k.cfg.Lease})
 	if err != nil {
 		// Nothing is known about the rest: cancel nothing.
-		r.setDB(false, "renew_leases", err)
+		k.setDB(false, "renew_leases", err)
 		return
 	}
 	kept := make(map[int64]bool, len(jobs))    // still ours
@@ -113,8 +141,8 @@ func (r *Relay) renewLeases(ctx context.Context) {
 	for _, a := range answers {
 		kept[a.ID], renewed[a.ID] = true, a.Renewed
 	}
-	r.setDB(true, "", nil)
-	deadline := r.monotonic(start) + int64(r.cfg.Lease)
+	k.setDB(true, "", nil)
+	deadline := k.monotonic(start) + int64(k.cfg.Lease)
 	for _, j := range jobs {
 		switch {
 		case renewed[j.id]:
@@ -134,30 +162,30 @@ func (r *Relay) renewLeases(ctx context.Context) {
 
 // beat records this relay as live, with the rate it found, and adjusts
 // its share of the rate limit.
-func (r *Relay) beat(ctx context.Context) {
-	r.beatMu.Lock()
-	defer r.beatMu.Unlock()
-	hb, err := r.q.heartbeat(ctx, heartbeatParams{Relay: r.cfg.Name, LiveWithin: r.cfg.liveWithin(),
-		Version: r.cfg.Version, Rate: r.published})
+func (k *leaseKeeper) beat(ctx context.Context) {
+	k.beatMu.Lock()
+	defer k.beatMu.Unlock()
+	hb, err := k.q.heartbeat(ctx, heartbeatParams{Relay: k.cfg.Name, LiveWithin: k.cfg.LiveWithin,
+		Version: k.cfg.Version, Rate: k.published})
 	if err != nil {
-		r.setDB(false, "heartbeat", err)
+		k.setDB(false, "heartbeat", err)
 		return
 	}
-	r.setDB(true, "", nil)
-	r.writes.Add(1)
+	k.setDB(true, "", nil)
+	k.writes.Add(1)
 	live, others := hb.Live, hb.Others
-	r.live.Store(int64(live))
-	r.metrics.liveRelays.Set(float64(live))
-	if r.rate != nil {
-		r.published = r.rate.beat(r.cfg.RateLimit, live, others)
+	k.live.Store(int64(live))
+	k.metrics.liveRelays.Set(float64(live))
+	if k.rate != nil {
+		k.published = k.rate.beat(k.cfg.RateLimit, live, others)
 		return
 	}
-	if rl, ok := r.provider.(rateLimiter); ok && r.cfg.RateLimit > 0 {
-		share := r.cfg.RateLimit / float64(live)
-		burst := max(1, r.cfg.RateBurst/live)
-		rl.SetRateLimit(share, burst)
-		r.metrics.rate.Set(share)
-		r.metrics.rateCeiling.Set(share)
+	if k.limiter != nil && k.cfg.RateLimit > 0 {
+		share := k.cfg.RateLimit / float64(live)
+		burst := max(1, k.cfg.RateBurst/live)
+		k.limiter.SetRateLimit(share, burst)
+		k.metrics.rate.Set(share)
+		k.metrics.rateCeiling.Set(share)
 	}
 }
 
@@ -165,30 +193,6 @@ func (r *Relay) beat(ctx context.Context) {
 // live (relayIsLive): the lease, three heartbeat intervals. A relay that
 // crashed counts as live for a lease after its last heartbeat.
 func (c Config) liveWithin() time.Duration { return c.Lease }
-
-// checkLive counts the live relays, as the heartbeat does, and when their
-// number is not what the last heartbeat found (a relay crashed: its last
-// heartbeat just became older than the lease), has the lease keeper beat
-// now, so the rate limit is shared again within a sweep instead of at the
-// next heartbeat. Every relay's sweep looks for itself, so none needs to
-// tell the others.
-func (r *Relay) checkLive(ctx context.Context) {
-	seen := r.live.Load()
-	if seen == 0 {
-		return // no heartbeat yet
-	}
-	n, err := r.q.liveRelays(ctx, r.cfg.Name, r.cfg.liveWithin())
-	if err != nil {
-		r.setDB(false, "live_relays", err)
-		return
-	}
-	if int64(n) != seen {
-		select {
-		case r.relaysChanged <- struct{}{}:
-		default: // a beat is already due
-		}
-	}
-}
 
 // deregister removes this relay from outbox.relays at shutdown, so the
 // others take its share of the rate limit at once. The rows of relays that
@@ -204,9 +208,6 @@ func (r *Relay) deregister() {
 		r.notifyRelays(ctx)
 	}
 }
-
-// monotonic converts t to nanoseconds on the relay's monotonic clock.
-func (r *Relay) monotonic(t time.Time) int64 { return int64(t.Sub(r.epoch)) }
 
 // notifyRelays tells the other relays that this one came or went, so
 // that they share the rate limit again at once. A lost notification costs

@@ -2,44 +2,57 @@ package relay
 
 import (
 	"context"
+	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pgx/v5"
 )
 
 const (
-	listenRetryMin = 100 * time.Millisecond
-	listenRetryMax = 2 * time.Second
+	listenRetryMin       = 100 * time.Millisecond
+	listenRetryMax       = 2 * time.Second
+	listenConnectTimeout = 10 * time.Second
 )
 
 // listener is the service that keeps a dedicated connection LISTENing,
-// and wakes the claimer (notified) or the lease keeper (relaysChanged).
+// and wakes the claimer (a producer's NOTIFY) or the lease keeper (a
+// relay came or went). Its goroutine owns that connection and the
+// listening flag (read by the claimer and Health).
 type listener struct {
-	r *Relay
+	serviceEnv
+	cfg      listenerConfig
+	connCfg  *pgx.ConnConfig // copied for each connection
+	notified func()          // a producer's NOTIFY arrived: wakes the claimer
+	relays   func()          // a relay came or went: the lease keeper beats
 	startStop
+
+	listening atomic.Bool // the LISTEN connection is up
 }
 
-func newListener(r *Relay) *listener { return &listener{r: r, startStop: startStop{name: "listener"}} }
+func newListener(env serviceEnv, cfg listenerConfig, notified, relays func()) *listener {
+	return &listener{serviceEnv: env, cfg: cfg, connCfg: env.q.db.Config().ConnConfig, notified: notified,
+		relays: relays, startStop: startStop{name: "listener"}}
+}
 
 // Start listens in the background until Stop.
-func (l *listener) Start(ctx context.Context) error { return l.start(ctx, l.r.listenLoop) }
+func (l *listener) Start(ctx context.Context) error { return l.start(ctx, l.loop) }
 
 // Stop closes the connection and waits for the service to end.
 func (l *listener) Stop(ctx context.Context) error { return l.stop(ctx) }
 
-// listenLoop keeps a dedicated connection LISTENing for wake-ups, and
+// loop keeps a dedicated connection LISTENing for wake-ups, and
 // reconnects with backoff when it is lost. Every (re)connect wakes the
 // claimer, since notifications sent while disconnected are gone.
-func (r *Relay) listenLoop(ctx context.Context) {
-	retry := listenRetryMin
+func (l *listener) loop(ctx context.Context) {
+	retry := l.cfg.RetryMin
 	for ctx.Err() == nil {
-		err := r.listen(ctx)
-		r.listening.Store(false)
+		err := l.listen(ctx)
+		l.listening.Store(false)
 		if ctx.Err() != nil {
 			return
 		}
-		r.metrics.listenerErrors.Inc()
-		r.log.Warn("listen connection lost; reconnecting", "error", err, "retry_in", retry)
+		l.metrics.listenerErrors.Inc()
+		l.log.Warn("listen connection lost; reconnecting", "error", err, "retry_in", retry)
 		t := time.NewTimer(retry)
 		select {
 		case <-ctx.Done():
@@ -47,17 +60,17 @@ func (r *Relay) listenLoop(ctx context.Context) {
 			return
 		case <-t.C:
 		}
-		retry = min(2*retry, listenRetryMax)
+		retry = min(2*retry, l.cfg.RetryMax)
 		if err == nil {
-			retry = listenRetryMin
+			retry = l.cfg.RetryMin
 		}
 	}
 }
 
 // listen connects, LISTENs, and forwards notifications until an error.
-func (r *Relay) listen(ctx context.Context) error {
-	cfg := r.pool.Config().ConnConfig.Copy()
-	connectCtx, cancel := context.WithTimeout(ctx, 10*time.Second)
+func (l *listener) listen(ctx context.Context) error {
+	cfg := l.connCfg.Copy()
+	connectCtx, cancel := context.WithTimeout(ctx, l.cfg.ConnectTimeout)
 	conn, err := pgx.ConnectConfig(connectCtx, cfg)
 	cancel()
 	if err != nil {
@@ -67,8 +80,8 @@ func (r *Relay) listen(ctx context.Context) error {
 	if _, err := conn.Exec(ctx, "LISTEN "+notifyChannel); err != nil {
 		return err
 	}
-	r.listening.Store(true)
-	r.signal()
+	l.listening.Store(true)
+	l.wake()
 	for {
 		n, err := conn.WaitForNotification(ctx)
 		if err != nil {
@@ -76,16 +89,10 @@ func (r *Relay) listen(ctx context.Context) error {
 		}
 		if n.Payload == relaysPayload {
 			// A relay came or went: nothing to claim, a rate to share.
-			select {
-			case r.relaysChanged <- struct{}{}:
-			default:
-			}
+			l.relays()
 			continue
 		}
-		r.metrics.notifications.Inc()
-		select {
-		case r.notified <- struct{}{}:
-		default:
-		}
+		l.metrics.notifications.Inc()
+		l.notified()
 	}
 }

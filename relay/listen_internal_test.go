@@ -13,7 +13,7 @@ func TestListenerService(t *testing.T) {
 	if err := l.Start(t.Context()); err == nil {
 		t.Fatal("second Start succeeded")
 	}
-	waitFor(t, 10*time.Second, "the LISTEN connection", r.listening.Load)
+	waitFor(t, 10*time.Second, "the LISTEN connection", r.listener.listening.Load)
 	// A producer's NOTIFY wakes the claimer; a relay's wakes the lease keeper.
 	if _, err := pool.Exec(t.Context(), `SELECT pg_notify('`+notifyChannel+`', '')`); err != nil {
 		t.Fatal(err)
@@ -27,12 +27,12 @@ func TestListenerService(t *testing.T) {
 		t.Fatal(err)
 	}
 	select {
-	case <-r.relaysChanged:
+	case <-r.keeper.changed:
 	case <-time.After(10 * time.Second):
 		t.Fatal("no relays-changed signal after a relay's NOTIFY")
 	}
 	stopService(t, l)
-	if r.listening.Load() {
+	if r.listener.listening.Load() {
 		t.Fatal("listening after Stop")
 	}
 }

@@ -108,29 +108,29 @@ func failureClass(res *result) string {
 
 // logRetryable records a retryable failure: counted in the metric, logged
 // at warn at most once per class per warnInterval.
-func (r *Relay) logRetryable(res *result) {
+func (w *warnEvery) logRetryable(log *slog.Logger, m *metrics, res *result) {
 	class := failureClass(res)
-	r.metrics.warnings.WithLabelValues(class).Inc()
-	if l, ok := r.warns.note(class, firstLine(res.err)); ok {
-		r.warnRetryable(l)
+	m.warnings.WithLabelValues(class).Inc()
+	if l, ok := w.note(class, firstLine(res.err)); ok {
+		warnRetryable(log, l)
 	}
 }
 
-func (r *Relay) warnRetryable(l warnLine) {
-	r.log.Warn("retryable failures: intents back off and try again", "class", l.class,
+func warnRetryable(log *slog.Logger, l warnLine) {
+	log.Warn("retryable failures: intents back off and try again", "class", l.class,
 		"failures", l.count, "per", warnInterval, "last_error", l.example)
 }
 
-// flushWarnings logs the counts of failures not logged yet.
-func (r *Relay) flushWarnings() {
-	for _, l := range r.warns.due() {
-		r.warnRetryable(l)
+// flush logs the counts of failures not logged yet.
+func (w *warnEvery) flush(log *slog.Logger) {
+	for _, l := range w.due() {
+		warnRetryable(log, l)
 	}
 }
 
 // logStateChange logs an intent's change of state at debug.
-func (r *Relay) logStateChange(id int64, attempt int, from, to State, why string) {
-	if r.log.Enabled(context.Background(), slog.LevelDebug) {
-		r.log.Debug("intent state", "intent_id", id, "attempt", attempt, "from", string(from), "to", string(to), "outcome", why)
+func (e *serviceEnv) logStateChange(id int64, attempt int, from, to State, why string) {
+	if e.log.Enabled(context.Background(), slog.LevelDebug) {
+		e.log.Debug("intent state", "intent_id", id, "attempt", attempt, "from", string(from), "to", string(to), "outcome", why)
 	}
 }

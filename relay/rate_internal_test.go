@@ -106,7 +106,7 @@ func TestAdaptiveRateCrashedRelaySharedWithinSweep(t *testing.T) {
 	a, b, c := relays[0], relays[1], relays[2]
 	shares := func(live int) bool {
 		for _, r := range []*Relay{a, b} {
-			if r.live.Load() != int64(live) || r.rate.ctl.Ceiling() != appLimit/float64(live) {
+			if r.keeper.live.Load() != int64(live) || r.rate.ctl.Ceiling() != appLimit/float64(live) {
 				return false
 			}
 		}

@@ -53,30 +53,23 @@ type Relay struct {
 	claimer   *claimer
 	// rate is the adaptive rate limit (rate.go), nil when there is none.
 	rate *adaptiveRate
-	// beatMu serialises heartbeats; published is the rate the next one
-	// publishes (0 before the first).
-	beatMu        sync.Mutex
-	published     float64
-	relaysChanged chan struct{} // another relay came or went
-	live          atomic.Int64  // live relays at the last heartbeat; 0 before the first
+	// env is what the services are handed besides their config slices.
+	env serviceEnv
 
-	epoch       time.Time     // origin of the monotonic lease clock
 	callTimeout time.Duration // the longest one call may take
 
-	wake      chan struct{} // something may be claimable now
-	notified  chan struct{} // a producer's NOTIFY arrived
-	slots     chan struct{} // one token per intent in flight
-	held      *leaseSet
-	users     *userFlights
-	batchOff  atomic.Bool // the API has no batch users endpoint: users are PUT one by one
-	listening atomic.Bool // the LISTEN connection is up
-	operator  operatorPause
-	dbOK      atomic.Bool  // the last database operation succeeded
-	writes    atomic.Int64 // completions and heartbeats the database accepted
-	started   atomic.Bool
-	stopping  atomic.Bool  // Stop was called: results are written with a deadline
-	stopTime  atomic.Int64 // when Stop was called, unix ns
-	warns     *warnEvery   // retryable failures logged at most once per class per minute
+	wake     chan struct{} // something may be claimable now
+	notified chan struct{} // a producer's NOTIFY arrived
+	slots    chan struct{} // one token per intent in flight
+	held     *leaseSet
+	users    *userFlights
+	batchOff atomic.Bool  // the API has no batch users endpoint: users are PUT one by one
+	dbOK     atomic.Bool  // the last database operation succeeded
+	writes   atomic.Int64 // completions and heartbeats the database accepted
+	started  atomic.Bool
+	stopping atomic.Bool  // Stop was called: results are written with a deadline
+	stopTime atomic.Int64 // when Stop was called, unix ns
+	warns    *warnEvery   // retryable failures logged at most once per class per minute
 
 	mu    sync.Mutex
 	state lifecycle
@@ -132,11 +125,10 @@ func New(pool *pgxpool.Pool, p provider.Provider, cfg Config) (*Relay, error) {
 		slots:       make(chan struct{}, cfg.Concurrency),
 		held:        newLeaseSet(),
 		users:       newUserFlights(),
-		epoch:       time.Now(),
 		callTimeout: callTimeout,
 	}
+	r.env = serviceEnv{q: r.q, log: r.log, metrics: r.metrics, setDB: r.setDB, wake: r.signal, epoch: time.Now()}
 	registerProviderMetrics(cfg.Registerer, p)
-	r.relaysChanged = make(chan struct{}, 1)
 	rate, err := newAdaptiveRate(cfg, p, r.metrics)
 	if err != nil {
 		return nil, fmt.Errorf("relay: adaptive rate limit: %w", err)
@@ -144,16 +136,23 @@ func New(pool *pgxpool.Pool, p provider.Provider, cfg Config) (*Relay, error) {
 	r.rate = rate
 	r.warns = newWarnEvery(warnInterval, cfg.Clock)
 	r.gate = newGate(cfg.BreakerThreshold, cfg.Clock, r.onPauseChange)
-	r.keeper = newLeaseKeeper(r)
-	r.sweeper = newSweeper(r)
-	r.control = newControlReader(r)
-	r.gauges = newGaugeReader(r)
-	r.completer = newCompleter(r, cfg.Concurrency)
-	r.workers = newWorkerPool(cfg.ShutdownTimeout, r.log, func() int { return len(r.slots) })
-	r.listener = newListener(r)
-	r.retainer = newRetainer(cfg.Retention, cfg.AppID, r.syncTTL(), pool, r.log, r.metrics)
-	r.claimer = newClaimer(r)
+	r.newServices(cfg.serviceConfigs(callTimeout))
 	return r, nil
+}
+
+// newServices makes the services, each with its config slice and what
+// it may touch.
+func (r *Relay) newServices(sc serviceConfigs) {
+	env := r.env
+	r.keeper = newLeaseKeeper(env, sc.keeper, r.held, r.rate, r.provider, &r.writes)
+	r.sweeper = newSweeper(env, sc.sweeper, r.keeper)
+	r.control = newControlReader(env, sc.control, r.warns, r.updateReadyMetric)
+	r.gauges = newGaugeReader(env, sc.gauges)
+	r.completer = newCompleter(env, sc.completer, r.held, &r.writes, r.warns, r.stopBegan)
+	r.workers = newWorkerPool(sc.workers, r.log, func() int { return len(r.slots) })
+	r.listener = newListener(env, sc.listener, r.notify, r.keeper.relaysChanged)
+	r.retainer = newRetainer(env, sc.retention)
+	r.claimer = newClaimer(r)
 }
 
 // callTimeouter is implemented by providers that bound each call
@@ -224,12 +223,12 @@ func (r *Relay) start(ctx context.Context) error {
 	r.dbOK.Store(true)
 	// Register before the first claim, so the rate limit is already shared
 	// with the relays running.
-	r.beat(ctx)
+	r.keeper.beat(ctx)
 	if r.rate != nil {
 		// The others take their share back at once.
 		r.notifyRelays(ctx)
 	}
-	r.readControl(ctx)
+	r.control.read(ctx)
 	r.updateReadyMetric()
 	if err := startAll(ctx, r.services()); err != nil {
 		r.deregister()
@@ -344,13 +343,13 @@ type Health struct {
 func (r *Relay) Health() Health {
 	paused := r.gate.paused()
 	db := r.dbOK.Load()
-	op := r.operator.get()
+	op := r.control.operator.get()
 	draining := r.stopping.Load()
 	return Health{
 		Ready:         r.started.Load() && !draining && db && paused != pauseAuth && op == nil,
 		Paused:        paused,
 		Database:      db,
-		Listening:     r.listening.Load(),
+		Listening:     r.listener.listening.Load(),
 		AuthPaused:    paused == pauseAuth,
 		BreakerOpen:   paused == pauseBreaker,
 		OperatorPause: op,
@@ -423,5 +422,20 @@ func randomSuffix() string {
 	return hex.EncodeToString(b[:])
 }
 
-// stoppedAt is when Stop was called.
-func (r *Relay) stoppedAt() time.Time { return time.Unix(0, r.stopTime.Load()) }
+// stopBegan is when Stop was called, and whether it was.
+func (r *Relay) stopBegan() (time.Time, bool) {
+	// stopping is set after stopTime: read it first.
+	stopping := r.stopping.Load()
+	return time.Unix(0, r.stopTime.Load()), stopping
+}
+
+// monotonic converts t to nanoseconds on the relay's monotonic clock.
+func (r *Relay) monotonic(t time.Time) int64 { return r.env.monotonic(t) }
+
+// notify wakes the claimer for a producer's NOTIFY (non-blocking).
+func (r *Relay) notify() {
+	select {
+	case r.notified <- struct{}{}:
+	default:
+	}
+}

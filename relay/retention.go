@@ -4,10 +4,7 @@ import (
 	"cmp"
 	"context"
 	"fmt"
-	"log/slog"
 	"time"
-
-	"github.com/jackc/pgx/v5/pgxpool"
 )
 
 // RetentionConfig tunes the retention service, which deletes old history in
@@ -99,19 +96,15 @@ type retentionRun struct {
 
 // retainer is the retention service: one goroutine, one database
 // connection at a time, bounded statements.
+// It owns no state between runs.
 type retainer struct {
-	cfg     RetentionConfig
-	appID   string        // the TalkJS app whose sync records are ours
-	syncTTL time.Duration // this app's sync records older than this are deleted; 0: all
-	pool    *pgxpool.Pool
-	log     *slog.Logger
-	metrics *metrics
+	serviceEnv
+	cfg retainerConfig
 	startStop
 }
 
-func newRetainer(cfg RetentionConfig, appID string, syncTTL time.Duration, pool *pgxpool.Pool, log *slog.Logger, m *metrics) *retainer {
-	return &retainer{cfg: cfg, appID: appID, syncTTL: syncTTL, pool: pool, log: log, metrics: m,
-		startStop: startStop{name: "retention"}}
+func newRetainer(env serviceEnv, cfg retainerConfig) *retainer {
+	return &retainer{serviceEnv: env, cfg: cfg, startStop: startStop{name: "retention"}}
 }
 
 // Start runs retention in the background until Stop: once now, then every
@@ -153,7 +146,7 @@ func (s *retainer) loop(ctx context.Context) {
 // with Pause between batches. It stops at the first error.
 func (s *retainer) runOnce(ctx context.Context) (retentionRun, error) {
 	var run retentionRun
-	q, timeout := queries{db: s.pool}, s.cfg.StatementTimeout
+	q, timeout := s.q, s.cfg.StatementTimeout
 	n, err := s.bounded(ctx, func(ctx context.Context) (int64, error) {
 		return q.forgetSilentRelays(ctx, timeout, forgetRelaysAfter)
 	})
@@ -165,7 +158,7 @@ func (s *retainer) runOnce(ctx context.Context) (retentionRun, error) {
 	// none is read or written any more.
 	syncs := func(del func(context.Context, staleSyncsParams) (int64, error)) batchFunc {
 		return func(ctx context.Context, p retentionParams) (int64, error) {
-			return del(ctx, staleSyncsParams{retentionParams: p, TTL: s.syncTTL, AppID: s.appID})
+			return del(ctx, staleSyncsParams{retentionParams: p, TTL: s.cfg.SyncTTL, AppID: s.cfg.AppID})
 		}
 	}
 	if err := s.drain(ctx, "user_syncs", &run.Syncs, syncs(q.deleteStaleSyncs)); err != nil {

@@ -27,7 +27,8 @@ func TestUnitStopCancellationIsNotADatabaseError(t *testing.T) {
 		{"a real failure while stopping", true, errors.New("connection refused"), 1},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			r := &Relay{metrics: newMetrics(prometheus.NewRegistry()), log: slog.New(slog.DiscardHandler), gate: newGate(5, time.Now, nil)}
+			r := &Relay{metrics: newMetrics(prometheus.NewRegistry()), log: slog.New(slog.DiscardHandler), gate: newGate(5, time.Now, nil),
+				control: &controlReader{}, listener: &listener{}}
 			r.dbOK.Store(true)
 			r.stopping.Store(tc.stopping)
 			r.setDB(false, "heartbeat", tc.err)

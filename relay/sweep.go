@@ -9,9 +9,12 @@ import (
 // sweeper is the service that takes back other relays' expired leases
 // every sweep interval, notices relays that stopped heartbeating (checkLive)
 // and, at most every unparkHeadsInterval, makes one
-// bounded pass for stranded parked heads. It owns the pass's cursor.
+// bounded pass for stranded parked heads. Its goroutine owns the pass's
+// cursor.
 type sweeper struct {
-	r *Relay
+	serviceEnv
+	cfg    sweeperConfig
+	keeper *leaseKeeper // read: the live relays it counted; told when they changed
 	startStop
 
 	// parkCursor is the conversation the last unparkHeads pass ended at.
@@ -21,7 +24,9 @@ type sweeper struct {
 	}
 }
 
-func newSweeper(r *Relay) *sweeper { return &sweeper{r: r, startStop: startStop{name: "sweeper"}} }
+func newSweeper(env serviceEnv, cfg sweeperConfig, keeper *leaseKeeper) *sweeper {
+	return &sweeper{serviceEnv: env, cfg: cfg, keeper: keeper, startStop: startStop{name: "sweeper"}}
+}
 
 // Start sweeps in the background until Stop.
 func (w *sweeper) Start(ctx context.Context) error { return w.start(ctx, w.loop) }
@@ -30,8 +35,7 @@ func (w *sweeper) Start(ctx context.Context) error { return w.start(ctx, w.loop)
 func (w *sweeper) Stop(ctx context.Context) error { return w.stop(ctx) }
 
 func (w *sweeper) loop(ctx context.Context) {
-	r := w.r
-	sweep := time.NewTicker(r.cfg.sweepInterval())
+	sweep := time.NewTicker(w.cfg.Interval)
 	defer sweep.Stop()
 	var lastUnpark time.Time
 	for {
@@ -46,10 +50,10 @@ func (w *sweeper) loop(ctx context.Context) {
 
 // sweep runs one sweep, bounded by the heartbeat interval.
 func (w *sweeper) sweep(ctx context.Context, lastUnpark *time.Time) {
-	opCtx, cancel := context.WithTimeout(ctx, w.r.cfg.heartbeatInterval())
+	opCtx, cancel := context.WithTimeout(ctx, w.cfg.Timeout)
 	defer cancel()
-	w.r.expireLeases(opCtx)
-	w.r.checkLive(opCtx)
+	w.expireLeases(opCtx)
+	w.checkLive(opCtx)
 	if time.Since(*lastUnpark) >= unparkHeadsInterval {
 		*lastUnpark = time.Now()
 		w.unparkHeads(opCtx)
@@ -65,25 +69,46 @@ type expiredRow struct {
 
 // expireLeases takes back intents whose relay stopped renewing its lease,
 // and wakes every relay to claim them.
-func (r *Relay) expireLeases(ctx context.Context) {
-	expired, err := r.q.expireLeases(ctx, expireParams{MaxAttempts: r.cfg.MaxAttempts, MaxAge: r.cfg.MaxAge,
-		CallTimeout: r.callTimeout})
+func (w *sweeper) expireLeases(ctx context.Context) {
+	expired, err := w.q.expireLeases(ctx, expireParams{MaxAttempts: w.cfg.MaxAttempts, MaxAge: w.cfg.MaxAge,
+		CallTimeout: w.cfg.CallTimeout})
 	if err != nil {
-		r.setDB(false, "expire_leases", err)
+		w.setDB(false, "expire_leases", err)
 		return
 	}
 	for _, e := range expired {
-		r.log.Warn("took back an intent whose lease expired", "intent_id", e.ID, "state", e.State)
+		w.log.Warn("took back an intent whose lease expired", "intent_id", e.ID, "state", e.State)
 	}
 	n := len(expired)
 	if n > 0 {
-		r.metrics.leasesExpired.Add(float64(n))
-		r.signal()
+		w.metrics.leasesExpired.Add(float64(n))
+		w.wake()
 		// Other relays may have free slots when this one has none. A
 		// lost notification costs them a poll interval, nothing more.
-		if err := r.q.wakeRelays(ctx); err != nil {
-			r.log.Warn("could not wake the other relays after taking back expired leases", "error", err)
+		if err := w.q.wakeRelays(ctx); err != nil {
+			w.log.Warn("could not wake the other relays after taking back expired leases", "error", err)
 		}
+	}
+}
+
+// checkLive counts the live relays, as the heartbeat does, and when their
+// number is not what the last heartbeat found (a relay crashed: its last
+// heartbeat just became older than the lease), has the lease keeper beat
+// now, so the rate limit is shared again within a sweep instead of at the
+// next heartbeat. Every relay's sweep looks for itself, so none needs to
+// tell the others.
+func (w *sweeper) checkLive(ctx context.Context) {
+	seen := w.keeper.live.Load()
+	if seen == 0 {
+		return // no heartbeat yet
+	}
+	n, err := w.q.liveRelays(ctx, w.cfg.Name, w.cfg.LiveWithin)
+	if err != nil {
+		w.setDB(false, "live_relays", err)
+		return
+	}
+	if int64(n) != seen {
+		w.keeper.relaysChanged()
 	}
 }
 
@@ -102,12 +127,11 @@ const (
 // pass stopped, wrapping around after the last conversation, and wakes
 // the relays when it unparked a head.
 func (w *sweeper) unparkHeads(ctx context.Context) {
-	r := w.r
 	w.parkCursor.Lock()
 	defer w.parkCursor.Unlock()
-	u, err := r.q.unparkHeads(ctx, unparkParams{After: w.parkCursor.after, Limit: unparkHeadsPerSweep})
+	u, err := w.q.unparkHeads(ctx, unparkParams{After: w.parkCursor.after, Limit: unparkHeadsPerSweep})
 	if err != nil {
-		r.setDB(false, "unpark_heads", err)
+		w.setDB(false, "unpark_heads", err)
 		return
 	}
 	last, visited, unparked := u.Last, u.Visited, u.Unparked
@@ -116,10 +140,10 @@ func (w *sweeper) unparkHeads(ctx context.Context) {
 		w.parkCursor.after = ""
 	}
 	if unparked > 0 {
-		r.log.Warn("unparked intents nothing active precedes", "count", unparked)
-		r.signal()
-		if err := r.q.wakeRelays(ctx); err != nil {
-			r.log.Warn("could not wake the other relays after unparking intents", "error", err)
+		w.log.Warn("unparked intents nothing active precedes", "count", unparked)
+		w.wake()
+		if err := w.q.wakeRelays(ctx); err != nil {
+			w.log.Warn("could not wake the other relays after unparking intents", "error", err)
 		}
 	}
 }

@@ -14,9 +14,9 @@ import (
 // back to pending) and waits for them to return. It has no goroutine of
 // its own.
 type workerPool struct {
-	shutdownTimeout time.Duration
-	log             loggerWarn
-	inFlight        func() int
+	cfg      workerPoolConfig
+	log      loggerWarn
+	inFlight func() int // deliveries under way, for the log
 
 	mu     sync.Mutex
 	ctx    context.Context // nil when not started
@@ -29,8 +29,8 @@ type loggerWarn interface {
 	Warn(msg string, args ...any)
 }
 
-func newWorkerPool(shutdownTimeout time.Duration, log loggerWarn, inFlight func() int) *workerPool {
-	return &workerPool{shutdownTimeout: shutdownTimeout, log: log, inFlight: inFlight}
+func newWorkerPool(cfg workerPoolConfig, log loggerWarn, inFlight func() int) *workerPool {
+	return &workerPool{cfg: cfg, log: log, inFlight: inFlight}
 }
 
 // Start makes the context workers run under.
@@ -64,7 +64,7 @@ func (p *workerPool) Stop(ctx context.Context) error {
 	}
 	drained := make(chan struct{})
 	go func() { p.wg.Wait(); close(drained) }()
-	t := time.NewTimer(p.shutdownTimeout)
+	t := time.NewTimer(p.cfg.ShutdownTimeout)
 	defer t.Stop()
 	select {
 	case <-drained:

@@ -19,7 +19,7 @@ func TestUnitWorkerPool(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
-			p := newWorkerPool(tc.timeout, slog.New(slog.DiscardHandler), func() int { return 1 })
+			p := newWorkerPool(workerPoolConfig{ShutdownTimeout: tc.timeout}, slog.New(slog.DiscardHandler), func() int { return 1 })
 			if p.workCtx() != nil {
 				t.Fatal("a pool not started has a context")
 			}
