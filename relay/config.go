@@ -149,6 +149,16 @@ const (
 	DefaultRateStart        = 20.0
 )
 
+// DefaultConfig returns a Config with every default filled in, but for
+// Name (New draws one per relay), Logger and Clock. Build a Config from
+// it when a zero is meant as given, not as "the default" (a CLI whose
+// variables are set to 0), and check it with Validate.
+func DefaultConfig() Config {
+	c := Config{}.withDefaults()
+	c.Name, c.Logger, c.Clock = "", nil, nil
+	return c
+}
+
 // withDefaults returns c with every zero field set to its default.
 func (c Config) withDefaults() Config {
 	if c.Name == "" {
@@ -166,7 +176,7 @@ func (c Config) withDefaults() Config {
 	c.Retry.Max = cmp.Or(c.Retry.Max, DefaultRetryMax)
 	c.UserSyncTTL = cmp.Or(c.UserSyncTTL, DefaultUserSyncTTL)
 	if c.RateBurst == 0 && c.RateLimit > 0 && !c.RateAdaptive {
-		c.RateBurst = max(1, int(c.RateLimit))
+		c.RateBurst = DefaultRateBurst(c.RateLimit)
 	}
 	c.RateStart = cmp.Or(c.RateStart, DefaultRateStart)
 	c.BreakerThreshold = cmp.Or(c.BreakerThreshold, DefaultBreakerThreshold)
@@ -181,29 +191,61 @@ func (c Config) withDefaults() Config {
 	return c
 }
 
-// validate reports the first invalid field of a defaulted Config.
+// DefaultRateBurst is a fixed rate limit's burst when RateBurst is 0:
+// one second of the rate, rounded up, at least 1 (provider/talkjs's too).
+func DefaultRateBurst(limit float64) int {
+	if limit <= 0 || math.IsInf(limit, 0) || math.IsNaN(limit) {
+		return 1
+	}
+	return int(max(1, math.Ceil(limit)))
+}
+
+// ConfigError is an invalid field of a Config. Validate and New return
+// them joined, one per invalid field.
+type ConfigError struct {
+	// Field is the field's path in Config: "Lease", "Retention.Interval".
+	Field string
+	// Reason says what is wrong, with the value refused: "must be at
+	// least 1s, got 10ms". It may name the fields in Related.
+	Reason string
+	// Related are the other fields the rule compares Field with.
+	Related []string
+}
+
+func (e *ConfigError) Error() string { return e.Field + " " + e.Reason }
+
+// Validate reports every invalid field of c as it is given: a zero field
+// that has no meaning of its own is refused (New gives such fields their
+// default first). The error joins one *ConfigError per invalid field.
+func (c Config) Validate() error { return c.validate() }
+
+// validate reports every invalid field of c.
 func (c Config) validate() error {
 	var errs []error
-	check := func(ok bool, format string, args ...any) {
+	check := func(ok bool, field, format string, args ...any) {
 		if !ok {
-			errs = append(errs, fmt.Errorf(format, args...))
+			errs = append(errs, &ConfigError{Field: field, Reason: fmt.Sprintf(format, args...)})
 		}
 	}
-	check(c.Concurrency > 0, "Concurrency must be positive, got %d", c.Concurrency)
-	check(c.BatchSize > 0, "BatchSize must be positive, got %d", c.BatchSize)
-	check(c.PollInterval > 0, "PollInterval must be positive, got %s", c.PollInterval)
-	check(c.Lease >= MinLease, "Lease must be at least %s, got %s", MinLease, c.Lease)
-	check(c.MaxAttempts > 0, "MaxAttempts must be positive, got %d", c.MaxAttempts)
-	check(c.MaxAge > 0, "MaxAge must be positive, got %s", c.MaxAge)
-	check(c.Retry.Base > 0, "Retry.Base must be positive, got %s", c.Retry.Base)
-	check(c.Retry.Max >= c.Retry.Base, "Retry.Max (%s) must be at least Retry.Base (%s)", c.Retry.Max, c.Retry.Base)
-	check(c.RateLimit >= 0, "RateLimit must not be negative, got %g", c.RateLimit)
-	check(c.RateBurst >= 0, "RateBurst must not be negative, got %d", c.RateBurst)
-	check(c.RateStart > 0 && !math.IsInf(c.RateStart, 0), "RateStart must be a positive number, got %g", c.RateStart)
-	check(c.BreakerThreshold > 0, "BreakerThreshold must be positive, got %d", c.BreakerThreshold)
+	check(c.Concurrency > 0, "Concurrency", "must be positive, got %d", c.Concurrency)
+	check(c.BatchSize > 0, "BatchSize", "must be positive, got %d", c.BatchSize)
+	check(c.PollInterval > 0, "PollInterval", "must be positive, got %s", c.PollInterval)
+	check(c.Lease >= MinLease, "Lease", "must be at least %s, got %s", MinLease, c.Lease)
+	check(c.MaxAttempts > 0, "MaxAttempts", "must be positive, got %d", c.MaxAttempts)
+	check(c.MaxAge > 0, "MaxAge", "must be positive, got %s", c.MaxAge)
+	check(c.Retry.Base > 0, "Retry.Base", "must be positive, got %s", c.Retry.Base)
+	if c.Retry.Max < c.Retry.Base {
+		errs = append(errs, &ConfigError{Field: "Retry.Max", Related: []string{"Retry.Base"},
+			Reason: fmt.Sprintf("(%s) must be at least Retry.Base (%s)", c.Retry.Max, c.Retry.Base)})
+	}
+	check(c.UserSyncTTL != 0, "UserSyncTTL", "must not be 0: use NoUserSyncSkip to turn skipping off")
+	check(c.RateLimit >= 0 && !math.IsInf(c.RateLimit, 0), "RateLimit", "must be a finite number >= 0, got %g", c.RateLimit)
+	check(c.RateBurst >= 0, "RateBurst", "must not be negative, got %d", c.RateBurst)
+	check(c.RateStart > 0 && !math.IsInf(c.RateStart, 0), "RateStart", "must be a positive number, got %g", c.RateStart)
+	check(c.BreakerThreshold > 0, "BreakerThreshold", "must be positive, got %d", c.BreakerThreshold)
 	errs = append(errs, c.Retention.validate()...)
-	check(c.ShutdownTimeout > 0, "ShutdownTimeout must be positive, got %s", c.ShutdownTimeout)
-	check(len(c.Name) <= 200, "Name must be at most 200 bytes")
+	check(c.ShutdownTimeout > 0, "ShutdownTimeout", "must be positive, got %s", c.ShutdownTimeout)
+	check(len(c.Name) <= 200, "Name", "must be at most 200 bytes")
 	if len(errs) > 0 {
 		return fmt.Errorf("relay config: %w", errors.Join(errs...))
 	}

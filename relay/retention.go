@@ -73,17 +73,18 @@ func (c RetentionConfig) withDefaults() RetentionConfig {
 
 func (c RetentionConfig) validate() []error {
 	var errs []error
-	check := func(ok bool, format string, args ...any) {
+	check := func(ok bool, field, format string, args ...any) {
 		if !ok {
-			errs = append(errs, fmt.Errorf(format, args...))
+			errs = append(errs, &ConfigError{Field: "Retention." + field, Reason: fmt.Sprintf(format, args...)})
 		}
 	}
-	check(c.Done >= 0, "Retention.Done must not be negative, got %s", c.Done)
-	check(c.Interval > 0, "Retention.Interval must be positive, got %s", c.Interval)
-	check(c.BatchSize > 0, "Retention.BatchSize must be positive, got %d", c.BatchSize)
-	check(c.Pause >= 0, "Retention.Pause must not be negative, got %s", c.Pause)
-	check(c.MaxPerRun > 0, "Retention.MaxPerRun must be positive, got %d", c.MaxPerRun)
-	check(c.StatementTimeout >= time.Millisecond, "Retention.StatementTimeout must be at least 1ms, got %s", c.StatementTimeout)
+	check(c.Done >= 0, "Done", "must not be negative, got %s", c.Done)
+	check(c.Keys != 0, "Keys", "must not be 0: use KeepKeysForever to keep keys forever")
+	check(c.Interval > 0, "Interval", "must be positive, got %s", c.Interval)
+	check(c.BatchSize > 0, "BatchSize", "must be positive, got %d", c.BatchSize)
+	check(c.Pause >= 0, "Pause", "must not be negative, got %s", c.Pause)
+	check(c.MaxPerRun > 0, "MaxPerRun", "must be positive, got %d", c.MaxPerRun)
+	check(c.StatementTimeout >= time.Millisecond, "StatementTimeout", "must be at least 1ms, got %s", c.StatementTimeout)
 	return errs
 }
 

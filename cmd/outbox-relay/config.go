@@ -23,49 +23,53 @@ type dbConfig struct {
 }
 
 // runConfig is the daemon's configuration. Every variable is documented in
-// README.md; keep the two in step.
+// README.md; keep the two in step. A relay or talkjs tag names the field of
+// relay.Config or talkjs.Config the variable sets: those packages validate
+// it, and their errors are reported under the variable's name.
 type runConfig struct {
 	DatabaseURL string `env:"DATABASE_URL, required"`
 
-	TalkJSAppID      string      `env:"TALKJS_APP_ID, required"`
-	TalkJSSecretKey  secret      `env:"TALKJS_SECRET_KEY, required"`
-	TalkJSBaseURL    string      `env:"TALKJS_BASE_URL"`
-	TalkJSLegacyAuth bool        `env:"TALKJS_LEGACY_AUTH"`
-	TalkJSTimeout    callTimeout `env:"TALKJS_TIMEOUT"` // unset: half of OUTBOX_LEASE
+	TalkJSAppID      string      `env:"TALKJS_APP_ID, required" talkjs:"AppID"`
+	TalkJSSecretKey  secret      `env:"TALKJS_SECRET_KEY, required" talkjs:"SecretKey"`
+	TalkJSBaseURL    string      `env:"TALKJS_BASE_URL" talkjs:"BaseURL"`
+	TalkJSLegacyAuth bool        `env:"TALKJS_LEGACY_AUTH" talkjs:"LegacyAuth"`
+	TalkJSTimeout    callTimeout `env:"TALKJS_TIMEOUT" talkjs:"Timeout"` // unset: half of OUTBOX_LEASE
 
-	Concurrency      int           `env:"OUTBOX_CONCURRENCY"`
-	BatchSize        int           `env:"OUTBOX_BATCH_SIZE"`
-	PollInterval     time.Duration `env:"OUTBOX_POLL_INTERVAL"`
-	Lease            time.Duration `env:"OUTBOX_LEASE"`
-	MaxAttempts      int           `env:"OUTBOX_MAX_ATTEMPTS"`
-	MaxAge           time.Duration `env:"OUTBOX_MAX_AGE"`
-	RetryBase        time.Duration `env:"OUTBOX_RETRY_BASE"`
-	RetryMax         time.Duration `env:"OUTBOX_RETRY_MAX"`
-	UserSyncTTL      time.Duration `env:"OUTBOX_USER_SYNC_TTL"`
-	RateLimit        float64       `env:"OUTBOX_RATE_LIMIT, default=0"`
-	RateBurst        int           `env:"OUTBOX_RATE_BURST, default=0"`
-	RateAdaptive     bool          `env:"OUTBOX_RATE_ADAPTIVE, default=true"`
-	BreakerThreshold int           `env:"OUTBOX_BREAKER_THRESHOLD"`
-	ShutdownTimeout  time.Duration `env:"OUTBOX_SHUTDOWN_TIMEOUT"`
-	Retention        time.Duration `env:"OUTBOX_RETENTION"`
-	KeyRetention     time.Duration `env:"OUTBOX_KEY_RETENTION"`
-	RetentionEvery   time.Duration `env:"OUTBOX_RETENTION_INTERVAL"`
-	RetentionBatch   int           `env:"OUTBOX_RETENTION_BATCH_SIZE"`
-	RelayName        string        `env:"OUTBOX_RELAY_NAME"`
-	Migrate          bool          `env:"OUTBOX_MIGRATE"`
-	HTTPAddr         string        `env:"OUTBOX_HTTP_ADDR"`
-	LogLevel         string        `env:"OUTBOX_LOG_LEVEL"`
-	LogFormat        string        `env:"OUTBOX_LOG_FORMAT"`
+	Concurrency        int           `env:"OUTBOX_CONCURRENCY" relay:"Concurrency" talkjs:"MaxConns"`
+	BatchSize          int           `env:"OUTBOX_BATCH_SIZE" relay:"BatchSize"`
+	PollInterval       time.Duration `env:"OUTBOX_POLL_INTERVAL" relay:"PollInterval"`
+	Lease              time.Duration `env:"OUTBOX_LEASE" relay:"Lease"`
+	MaxAttempts        int           `env:"OUTBOX_MAX_ATTEMPTS" relay:"MaxAttempts"`
+	MaxAge             time.Duration `env:"OUTBOX_MAX_AGE" relay:"MaxAge"`
+	RetryBase          time.Duration `env:"OUTBOX_RETRY_BASE" relay:"Retry.Base"`
+	RetryMax           time.Duration `env:"OUTBOX_RETRY_MAX" relay:"Retry.Max"`
+	UserSyncTTL        time.Duration `env:"OUTBOX_USER_SYNC_TTL" relay:"UserSyncTTL"`
+	RateLimit          float64       `env:"OUTBOX_RATE_LIMIT" relay:"RateLimit" talkjs:"RateLimit"`
+	RateBurst          int           `env:"OUTBOX_RATE_BURST" relay:"RateBurst" talkjs:"RateBurst"`
+	RateAdaptive       bool          `env:"OUTBOX_RATE_ADAPTIVE" relay:"RateAdaptive"`
+	BreakerThreshold   int           `env:"OUTBOX_BREAKER_THRESHOLD" relay:"BreakerThreshold"`
+	ShutdownTimeout    time.Duration `env:"OUTBOX_SHUTDOWN_TIMEOUT" relay:"ShutdownTimeout"`
+	RetentionDone      time.Duration `env:"OUTBOX_RETENTION" relay:"Retention.Done"`
+	RetentionKeys      time.Duration `env:"OUTBOX_KEY_RETENTION" relay:"Retention.Keys"`
+	RetentionInterval  time.Duration `env:"OUTBOX_RETENTION_INTERVAL" relay:"Retention.Interval"`
+	RetentionBatchSize int           `env:"OUTBOX_RETENTION_BATCH_SIZE" relay:"Retention.BatchSize"`
+	RelayName          string        `env:"OUTBOX_RELAY_NAME" relay:"Name"`
+	Migrate            bool          `env:"OUTBOX_MIGRATE"`
+	HTTPAddr           string        `env:"OUTBOX_HTTP_ADDR"`
+	LogLevel           string        `env:"OUTBOX_LOG_LEVEL"`
+	LogFormat          string        `env:"OUTBOX_LOG_FORMAT"`
 }
 
 // envDefaults is the default of every variable that has a fixed one, as
 // its text: taken from the package that owns the setting (relay, talkjs),
 // so the daemon, the libraries and the README (kept equal by a test) agree.
 // loadConfig reads a variable from here when the environment lacks it.
-// (The rate limit's variables, OUTBOX_RATE_*, still carry theirs in their tags.)
 func envDefaults() map[string]string {
 	itoa := strconv.Itoa
 	return map[string]string{
+		"OUTBOX_RATE_LIMIT":           "0", // no client-side limit, or no ceiling when adaptive (relay.Config.RateLimit)
+		"OUTBOX_RATE_BURST":           "0", // derived from the rate (relay.Config.RateBurst)
+		"OUTBOX_RATE_ADAPTIVE":        "true",
 		"TALKJS_BASE_URL":             talkjs.DefaultBaseURL,
 		"TALKJS_LEGACY_AUTH":          "false",
 		"OUTBOX_CONCURRENCY":          itoa(relay.DefaultConcurrency),
@@ -130,10 +134,6 @@ func (o *callTimeout) UnmarshalText(b []byte) error {
 	return nil
 }
 
-// minTalkJSTimeout is the shortest TALKJS_TIMEOUT accepted: below it no
-// call to the real API could be expected to answer.
-const minTalkJSTimeout = 100 * time.Millisecond
-
 // talkJSTimeout is TALKJS_TIMEOUT, or half of OUTBOX_LEASE when unset.
 func (c *runConfig) talkJSTimeout() time.Duration {
 	if c.TalkJSTimeout.set {
@@ -181,6 +181,9 @@ func checkDatabaseURL(url string) error {
 }
 
 // validate checks what envconfig cannot, naming the variable at fault.
+// The daemon checks only what is its own (the database URL, the logs);
+// the relay and the TalkJS client check their settings themselves, with
+// their own minimums, and their errors are named by variable here.
 func (c *runConfig) validate() error {
 	var errs []error
 	bad := func(name, format string, args ...any) {
@@ -189,36 +192,15 @@ func (c *runConfig) validate() error {
 	if _, err := pgx.ParseConfig(c.DatabaseURL); err != nil {
 		bad("DATABASE_URL", "%v", err)
 	}
-	if strings.TrimSpace(c.TalkJSAppID) == "" {
-		bad("TALKJS_APP_ID", "must not be empty")
+	// 0 turns these off; the relay's negative "off" values are not the
+	// variables' to take.
+	if c.UserSyncTTL < 0 {
+		bad("OUTBOX_USER_SYNC_TTL", "must not be negative (0 turns skipping off), got %s", c.UserSyncTTL)
 	}
-	if strings.TrimSpace(string(c.TalkJSSecretKey)) == "" {
-		bad("TALKJS_SECRET_KEY", "must not be empty")
+	if c.RetentionKeys < 0 {
+		bad("OUTBOX_KEY_RETENTION", "must not be negative (0 keeps keys forever), got %s", c.RetentionKeys)
 	}
-	if !strings.HasPrefix(c.TalkJSBaseURL, "http://") && !strings.HasPrefix(c.TalkJSBaseURL, "https://") {
-		bad("TALKJS_BASE_URL", "must start with http:// or https://, got %q", c.TalkJSBaseURL)
-	}
-	if t := c.talkJSTimeout(); c.TalkJSTimeout.set && t < minTalkJSTimeout {
-		bad("TALKJS_TIMEOUT", "must be at least %s, got %s", minTalkJSTimeout, t)
-	}
-	positive := map[string]int{"OUTBOX_CONCURRENCY": c.Concurrency, "OUTBOX_BATCH_SIZE": c.BatchSize,
-		"OUTBOX_MAX_ATTEMPTS": c.MaxAttempts, "OUTBOX_BREAKER_THRESHOLD": c.BreakerThreshold}
-	for _, name := range []string{"OUTBOX_CONCURRENCY", "OUTBOX_BATCH_SIZE", "OUTBOX_MAX_ATTEMPTS", "OUTBOX_BREAKER_THRESHOLD"} {
-		if positive[name] <= 0 {
-			bad(name, "must be positive, got %d", positive[name])
-		}
-	}
-	durations := map[string]time.Duration{"OUTBOX_POLL_INTERVAL": c.PollInterval, "OUTBOX_LEASE": c.Lease,
-		"OUTBOX_MAX_AGE": c.MaxAge, "OUTBOX_RETRY_BASE": c.RetryBase, "OUTBOX_RETRY_MAX": c.RetryMax,
-		"OUTBOX_SHUTDOWN_TIMEOUT": c.ShutdownTimeout}
-	for _, name := range []string{"OUTBOX_POLL_INTERVAL", "OUTBOX_LEASE", "OUTBOX_MAX_AGE", "OUTBOX_RETRY_BASE", "OUTBOX_RETRY_MAX", "OUTBOX_SHUTDOWN_TIMEOUT"} {
-		if durations[name] <= 0 {
-			bad(name, "must be positive, got %s", durations[name])
-		}
-	}
-	if c.Lease > 0 && c.Lease < relay.MinLease {
-		bad("OUTBOX_LEASE", "must be at least %s, got %s", relay.MinLease, c.Lease)
-	}
+	errs = append(errs, byVariable(c.relayConfig(nil).Validate(), c.talkjsConfig().Validate())...)
 	// A call must end inside the lease it is made under (renewed every
 	// third of it, less a tenth kept as margin), so the client's timeout
 	// fires first on an API that does not answer.
@@ -226,27 +208,6 @@ func (c *runConfig) validate() error {
 		errs = append(errs, fmt.Errorf("TALKJS_TIMEOUT (%s) must be at most half of OUTBOX_LEASE (%s): a call must end inside its lease; "+
 			"lower TALKJS_TIMEOUT to %s, raise OUTBOX_LEASE to %s, or leave TALKJS_TIMEOUT unset (half the lease)",
 			t, c.Lease, relay.MaxCallTimeout(c.Lease), 2*t))
-	}
-	if c.RetryMax < c.RetryBase {
-		bad("OUTBOX_RETRY_MAX", "(%s) must be at least OUTBOX_RETRY_BASE (%s)", c.RetryMax, c.RetryBase)
-	}
-	if c.Retention < 0 {
-		bad("OUTBOX_RETENTION", "must not be negative, got %s", c.Retention)
-	}
-	if c.KeyRetention < 0 {
-		bad("OUTBOX_KEY_RETENTION", "must not be negative (0 keeps keys forever), got %s", c.KeyRetention)
-	}
-	if c.RetentionEvery <= 0 {
-		bad("OUTBOX_RETENTION_INTERVAL", "must be positive, got %s", c.RetentionEvery)
-	}
-	if c.RetentionBatch <= 0 {
-		bad("OUTBOX_RETENTION_BATCH_SIZE", "must be positive, got %d", c.RetentionBatch)
-	}
-	if c.RateLimit < 0 {
-		bad("OUTBOX_RATE_LIMIT", "must not be negative, got %g", c.RateLimit)
-	}
-	if c.RateBurst < 0 {
-		bad("OUTBOX_RATE_BURST", "must not be negative, got %d", c.RateBurst)
 	}
 	if _, err := parseLevel(c.LogLevel); err != nil {
 		bad("OUTBOX_LOG_LEVEL", "%v", err)
@@ -260,6 +221,88 @@ func (c *runConfig) validate() error {
 	return nil
 }
 
+// byVariable rewrites the relay's and the TalkJS client's configuration
+// errors under the names of the variables that set the fields ("Lease must
+// be at least 1s" becomes "OUTBOX_LEASE: must be at least 1s"), one per
+// variable (OUTBOX_CONCURRENCY sets two fields; the first error wins).
+func byVariable(relayErr, talkjsErr error) []error {
+	vars := fieldVariables()
+	var out []error
+	seen := map[string]bool{}
+	add := func(variable, reason string, err error) {
+		switch {
+		case variable == "":
+			out = append(out, err) // a field no variable sets: reported as the package names it
+		case !seen[variable]:
+			seen[variable] = true
+			out = append(out, fmt.Errorf("%s: %s", variable, reason))
+		}
+	}
+	for _, err := range leafErrors(relayErr) {
+		var ce *relay.ConfigError
+		if !errors.As(err, &ce) {
+			out = append(out, err)
+			continue
+		}
+		reason := ce.Reason
+		for _, f := range ce.Related {
+			if v := vars["relay:"+f]; v != "" {
+				reason = strings.ReplaceAll(reason, f, v)
+			}
+		}
+		add(vars["relay:"+ce.Field], reason, err)
+	}
+	for _, err := range leafErrors(talkjsErr) {
+		var ce *talkjs.ConfigError
+		if !errors.As(err, &ce) {
+			out = append(out, err)
+			continue
+		}
+		add(vars["talkjs:"+ce.Field], ce.Reason, err)
+	}
+	return out
+}
+
+// leafErrors flattens wrapped and joined errors into the errors joined.
+func leafErrors(err error) []error {
+	switch e := err.(type) { //nolint:errorlint // walking the tree of wrapped errors itself
+	case nil:
+		return nil
+	case interface{ Unwrap() []error }:
+		var out []error
+		for _, inner := range e.Unwrap() {
+			out = append(out, leafErrors(inner)...)
+		}
+		return out
+	case interface{ Unwrap() error }:
+		if inner := e.Unwrap(); inner != nil {
+			if _, ok := inner.(interface{ Unwrap() []error }); ok { //nolint:errorlint // as above
+				return leafErrors(inner)
+			}
+		}
+	}
+	return []error{err}
+}
+
+// fieldVariables maps "relay:Field" and "talkjs:Field" to the variable
+// that sets it, from runConfig's tags.
+func fieldVariables() map[string]string {
+	out := map[string]string{}
+	t := reflect.TypeFor[runConfig]()
+	for i := range t.NumField() {
+		f := t.Field(i)
+		variable, _, _ := strings.Cut(f.Tag.Get("env"), ",")
+		for _, pkg := range []string{"relay", "talkjs"} {
+			if field := f.Tag.Get(pkg); field != "" {
+				out[pkg+":"+field] = variable
+			}
+		}
+	}
+	return out
+}
+
+// talkjsConfig is the TalkJS client's configuration, every field given:
+// talkjs.Config.Validate checks it as it is.
 func (c *runConfig) talkjsConfig() talkjs.Config {
 	return talkjs.Config{
 		AppID:      c.TalkJSAppID,
@@ -270,36 +313,27 @@ func (c *runConfig) talkjsConfig() talkjs.Config {
 		MaxConns:   c.Concurrency * 2,
 		// The relay divides this among live relays at its first heartbeat.
 		RateLimit: c.RateLimit,
-		Burst:     c.RateBurst,
+		RateBurst: c.RateBurst,
 	}
 }
 
+// relayConfig is the relay's configuration: the relay's defaults with the
+// variables' values over them, so a variable set to 0 reaches the relay
+// as 0 (refused by relay.Config.Validate where 0 means nothing), not as
+// "the default".
 func (c *runConfig) relayConfig(logger *slog.Logger) relay.Config {
-	return relay.Config{
-		Name:             c.RelayName,
-		Version:          readBuildInfo().Version,
-		AppID:            c.TalkJSAppID,
-		Concurrency:      c.Concurrency,
-		BatchSize:        c.BatchSize,
-		PollInterval:     c.PollInterval,
-		Lease:            c.Lease,
-		MaxAttempts:      c.MaxAttempts,
-		MaxAge:           c.MaxAge,
-		Retry:            relay.RetryPolicy{Base: c.RetryBase, Max: c.RetryMax},
-		UserSyncTTL:      userSyncTTL(c.UserSyncTTL),
-		RateLimit:        c.RateLimit,
-		RateBurst:        c.RateBurst,
-		RateAdaptive:     c.RateAdaptive,
-		BreakerThreshold: c.BreakerThreshold,
-		ShutdownTimeout:  c.ShutdownTimeout,
-		Retention: relay.RetentionConfig{
-			Done:      c.Retention,
-			Keys:      keyRetention(c.KeyRetention),
-			Interval:  c.RetentionEvery,
-			BatchSize: c.RetentionBatch,
-		},
-		Logger: logger,
-	}
+	rc := relay.DefaultConfig()
+	rc.Name, rc.Version, rc.AppID = c.RelayName, readBuildInfo().Version, c.TalkJSAppID
+	rc.Concurrency, rc.BatchSize, rc.PollInterval = c.Concurrency, c.BatchSize, c.PollInterval
+	rc.Lease, rc.MaxAttempts, rc.MaxAge = c.Lease, c.MaxAttempts, c.MaxAge
+	rc.Retry = relay.RetryPolicy{Base: c.RetryBase, Max: c.RetryMax}
+	rc.UserSyncTTL = userSyncTTL(c.UserSyncTTL)
+	rc.RateLimit, rc.RateBurst, rc.RateAdaptive = c.RateLimit, c.RateBurst, c.RateAdaptive
+	rc.BreakerThreshold, rc.ShutdownTimeout = c.BreakerThreshold, c.ShutdownTimeout
+	rc.Retention.Done, rc.Retention.Keys = c.RetentionDone, keyRetention(c.RetentionKeys)
+	rc.Retention.Interval, rc.Retention.BatchSize = c.RetentionInterval, c.RetentionBatchSize
+	rc.Logger = logger
+	return rc
 }
 
 // userSyncTTL maps OUTBOX_USER_SYNC_TTL=0 ("never skip") to the relay's

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"strings"
 	"testing"
 	"time"
 
@@ -79,5 +80,44 @@ func TestUnitDefaultsAreTheLibraries(t *testing.T) {
 	rc = cfg.relayConfig(nil)
 	if rc.UserSyncTTL != relay.NoUserSyncSkip || rc.Retention.Keys != relay.KeepKeysForever {
 		t.Errorf("with both variables 0: UserSyncTTL %s, Retention.Keys %s; want NoUserSyncSkip, KeepKeysForever", rc.UserSyncTTL, rc.Retention.Keys)
+	}
+}
+
+// The relay's and the TalkJS client's own checks refuse the values, and
+// their errors come back under the variables' names, once per variable.
+func TestUnitLibraryErrorsByVariable(t *testing.T) {
+	t.Parallel()
+	required := map[string]string{"DATABASE_URL": "postgres://localhost/x", "TALKJS_APP_ID": "app", "TALKJS_SECRET_KEY": "sk"}
+	for _, tc := range []struct {
+		variable, value, want string
+	}{
+		{"OUTBOX_CONCURRENCY", "0", "OUTBOX_CONCURRENCY: must be positive, got 0"},
+		{"OUTBOX_LEASE", "500ms", "OUTBOX_LEASE: must be at least 1s, got 500ms"},
+		{"OUTBOX_RETRY_MAX", "1ms", "OUTBOX_RETRY_MAX: (1ms) must be at least OUTBOX_RETRY_BASE (1s)"},
+		{"OUTBOX_RETENTION_INTERVAL", "0s", "OUTBOX_RETENTION_INTERVAL: must be positive, got 0s"},
+		{"OUTBOX_RATE_BURST", "-1", "OUTBOX_RATE_BURST: must not be negative, got -1"},
+		{"TALKJS_TIMEOUT", "50ms", "TALKJS_TIMEOUT: must be at least 100ms, got 50ms"},
+		{"TALKJS_APP_ID", "  ", "TALKJS_APP_ID: must not be blank"},
+		{"TALKJS_BASE_URL", "ftp://x", "TALKJS_BASE_URL: must start with http:// or https://"},
+		{"OUTBOX_USER_SYNC_TTL", "-1s", "OUTBOX_USER_SYNC_TTL: must not be negative (0 turns skipping off), got -1s"},
+	} {
+		env := map[string]string{tc.variable: tc.value}
+		for k, v := range required {
+			if k != tc.variable {
+				env[k] = v
+			}
+		}
+		var cfg runConfig
+		if err := loadConfig(t.Context(), envconfig.MapLookuper(env), &cfg); err != nil {
+			t.Fatal(err)
+		}
+		err := cfg.validate()
+		if err == nil {
+			t.Errorf("%s=%s accepted", tc.variable, tc.value)
+			continue
+		}
+		if got := err.Error(); !strings.Contains(got, tc.want) || strings.Count(got, tc.variable+":") != 1 {
+			t.Errorf("%s=%s: error %q, want %q once", tc.variable, tc.value, got, tc.want)
+		}
 	}
 }

@@ -69,9 +69,9 @@ type Config struct {
 	// the app's allowance between relay processes. Change it at run time
 	// with SetRateLimit.
 	RateLimit float64
-	// Burst is how many requests may go at once above RateLimit after a
-	// quiet period. Default max(1, ceil(RateLimit)).
-	Burst int
+	// RateBurst is how many requests may go at once above RateLimit after
+	// a quiet period. Default max(1, ceil(RateLimit)) (relay.DefaultRateBurst).
+	RateBurst int
 	// UserAgent is sent with every request. Default DefaultUserAgent.
 	UserAgent string
 	// HTTPClient replaces the client's own HTTP client (tests, proxies,
@@ -87,8 +87,8 @@ type Config struct {
 
 // String describes c without its secret key.
 func (c Config) String() string {
-	return fmt.Sprintf("talkjs.Config{AppID:%q BaseURL:%q SecretKey:%s LegacyAuth:%t Timeout:%s MaxConns:%d RateLimit:%g Burst:%d}",
-		c.AppID, c.BaseURL, redactedIfSet(c.SecretKey), c.LegacyAuth, c.Timeout, c.MaxConns, c.RateLimit, c.Burst)
+	return fmt.Sprintf("talkjs.Config{AppID:%q BaseURL:%q SecretKey:%s LegacyAuth:%t Timeout:%s MaxConns:%d RateLimit:%g RateBurst:%d}",
+		c.AppID, c.BaseURL, redactedIfSet(c.SecretKey), c.LegacyAuth, c.Timeout, c.MaxConns, c.RateLimit, c.RateBurst)
 }
 
 // GoString is String, so %#v does not print the secret key either.
@@ -104,7 +104,7 @@ func (c Config) LogValue() slog.Value {
 		slog.Duration("timeout", c.Timeout),
 		slog.Int("max_conns", c.MaxConns),
 		slog.Float64("rate_limit", c.RateLimit),
-		slog.Int("burst", c.Burst),
+		slog.Int("rate_burst", c.RateBurst),
 	)
 }
 
@@ -120,7 +120,7 @@ func (c Config) withDefaults() Config {
 	c.BaseURL = cmp.Or(c.BaseURL, DefaultBaseURL)
 	c.Timeout = cmp.Or(c.Timeout, DefaultTimeout)
 	c.MaxConns = cmp.Or(c.MaxConns, DefaultMaxConns)
-	c.Burst = cmp.Or(c.Burst, defaultBurst(c.RateLimit))
+	c.RateBurst = cmp.Or(c.RateBurst, defaultBurst(c.RateLimit))
 	c.UserAgent = cmp.Or(c.UserAgent, DefaultUserAgent)
 	if c.Clock == nil {
 		c.Clock = time.Now
@@ -135,39 +135,70 @@ func defaultBurst(limit float64) int {
 	return int(max(1, math.Ceil(limit)))
 }
 
-// validate reports the first invalid field. Errors name the field and never
-// quote the secret key.
+// ConfigError is an invalid field of a Config. Validate and New return
+// them joined, one per invalid field; none quotes the secret key.
+type ConfigError struct {
+	Field  string // the field of Config: "Timeout", "BaseURL"
+	Reason string // what is wrong: "must be at least 100ms, got 50ms"
+}
+
+func (e *ConfigError) Error() string { return "talkjs: " + e.Field + " " + e.Reason }
+
+// MinTimeout is the shortest Timeout accepted: below it no call to the
+// API could be expected to answer.
+const MinTimeout = 100 * time.Millisecond
+
+// Validate reports every invalid field of c as it is given: a zero field
+// that has no meaning of its own (Timeout, MaxConns) is refused, while New
+// gives such fields their default first. The error joins one *ConfigError
+// per invalid field.
+func (c Config) Validate() error {
+	_, err := c.validate()
+	return err
+}
+
+// validate reports every invalid field, and parses the base URL.
 func (c Config) validate() (*url.URL, error) {
-	switch {
-	case c.AppID == "":
-		return nil, errors.New("talkjs: AppID is required")
-	case c.SecretKey == "":
-		return nil, errors.New("talkjs: SecretKey is required")
-	case c.Timeout < 0:
-		return nil, fmt.Errorf("talkjs: Timeout must not be negative, got %s", c.Timeout)
-	case c.MaxConns < 0:
-		return nil, fmt.Errorf("talkjs: MaxConns must not be negative, got %d", c.MaxConns)
-	case math.IsNaN(c.RateLimit) || math.IsInf(c.RateLimit, 0) || c.RateLimit < 0:
-		return nil, fmt.Errorf("talkjs: RateLimit must be a finite number >= 0, got %g", c.RateLimit)
-	case c.Burst < 0:
-		return nil, fmt.Errorf("talkjs: Burst must not be negative, got %d", c.Burst)
+	var errs []error
+	check := func(ok bool, field, format string, args ...any) {
+		if !ok {
+			errs = append(errs, &ConfigError{Field: field, Reason: fmt.Sprintf(format, args...)})
+		}
 	}
-	// url.Parse errors quote the input, which could hold credentials.
-	base, err := url.Parse(c.BaseURL)
-	if err != nil {
-		return nil, errors.New("talkjs: BaseURL is not a valid URL")
-	}
-	switch {
-	case base.Scheme != "http" && base.Scheme != "https":
-		return nil, errors.New("talkjs: BaseURL must start with http:// or https://")
-	case base.Host == "":
-		return nil, errors.New("talkjs: BaseURL must have a host")
-	case base.User != nil:
-		return nil, errors.New("talkjs: BaseURL must not contain credentials")
-	case base.RawQuery != "" || base.Fragment != "" || base.ForceQuery:
-		return nil, errors.New("talkjs: BaseURL must not have a query or fragment")
+	check(c.AppID != "", "AppID", "is required")
+	check(c.AppID == "" || strings.TrimSpace(c.AppID) != "", "AppID", "must not be blank")
+	check(c.SecretKey != "", "SecretKey", "is required")
+	check(c.SecretKey == "" || strings.TrimSpace(c.SecretKey) != "", "SecretKey", "must not be blank")
+	check(c.Timeout >= MinTimeout, "Timeout", "must be at least %s, got %s", MinTimeout, c.Timeout)
+	check(c.MaxConns > 0, "MaxConns", "must be positive, got %d", c.MaxConns)
+	check(!math.IsNaN(c.RateLimit) && !math.IsInf(c.RateLimit, 0) && c.RateLimit >= 0,
+		"RateLimit", "must be a finite number >= 0, got %g", c.RateLimit)
+	check(c.RateBurst >= 0, "RateBurst", "must not be negative, got %d", c.RateBurst)
+	base, reason := parseBaseURL(c.BaseURL)
+	check(reason == "", "BaseURL", "%s", reason)
+	if len(errs) > 0 {
+		return nil, errors.Join(errs...)
 	}
 	return base, nil
+}
+
+// parseBaseURL parses the API base, or says why it cannot be one. The
+// reason never quotes the URL, which could hold credentials.
+func parseBaseURL(s string) (*url.URL, string) {
+	base, err := url.Parse(s)
+	switch {
+	case err != nil:
+		return nil, "is not a valid URL"
+	case base.Scheme != "http" && base.Scheme != "https":
+		return nil, "must start with http:// or https://"
+	case base.Host == "":
+		return nil, "must have a host"
+	case base.User != nil:
+		return nil, "must not contain credentials"
+	case base.RawQuery != "" || base.Fragment != "" || base.ForceQuery:
+		return nil, "must not have a query or fragment"
+	}
+	return base, ""
 }
 
 // Client calls the TalkJS REST API. It implements provider.Provider.
@@ -292,7 +323,7 @@ func New(cfg Config) (*Client, error) {
 		userAgent: cfg.UserAgent,
 		now:       cfg.Clock,
 		secretKey: cfg.SecretKey,
-		limiter:   rate.NewLimiter(rate.Inf, cfg.Burst),
+		limiter:   rate.NewLimiter(rate.Inf, cfg.RateBurst),
 		hc:        cfg.HTTPClient,
 	}
 	if cfg.LegacyAuth {
@@ -300,7 +331,7 @@ func New(cfg Config) (*Client, error) {
 	} else {
 		c.creds = newAppTokenSource(cfg.AppID, cfg.SecretKey, cfg.Clock)
 	}
-	c.SetRateLimit(cfg.RateLimit, cfg.Burst)
+	c.SetRateLimit(cfg.RateLimit, cfg.RateBurst)
 	if c.hc == nil {
 		c.hc = &http.Client{
 			Transport: newTransport(cfg.MaxConns),

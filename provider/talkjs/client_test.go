@@ -374,7 +374,7 @@ func TestParseRetryAfter(t *testing.T) {
 
 func TestTimeoutIsRetryable(t *testing.T) {
 	t.Parallel()
-	b := setup(t, faketalkjs.Faults{Latency: time.Hour}, func(c *Config) { c.Timeout = 50 * time.Millisecond })
+	b := setup(t, faketalkjs.Faults{Latency: time.Hour}, func(c *Config) { c.Timeout = MinTimeout })
 	err := b.client.PutUser(t.Context(), alice)
 	wantError(t, err, provider.Retryable, 0)
 	// The caller's context is fine: the error must not look like it ended.
@@ -687,7 +687,7 @@ func TestSecretNeverInErrors(t *testing.T) {
 	slow := faketalkjs.New(faketalkjs.Config{AppID: testAppID, SecretKey: secret, Faults: faketalkjs.Faults{Latency: time.Hour}})
 	slowSrv := httptest.NewServer(slow)
 	t.Cleanup(slowSrv.Close)
-	c := newClient(t, slowSrv.URL, func(c *Config) { c.SecretKey = secret; c.Timeout = 20 * time.Millisecond })
+	c := newClient(t, slowSrv.URL, func(c *Config) { c.SecretKey = secret; c.Timeout = MinTimeout })
 	note(c.PutUser(t.Context(), alice))
 	closed := httptest.NewServer(http.NotFoundHandler())
 	closed.Close()
@@ -728,7 +728,7 @@ func TestNewValidatesConfig(t *testing.T) {
 	}{
 		{"defaults", func(*Config) {}, ""},
 		{"all fields", func(c *Config) {
-			c.BaseURL, c.LegacyAuth, c.Timeout, c.MaxConns, c.RateLimit, c.Burst, c.UserAgent =
+			c.BaseURL, c.LegacyAuth, c.Timeout, c.MaxConns, c.RateLimit, c.RateBurst, c.UserAgent =
 				"http://localhost:8090/prefix", true, time.Second, 4, 2.5, 3, "ua"
 		}, ""},
 		{"missing app id", func(c *Config) { c.AppID = "" }, "talkjs: AppID is required"},
@@ -736,7 +736,7 @@ func TestNewValidatesConfig(t *testing.T) {
 		{"negative timeout", func(c *Config) { c.Timeout = -time.Second }, "Timeout"},
 		{"negative max conns", func(c *Config) { c.MaxConns = -1 }, "MaxConns"},
 		{"negative rate limit", func(c *Config) { c.RateLimit = -1 }, "RateLimit"},
-		{"negative burst", func(c *Config) { c.Burst = -1 }, "Burst"},
+		{"negative burst", func(c *Config) { c.RateBurst = -1 }, "RateBurst"},
 		{"relative base URL", func(c *Config) { c.BaseURL = "api.talkjs.com" }, "BaseURL"},
 		{"base URL without host", func(c *Config) { c.BaseURL = "https://" }, "BaseURL"},
 		{"base URL with query", func(c *Config) { c.BaseURL = "https://h/?x=1" }, "BaseURL"},
@@ -762,7 +762,7 @@ func TestNewValidatesConfig(t *testing.T) {
 
 func TestClientRateLimit(t *testing.T) {
 	t.Parallel()
-	b := setup(t, faketalkjs.Faults{}, func(c *Config) { c.RateLimit = 0.01; c.Burst = 1 })
+	b := setup(t, faketalkjs.Faults{}, func(c *Config) { c.RateLimit = 0.01; c.RateBurst = 1 })
 	if err := b.client.PutUser(t.Context(), alice); err != nil {
 		t.Fatal(err)
 	}
@@ -855,7 +855,7 @@ func TestConcurrentCalls(t *testing.T) {
 // their wait, for the relay's metrics; refused and unhindered ones are not.
 func TestRateLimitWaitsCounted(t *testing.T) {
 	t.Parallel()
-	b := setup(t, faketalkjs.Faults{}, func(c *Config) { c.RateLimit = 2; c.Burst = 1 })
+	b := setup(t, faketalkjs.Faults{}, func(c *Config) { c.RateLimit = 2; c.RateBurst = 1 })
 	if n, d := b.client.RateLimitWaits(); n != 0 || d != 0 {
 		t.Fatalf("waits before any request = %d, %s", n, d)
 	}
