@@ -39,37 +39,74 @@ const (
 
 // claimer is the service that claims intents and starts their workers in
 // the worker pool. Stopping it stops claiming; deliveries under way go on
-// (the pool drains them).
+// (the pool drains them). Its goroutine owns the claim loop's state
+// (claimState) and reads its two wake-up channels.
 type claimer struct {
-	r *Relay
+	serviceEnv
+	cfg       claimerConfig
+	gate      *gate                  // admits claims: all, one probe, or none for a while
+	listening func() bool            // the listener's connection is up: a NOTIFY can wake the claimer
+	freeSlots func() int             // how many intents a claim may take now (Relay.freeSlots)
+	dispatch  func([]*claimedIntent) // starts the claimed intents' deliveries (Relay.dispatch)
 	startStop
+
+	wakeups       chan struct{} // something may be claimable now
+	notifications chan struct{} // a producer's NOTIFY arrived
 }
 
-func newClaimer(r *Relay) *claimer { return &claimer{r: r, startStop: startStop{name: "claimer"}} }
+// claimerDeps is what the claimer is handed besides its env and slice.
+type claimerDeps struct {
+	gate      *gate
+	listening func() bool
+	freeSlots func() int
+	dispatch  func([]*claimedIntent)
+}
+
+func newClaimer(env serviceEnv, cfg claimerConfig, d claimerDeps) *claimer {
+	return &claimer{serviceEnv: env, cfg: cfg, gate: d.gate, listening: d.listening, freeSlots: d.freeSlots,
+		dispatch: d.dispatch, wakeups: make(chan struct{}, 1), notifications: make(chan struct{}, 1),
+		startStop: startStop{name: "claimer"}}
+}
+
+// signal wakes the claimer (non-blocking; one pending wake is enough).
+func (c *claimer) signal() {
+	select {
+	case c.wakeups <- struct{}{}:
+	default:
+	}
+}
+
+// notify wakes the claimer for a producer's NOTIFY (non-blocking).
+func (c *claimer) notify() {
+	select {
+	case c.notifications <- struct{}{}:
+	default:
+	}
+}
 
 // Start claims in the background until Stop.
-func (c *claimer) Start(ctx context.Context) error { return c.start(ctx, c.r.claimLoop) }
+func (c *claimer) Start(ctx context.Context) error { return c.start(ctx, c.loop) }
 
 // Stop stops claiming and waits for the claim under way to end.
 func (c *claimer) Stop(ctx context.Context) error { return c.stop(ctx) }
 
-// claimLoop claims intents while there are free slots and starts a worker
+// loop claims intents while there are free slots and starts a worker
 // for each. It sleeps only when a claim found nothing (or the gate says
 // wait), until a notification, a freed slot, a gate change or the poll
 // interval.
-func (r *Relay) claimLoop(ctx context.Context) {
+func (c *claimer) loop(ctx context.Context) {
 	timer := time.NewTimer(0)
 	defer timer.Stop()
 	st := claimState{dbRetry: dbRetryMin}
 	for ctx.Err() == nil {
-		next, wait := r.claimStep(ctx, &st)
+		next, wait := c.claimStep(ctx, &st)
 		switch next {
 		case claimStop:
 			return
 		case claimAgain:
 			continue
 		}
-		if !r.sleepClaim(ctx, timer, wait, &st) {
+		if !c.sleepClaim(ctx, timer, wait, &st) {
 			return
 		}
 	}
@@ -117,14 +154,14 @@ func (r *Relay) freeSlots() int {
 // claimStep is one round of the claim loop: a claim when slots and the
 // gate allow, its jobs dispatched. It returns what to do next and how
 // long to sleep at most.
-func (r *Relay) claimStep(ctx context.Context, st *claimState) (claimNext, time.Duration) {
-	wait := r.cfg.PollInterval
-	free := r.freeSlots()
+func (c *claimer) claimStep(ctx context.Context, st *claimState) (claimNext, time.Duration) {
+	wait := c.cfg.PollInterval
+	free := c.freeSlots()
 	if free == 0 {
 		return claimSleep, wait
 	}
-	limit := min(free, r.cfg.BatchSize)
-	n, gateWait := r.gate.admit()
+	limit := min(free, c.cfg.BatchSize)
+	n, gateWait := c.gate.admit()
 	if n == 0 {
 		return claimSleep, min(wait, gateWait)
 	}
@@ -132,28 +169,28 @@ func (r *Relay) claimStep(ctx context.Context, st *claimState) (claimNext, time.
 	if probe {
 		limit = 1
 	}
-	jobs, err := r.claim(ctx, limit)
+	jobs, err := c.claim(ctx, limit)
 	if err != nil {
 		if probe {
-			r.gate.probeDone()
+			c.gate.probeDone()
 		}
 		if ctx.Err() != nil {
 			return claimStop, 0
 		}
-		r.setDB(false, "claim", err)
+		c.setDB(false, "claim", err)
 		wait, st.dbRetry = st.dbRetry, min(2*st.dbRetry, dbRetryMax)
 		return claimSleep, wait
 	}
-	r.setDB(true, "", nil)
+	c.setDB(true, "", nil)
 	st.dbRetry = dbRetryMin
 	if probe {
 		if len(jobs) == 0 {
-			r.gate.probeDone()
+			c.gate.probeDone()
 		} else {
 			jobs[0].probe = true
 		}
 	}
-	r.dispatch(jobs)
+	c.dispatch(jobs)
 	if len(jobs) > 0 {
 		st.claimedSinceAsked, st.quiet = true, false
 	} else if st.notifiedWake && !st.claimedSinceAsked {
@@ -162,8 +199,8 @@ func (r *Relay) claimStep(ctx context.Context, st *claimState) (claimNext, time.
 	if len(jobs) == limit && !probe {
 		return claimAgain, 0 // there may be more
 	}
-	if len(jobs) == 0 && r.gate.paused() == "" && r.listener.listening.Load() && !st.quiet {
-		return r.askNotify(ctx, st, limit), wait
+	if len(jobs) == 0 && c.gate.paused() == "" && c.listening() && !st.quiet {
+		return c.askNotify(ctx, st, limit), wait
 	}
 	return claimSleep, wait
 }
@@ -171,24 +208,24 @@ func (r *Relay) claimStep(ctx context.Context, st *claimState) (claimNext, time.
 // askNotify is for a relay with nothing to do: it asks producers for a
 // NOTIFY, then looks once more, since an intent committed between the
 // claim and the flag would not notify.
-func (r *Relay) askNotify(ctx context.Context, st *claimState, limit int) claimNext {
-	if err := r.q.setWaiting(ctx); err != nil {
+func (c *claimer) askNotify(ctx context.Context, st *claimState, limit int) claimNext {
+	if err := c.q.setWaiting(ctx); err != nil {
 		if ctx.Err() != nil {
 			return claimStop
 		}
-		r.setDB(false, "set_waiting", err)
+		c.setDB(false, "set_waiting", err)
 		return claimSleep
 	}
 	st.claimedSinceAsked = false
-	jobs, err := r.claim(ctx, limit)
+	jobs, err := c.claim(ctx, limit)
 	if err != nil {
 		if ctx.Err() != nil {
 			return claimStop
 		}
-		r.setDB(false, "claim", err)
+		c.setDB(false, "claim", err)
 		return claimSleep
 	}
-	r.dispatch(jobs)
+	c.dispatch(jobs)
 	if len(jobs) > 0 {
 		st.claimedSinceAsked = true
 		return claimAgain
@@ -198,22 +235,22 @@ func (r *Relay) askNotify(ctx context.Context, st *claimState, limit int) claimN
 
 // sleepClaim waits up to wait for a NOTIFY, a wake-up, a gate change or
 // the timer. It returns false when ctx ended.
-func (r *Relay) sleepClaim(ctx context.Context, timer *time.Timer, wait time.Duration, st *claimState) bool {
+func (c *claimer) sleepClaim(ctx context.Context, timer *time.Timer, wait time.Duration, st *claimState) bool {
 	timer.Reset(wait)
 	st.notifiedWake = false
 	select {
 	case <-ctx.Done():
 		return false
-	case <-r.notified:
+	case <-c.notifications:
 		st.notifiedWake = true
-		r.metrics.wakeups.WithLabelValues("notify").Inc()
-	case <-r.wake:
-		r.metrics.wakeups.WithLabelValues("internal").Inc()
-	case <-r.gate.changes():
-		r.metrics.wakeups.WithLabelValues("internal").Inc()
+		c.metrics.wakeups.WithLabelValues("notify").Inc()
+	case <-c.wakeups:
+		c.metrics.wakeups.WithLabelValues("internal").Inc()
+	case <-c.gate.changes():
+		c.metrics.wakeups.WithLabelValues("internal").Inc()
 	case <-timer.C:
 		st.quiet = false
-		r.metrics.wakeups.WithLabelValues("poll").Inc()
+		c.metrics.wakeups.WithLabelValues("poll").Inc()
 	}
 	if !timer.Stop() {
 		select {
@@ -240,29 +277,29 @@ type claimedRow struct {
 // claim leases up to limit intents. A claim that has started is finished
 // even when ctx ends, so that no lease is taken and then forgotten (it would
 // hold its intents until it expired).
-func (r *Relay) claim(ctx context.Context, limit int) ([]*claimedIntent, error) {
+func (c *claimer) claim(ctx context.Context, limit int) ([]*claimedIntent, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
 	start := time.Now()
-	qctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), r.cfg.statementDeadline())
+	qctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), c.cfg.StatementDeadline)
 	defer cancel()
-	claimed, err := r.q.claim(qctx, r.claimParams(limit))
+	claimed, err := c.q.claim(qctx, c.claimParams(limit))
 	if err != nil {
 		return nil, err
 	}
 	jobs := make([]*claimedIntent, 0, len(claimed))
-	for _, c := range claimed {
-		j := &claimedIntent{id: c.ID, token: c.Token, attempt: c.Attempt, payload: c.Payload, key: c.Key,
-			convHash: c.ConvHash, convSkip: c.ConvSkip, claimed: start}
-		j.hashes, j.skip = parseUserSyncs(c.Hashes, c.Skip)
-		j.deadline.Store(r.monotonic(start) + int64(r.cfg.Lease))
+	for _, row := range claimed {
+		j := &claimedIntent{id: row.ID, token: row.Token, attempt: row.Attempt, payload: row.Payload, key: row.Key,
+			convHash: row.ConvHash, convSkip: row.ConvSkip, claimed: start}
+		j.hashes, j.skip = parseUserSyncs(row.Hashes, row.Skip)
+		j.deadline.Store(c.monotonic(start) + int64(c.cfg.Lease))
 		jobs = append(jobs, j)
-		r.env.logStateChange(j.id, j.attempt, StatePending, StateDelivering, "claimed")
+		c.logStateChange(j.id, j.attempt, StatePending, StateDelivering, "claimed")
 	}
-	r.metrics.claimed.Add(float64(len(jobs)))
-	r.metrics.claimBatch.Observe(float64(len(jobs)))
-	r.metrics.claimDuration.Observe(time.Since(start).Seconds())
+	c.metrics.claimed.Add(float64(len(jobs)))
+	c.metrics.claimBatch.Observe(float64(len(jobs)))
+	c.metrics.claimDuration.Observe(time.Since(start).Seconds())
 	return jobs, nil
 }
 
@@ -292,9 +329,9 @@ func parseUserSyncs(hashes []byte, skip []string) (map[string][]byte, map[string
 }
 
 // claimParams are claimBatch's arguments for a claim of up to limit intents.
-func (r *Relay) claimParams(limit int) claimParams {
-	return claimParams{Limit: limit, Relay: r.cfg.Name, Lease: r.cfg.Lease, SyncTTL: r.cfg.syncTTL(),
-		AppID: r.cfg.AppID, ParkBatch: parkBatch}
+func (c *claimer) claimParams(limit int) claimParams {
+	return claimParams{Limit: limit, Relay: c.cfg.Name, Lease: c.cfg.Lease, SyncTTL: c.cfg.SyncTTL,
+		AppID: c.cfg.AppID, ParkBatch: parkBatch}
 }
 
 // dispatch starts a worker per intent in the worker pool. The caller has

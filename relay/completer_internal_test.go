@@ -13,7 +13,7 @@ func TestCompleterService(t *testing.T) {
 		if err := r.completer.Start(t.Context()); err == nil {
 			t.Fatal("second Start succeeded")
 		}
-		jobs, err := r.claim(t.Context(), n)
+		jobs, err := r.claimer.claim(t.Context(), n)
 		if err != nil || len(jobs) != n {
 			t.Fatalf("claim: %v, %d jobs", err, len(jobs))
 		}

@@ -13,7 +13,7 @@ import (
 // the messages), without making any calls. It returns how many were
 // claimed. For benchmarks.
 func (r *Relay) ClaimAndComplete(ctx context.Context, n int) (int, error) {
-	jobs, err := r.claim(ctx, n)
+	jobs, err := r.claimer.claim(ctx, n)
 	if err != nil {
 		return 0, err
 	}
@@ -63,7 +63,9 @@ type ClaimedIntent = claimedIntent
 func (j *claimedIntent) ID() int64 { return j.id }
 
 // Claim claims up to n intents as the claimer would, without delivering them.
-func (r *Relay) Claim(ctx context.Context, n int) ([]*ClaimedIntent, error) { return r.claim(ctx, n) }
+func (r *Relay) Claim(ctx context.Context, n int) ([]*ClaimedIntent, error) {
+	return r.claimer.claim(ctx, n)
+}
 
 // Complete records jobs with one outcome (done, dead, retry, release) and
 // no calls, the next attempt due after delay.
@@ -79,7 +81,9 @@ func (r *Relay) Complete(ctx context.Context, jobs []*ClaimedIntent, how string,
 }
 
 // ClaimStatement is the claim statement and its arguments for n intents.
-func (r *Relay) ClaimStatement(n int) (string, []any) { return claimBatch, r.claimParams(n).args() }
+func (r *Relay) ClaimStatement(n int) (string, []any) {
+	return claimBatch, r.claimer.claimParams(n).args()
+}
 
 // RenewLeases holds jobs and renews their leases as the heartbeat would.
 func (r *Relay) RenewLeases(ctx context.Context, jobs []*ClaimedIntent) {

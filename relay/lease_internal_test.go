@@ -9,7 +9,7 @@ func TestLeaseKeeperService(t *testing.T) {
 	t.Parallel()
 	r, pool := newServiceRelay(t)
 	insertIntents(t, pool, 1)
-	jobs, err := r.claim(t.Context(), 1)
+	jobs, err := r.claimer.claim(t.Context(), 1)
 	if err != nil || len(jobs) != 1 {
 		t.Fatalf("claim: %v, %d jobs", err, len(jobs))
 	}

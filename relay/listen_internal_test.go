@@ -19,7 +19,7 @@ func TestListenerService(t *testing.T) {
 		t.Fatal(err)
 	}
 	select {
-	case <-r.notified:
+	case <-r.claimer.notifications:
 	case <-time.After(10 * time.Second):
 		t.Fatal("no wake-up after a NOTIFY")
 	}

@@ -120,8 +120,6 @@ func New(pool *pgxpool.Pool, p provider.Provider, cfg Config) (*Relay, error) {
 		provider:    p,
 		log:         cfg.Logger.With("relay", cfg.Name),
 		metrics:     newMetrics(cfg.Registerer),
-		wake:        make(chan struct{}, 1),
-		notified:    make(chan struct{}, 1),
 		slots:       make(chan struct{}, cfg.Concurrency),
 		held:        newLeaseSet(),
 		users:       newUserFlights(),
@@ -150,9 +148,11 @@ func (r *Relay) newServices(sc serviceConfigs) {
 	r.gauges = newGaugeReader(env, sc.gauges)
 	r.completer = newCompleter(env, sc.completer, r.held, &r.writes, r.warns, r.stopBegan)
 	r.workers = newWorkerPool(sc.workers, r.log, func() int { return len(r.slots) })
-	r.listener = newListener(env, sc.listener, r.notify, r.keeper.relaysChanged)
+	r.claimer = newClaimer(env, sc.claimer, claimerDeps{gate: r.gate,
+		listening: func() bool { return r.listener.listening.Load() },
+		freeSlots: r.freeSlots, dispatch: r.dispatch})
+	r.listener = newListener(env, sc.listener, r.claimer.notify, r.keeper.relaysChanged)
 	r.retainer = newRetainer(env, sc.retention)
-	r.claimer = newClaimer(r)
 }
 
 // callTimeouter is implemented by providers that bound each call
@@ -409,12 +409,7 @@ func (r *Relay) updateReadyMetric() {
 }
 
 // signal wakes the claimer (non-blocking; one pending wake is enough).
-func (r *Relay) signal() {
-	select {
-	case r.wake <- struct{}{}:
-	default:
-	}
-}
+func (r *Relay) signal() { r.claimer.signal() }
 
 func randomSuffix() string {
 	var b [4]byte
@@ -431,11 +426,3 @@ func (r *Relay) stopBegan() (time.Time, bool) {
 
 // monotonic converts t to nanoseconds on the relay's monotonic clock.
 func (r *Relay) monotonic(t time.Time) int64 { return r.env.monotonic(t) }
-
-// notify wakes the claimer for a producer's NOTIFY (non-blocking).
-func (r *Relay) notify() {
-	select {
-	case r.notified <- struct{}{}:
-	default:
-	}
-}

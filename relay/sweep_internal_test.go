@@ -12,7 +12,7 @@ func TestSweeperService(t *testing.T) {
 	r, pool := newServiceRelay(t)
 	insertIntents(t, pool, 2)
 	// Claimed and never renewed: the lease (1 s) expires.
-	if jobs, err := r.claim(t.Context(), 2); err != nil || len(jobs) != 2 {
+	if jobs, err := r.claimer.claim(t.Context(), 2); err != nil || len(jobs) != 2 {
 		t.Fatalf("claim: %v, %d jobs", err, len(jobs))
 	}
 	startService(t, r.sweeper)
