@@ -239,7 +239,7 @@ type Action struct {
 // Retry puts the selected dead intents back to pending with a fresh retry
 // budget. With dryRun it only reports which it would retry.
 func Retry(ctx context.Context, pool *pgxpool.Pool, sel Selection, dryRun bool) (Action, error) {
-	return act(ctx, pool, "retry", StateDead, retrySelected, sel, dryRun)
+	return act(ctx, pool, operatorCommand{"retry", StateDead, retrySelected}, sel, dryRun)
 }
 
 // Cancel makes the selected pending intents dead with the reason
@@ -247,18 +247,26 @@ func Retry(ctx context.Context, pool *pgxpool.Pool, sel Selection, dryRun bool) 
 // An intent being delivered is not cancelled (its attempt is under way)
 // and is reported as skipped. With dryRun it only reports.
 func Cancel(ctx context.Context, pool *pgxpool.Pool, sel Selection, dryRun bool) (Action, error) {
-	return act(ctx, pool, "cancel", StatePending, cancelSelected, sel, dryRun)
+	return act(ctx, pool, operatorCommand{"cancel", StatePending, cancelSelected}, sel, dryRun)
 }
 
 // Purge deletes the selected dead intents and their attempts. With dryRun
 // it only reports.
 func Purge(ctx context.Context, pool *pgxpool.Pool, sel Selection, dryRun bool) (Action, error) {
-	return act(ctx, pool, "purge", StateDead, purgeSelected, sel, dryRun)
+	return act(ctx, pool, operatorCommand{"purge", StateDead, purgeSelected}, sel, dryRun)
 }
 
-// act runs one operator command: the statement over the intents selectWhere
-// picks in state, or with dryRun selectWhere alone.
-func act(ctx context.Context, pool *pgxpool.Pool, what string, state State, stmt string, sel Selection, dryRun bool) (Action, error) {
+// operatorCommand is one of the commands that act on selected intents.
+type operatorCommand struct {
+	what  string // its name, in errors
+	state State  // the state of the intents it acts on
+	stmt  string // its statement over the selected intents
+}
+
+// act runs one operator command: its statement over the intents
+// selectWhere picks in its state, or with dryRun selectWhere alone.
+func act(ctx context.Context, pool *pgxpool.Pool, cmd operatorCommand, sel Selection, dryRun bool) (Action, error) {
+	what, state, stmt := cmd.what, cmd.state, cmd.stmt
 	res := Action{Changed: []int64{}, Skipped: map[int64]State{}, NotFound: []int64{}}
 	if err := sel.validate(); err != nil {
 		return res, fmt.Errorf("%s: %w", what, err)
