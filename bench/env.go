@@ -296,13 +296,15 @@ func (e *env) clientConfig(rateLimit float64) talkjs.Config {
 }
 
 // relayPool opens the pool a relay uses: at most 10 connections, as
-// cmd/outbox-relay opens by default.
-func relayPool(ctx context.Context, url string) (*pgxpool.Pool, error) {
+// cmd/outbox-relay opens by default. Its sessions carry application_name
+// appName, by which backendCPU finds them.
+func relayPool(ctx context.Context, url, appName string) (*pgxpool.Pool, error) {
 	cfg, err := pgxpool.ParseConfig(url)
 	if err != nil {
 		return nil, err
 	}
 	cfg.MaxConns = 10
+	cfg.ConnConfig.RuntimeParams["application_name"] = appName
 	return pgxpool.NewWithConfig(ctx, cfg)
 }
 

@@ -161,7 +161,7 @@ func runChild(kind string) error {
 		return errors.New("child mode needs BENCH_CHILD_DB and BENCH_CHILD_FAKE")
 	}
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
-	pool, err := relayPool(ctx, dbURL)
+	pool, err := relayPool(ctx, dbURL, dbPrefix+kind)
 	if err != nil {
 		return err
 	}

@@ -37,6 +37,7 @@ type sizes struct {
 	economyN, footprintN       int
 	backlogLimit               time.Duration
 	drainSystems               []string
+	drainLatencies             []time.Duration
 	callsN                     int
 	rate100N, rate1000N        int
 	systems                    []string // of the rate-limited and calls scenarios
@@ -74,6 +75,7 @@ func main() {
 	backlogN := flag.Int("backlog-n", 0, "pending intents of the large backlog run, 0 for the default (1000000; -quick 50000), -1 to skip it")
 	srcRoot := flag.String("src", "..", "root of the outbox-relay module (for building cmd/outbox-relay)")
 	drainSystems := flag.String("drain-systems", "ours,naive,river,river-tuned", "systems the drain scenario runs")
+	drainLatencies := flag.String("drain-latencies", "0s,20ms", "the fake's latencies the drain scenario runs at")
 	systems := flag.String("systems", strings.Join(allSystems, ","), "systems the calls, rate100 and rate1000 scenarios run ("+strings.Join(allSystems, ", ")+"; ours-exact runs in rate1000 only, river-wait in the rate scenarios only)")
 	rate100N := flag.Int("rate100-n", 0, "intents of the rate100 scenario (default 20000; -quick 1000)")
 	rate1000N := flag.Int("rate1000-n", 0, "intents of the rate1000 scenario (default 20000; -quick 4000)")
@@ -148,6 +150,14 @@ func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	sz.drainSystems = strings.Split(*drainSystems, ",")
+	for _, l := range strings.Split(*drainLatencies, ",") {
+		d, err := time.ParseDuration(l)
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "-drain-latencies: %v\n", err)
+			os.Exit(2)
+		}
+		sz.drainLatencies = append(sz.drainLatencies, d)
+	}
 	if err := run(ctx, log, *dbURL, sz, want, *profDir, *srcRoot, *quick, os.Stdout); err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
 		os.Exit(1)
@@ -262,8 +272,9 @@ func writeSettings(out io.Writer, sz sizes, profDir string) {
 func runDrain(ctx context.Context, log *slog.Logger, e *env, sz sizes, profDir string, rep *report) error {
 	specs := []systemSpec{oursSpec(), naiveSpec(false), riverSpec(inFlight, riverFetchTune), riverSpec(riverTuned, riverFetchTune)}
 	drainKeys := map[string]string{specs[0].label: "ours", specs[1].label: "naive", specs[2].label: "river", specs[3].label: "river-tuned"}
-	latencies := []time.Duration{0, 20 * time.Millisecond}
+	latencies := sz.drainLatencies
 	rates := map[string][]float64{} // key: latency|label
+	pgCPU := map[string][]float64{} // Postgres CPU s per 10,000 intents; same key
 	var errs []error
 	for round := range sz.drainRuns {
 		for _, lat := range latencies {
@@ -285,10 +296,13 @@ func runDrain(ctx context.Context, log *slog.Logger, e *env, sz sizes, profDir s
 					log.Error("drain run failed", "system", spec.label, "latency", lat, "error", err)
 					continue
 				}
+				perTenK := res.pgCPU * 10000 / float64(sz.drainN)
 				log.Info("drain", "round", round+1, "latency", lat, "system", spec.label,
-					"intents_per_s", fmt.Sprintf("%.0f", res.rate), "elapsed", res.elapsed.Round(time.Millisecond))
+					"intents_per_s", fmt.Sprintf("%.0f", res.rate), "elapsed", res.elapsed.Round(time.Millisecond),
+					"pg_cpu_s_per_10k", fmt.Sprintf("%.2f", perTenK))
 				key := lat.String() + "|" + spec.label
 				rates[key] = append(rates[key], res.rate)
+				pgCPU[key] = append(pgCPU[key], perTenK)
 			}
 		}
 	}
@@ -300,6 +314,10 @@ func runDrain(ctx context.Context, log *slog.Logger, e *env, sz sizes, profDir s
 		unit: "%.0f", target: "≥ 1× naive", met: ok(o, n, 1)})
 	rep.add(row{scenario: "Drain, 0 ms latency (intents/s); River tuned, 200 workers", ours: o, naive: n, river: rt,
 		unit: "%.0f", target: "≥ 1.5× River tuned", met: ok(o, rt, 1.5)})
+	cpu := func(spec systemSpec) float64 { return median(pgCPU[time.Duration(0).String()+"|"+spec.label]) }
+	rep.add(row{scenario: "Drain, 0 ms latency: Postgres backends' CPU seconds per 10,000 intents; River 100 workers",
+		ours: cpu(ours), naive: cpu(naive), river: cpu(river100), unit: "%.2f", lowerBetter: true, target: "(information)",
+		note: "utime+stime of the relay's backends (by application_name) from relay start until drained; median"})
 
 	const ceiling = 100.0 / (3 * 0.020)
 	o, n, r = med(20*time.Millisecond, ours), med(20*time.Millisecond, naive), med(20*time.Millisecond, river100)

@@ -23,6 +23,9 @@ import (
 type drainResult struct {
 	rate    float64 // intents per second
 	elapsed time.Duration
+	// pgCPU is the CPU seconds the relay's Postgres backends used during
+	// the drain (backendCPU), from relay start until nothing was left.
+	pgCPU float64
 }
 
 // drain loads n drain intents, starts the relay and times it until every
@@ -57,6 +60,10 @@ func (e *env) drain(ctx context.Context, spec systemSpec, n int, latency time.Du
 		}
 		defer pprof.StopCPUProfile()
 	}
+	cpuBefore, err := e.backendCPU(ctx, s.db.name, appName(spec))
+	if err != nil {
+		return drainResult{}, err
+	}
 	start := time.Now()
 	if err := s.r.start(runCtx); err != nil {
 		return drainResult{}, fmt.Errorf("%s: start: %w", spec.label, err)
@@ -68,6 +75,10 @@ func (e *env) drain(ctx context.Context, spec systemSpec, n int, latency time.Du
 		return drainResult{}, err
 	}
 	elapsed := time.Since(start)
+	cpuAfter, err := e.backendCPU(ctx, s.db.name, appName(spec))
+	if err != nil {
+		return drainResult{}, err
+	}
 	if cpuProfile != "" {
 		pprof.StopCPUProfile()
 	}
@@ -75,7 +86,7 @@ func (e *env) drain(ctx context.Context, spec systemSpec, n int, latency time.Du
 	if err := s.verify(ctx, n, 2*n); err != nil {
 		return drainResult{}, err
 	}
-	return drainResult{rate: float64(n) / elapsed.Seconds(), elapsed: elapsed}, nil
+	return drainResult{rate: float64(n) / elapsed.Seconds(), elapsed: elapsed, pgCPU: cpuSince(cpuBefore, cpuAfter)}, nil
 }
 
 // wakeup measures an idle relay's reaction: count single-intent

@@ -40,7 +40,7 @@ func (s *session) addRelays(ctx context.Context, k int, rateLimit float64) error
 		p := &peer{}
 		s.more = append(s.more, p)
 		var err error
-		if p.pool, err = relayPool(ctx, s.db.url); err != nil {
+		if p.pool, err = relayPool(ctx, s.db.url, appName(s.spec)); err != nil {
 			return fmt.Errorf("%s: pool: %w", s.spec.label, err)
 		}
 		if p.client, err = talkjs.New(s.e.clientConfig(rateLimit)); err != nil {
@@ -70,7 +70,7 @@ func (e *env) open(ctx context.Context, spec systemSpec, rateLimit float64) (*se
 		return nil, err
 	}
 	s := &session{e: e, spec: spec, db: db, tag: fmt.Sprintf("r%d", e.seq.Add(1))}
-	if s.pool, err = relayPool(ctx, db.url); err != nil {
+	if s.pool, err = relayPool(ctx, db.url, appName(spec)); err != nil {
 		s.close()
 		return nil, fmt.Errorf("%s: pool: %w", spec.label, err)
 	}
