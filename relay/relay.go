@@ -58,8 +58,6 @@ type Relay struct {
 
 	callTimeout time.Duration // the longest one call may take
 
-	wake     chan struct{} // something may be claimable now
-	notified chan struct{} // a producer's NOTIFY arrived
 	slots    chan struct{} // one token per intent in flight
 	held     *leaseSet
 	users    *userFlights

@@ -276,7 +276,7 @@ func leafErrors(err error) []error {
 		return out
 	case interface{ Unwrap() error }:
 		if inner := e.Unwrap(); inner != nil {
-			if _, ok := inner.(interface{ Unwrap() []error }); ok { //nolint:errorlint // as above
+			if _, ok := inner.(interface{ Unwrap() []error }); ok {
 				return leafErrors(inner)
 			}
 		}
