@@ -61,7 +61,7 @@ func (e *env) footprint(ctx context.Context, spec systemSpec, relayBin string, n
 	var cmd *exec.Cmd
 	switch spec.template {
 	case sysOurs:
-		cmd = exec.Command(relayBin, "run")
+		cmd = exec.CommandContext(ctx, relayBin, "run")
 		cmd.Env = append(os.Environ(),
 			"DATABASE_URL="+s.db.url,
 			"TALKJS_APP_ID="+fakeAppID,
@@ -83,7 +83,7 @@ func (e *env) footprint(ctx context.Context, spec systemSpec, relayBin string, n
 		if err != nil {
 			return footprintResult{}, err
 		}
-		cmd = exec.Command(self, "-child="+spec.template)
+		cmd = exec.CommandContext(ctx, self, "-child="+spec.template)
 		cmd.Env = append(os.Environ(), "BENCH_CHILD_DB="+s.db.url, "BENCH_CHILD_FAKE="+e.fakeURL)
 	}
 	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
@@ -95,9 +95,11 @@ func (e *env) footprint(ctx context.Context, spec systemSpec, relayBin string, n
 	}
 	exited := make(chan error, 1)
 	go func() { exited <- cmd.Wait() }()
-	kill := func() {
+	// kill ends the child and returns its exit status, which after a kill
+	// says nothing: the callers report why they killed it instead.
+	kill := func() error {
 		_ = cmd.Process.Kill()
-		<-exited
+		return <-exited
 	}
 	// A child that exits early (bad configuration) ends the wait at once.
 	waitCtx, cancelWait := context.WithCancelCause(runCtx)
@@ -106,20 +108,20 @@ func (e *env) footprint(ctx context.Context, spec systemSpec, relayBin string, n
 		select {
 		case err := <-exited:
 			exited <- err
-			cancelWait(fmt.Errorf("child exited before the drain ended: %v", err))
+			cancelWait(fmt.Errorf("child exited before the drain ended: %w", err))
 		case <-waitCtx.Done():
 		}
 	}()
 	if err := e.waitMessages(waitCtx, 2*n); err != nil {
-		if cause := context.Cause(waitCtx); cause != nil && cause != context.Canceled && cause != context.DeadlineExceeded {
+		if cause := context.Cause(waitCtx); cause != nil && !errors.Is(cause, context.Canceled) && !errors.Is(cause, context.DeadlineExceeded) {
 			return footprintResult{}, fmt.Errorf("%s: %w", spec.label, cause)
 		}
-		kill()
+		_ = kill()
 		return footprintResult{}, fmt.Errorf("%s: %w", spec.label, err)
 	}
 	cancelWait(nil)
 	if err := s.waitDrained(runCtx); err != nil {
-		kill()
+		_ = kill()
 		return footprintResult{}, err
 	}
 	elapsed := time.Since(start)
@@ -134,7 +136,7 @@ func (e *env) footprint(ctx context.Context, spec systemSpec, relayBin string, n
 			return footprintResult{}, fmt.Errorf("%s: child exited: %w", spec.label, err)
 		}
 	case <-time.After(30 * time.Second):
-		kill()
+		_ = kill()
 		return footprintResult{}, fmt.Errorf("%s: child did not stop within 30s of SIGTERM", spec.label)
 	}
 	ru, ok := cmd.ProcessState.SysUsage().(*syscall.Rusage)

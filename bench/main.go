@@ -147,8 +147,6 @@ func main() {
 		level = slog.LevelDebug
 	}
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
 	sz.drainSystems = strings.Split(*drainSystems, ",")
 	for _, l := range strings.Split(*drainLatencies, ",") {
 		d, err := time.ParseDuration(l)
@@ -158,7 +156,10 @@ func main() {
 		}
 		sz.drainLatencies = append(sz.drainLatencies, d)
 	}
-	if err := run(ctx, log, *dbURL, sz, want, *profDir, *srcRoot, *quick, os.Stdout); err != nil {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	err := run(ctx, log, *dbURL, sz, want, *profDir, *srcRoot, *quick, os.Stdout)
+	stop() // before os.Exit, which runs no deferred call
+	if err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
 		os.Exit(1)
 	}

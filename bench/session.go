@@ -151,7 +151,7 @@ func (s *session) waitDrained(ctx context.Context) error {
 		select {
 		case <-ctx.Done():
 			if err != nil {
-				return fmt.Errorf("%s: %w (last query error: %v)", s.spec.label, ctx.Err(), err)
+				return fmt.Errorf("%s: %w (last query error: %w)", s.spec.label, ctx.Err(), err)
 			}
 			return fmt.Errorf("%s: %d intents still undelivered: %w", s.spec.label, n, ctx.Err())
 		case <-t.C:
