@@ -1,6 +1,8 @@
 package relay
 
 import (
+	"errors"
+	"slices"
 	"testing"
 	"time"
 )
@@ -40,5 +42,56 @@ func TestUnitServiceConfigs(t *testing.T) {
 	}
 	if got := (Config{}).withDefaults().serviceConfigs(time.Second).claimer.SyncTTL; got != DefaultUserSyncTTL {
 		t.Errorf("claimer SyncTTL by default = %s, want %s", got, DefaultUserSyncTTL)
+	}
+}
+
+// TestUnitConfigValidate checks that Validate takes a Config as given, a
+// zero with no meaning of its own refused, and that every error names its
+// field.
+func TestUnitConfigValidate(t *testing.T) {
+	t.Parallel()
+	if err := DefaultConfig().Validate(); err != nil {
+		t.Fatalf("DefaultConfig: %v", err)
+	}
+	c := DefaultConfig()
+	c.Concurrency, c.Lease, c.Retry.Max, c.Retention.Interval = 0, 500*time.Millisecond, time.Millisecond, 0
+	var joined interface{ Unwrap() []error }
+	if err := c.Validate(); !errors.As(err, &joined) {
+		t.Fatalf("Validate = %v, want joined errors", err)
+	}
+	var fields []string
+	for _, err := range joined.Unwrap() {
+		var ce *ConfigError
+		if !errors.As(err, &ce) {
+			t.Fatalf("%v is not a *ConfigError", err)
+		}
+		fields = append(fields, ce.Field)
+		if ce.Field == "Retry.Max" && (len(ce.Related) != 1 || ce.Related[0] != "Retry.Base") {
+			t.Errorf("Retry.Max: related %v, want [Retry.Base]", ce.Related)
+		}
+	}
+	want := []string{"Concurrency", "Lease", "Retry.Max", "Retention.Interval"}
+	if !slices.Equal(fields, want) {
+		t.Errorf("fields %v, want %v", fields, want)
+	}
+}
+
+// TestUnitClaimerWakeupsCoalesce checks that wake-ups never block their
+// sender and that one pending wake-up stands for any number.
+func TestUnitClaimerWakeupsCoalesce(t *testing.T) {
+	t.Parallel()
+	c := newClaimer(serviceEnv{}, claimerConfig{}, claimerDeps{})
+	for range 3 {
+		c.signal()
+		c.notify()
+	}
+	if len(c.wakeups) != 1 || len(c.notifications) != 1 {
+		t.Fatalf("pending: %d wake-ups, %d notifications; want 1 of each", len(c.wakeups), len(c.notifications))
+	}
+	k := &leaseKeeper{changed: make(chan struct{}, 1)}
+	k.relaysChanged()
+	k.relaysChanged()
+	if len(k.changed) != 1 {
+		t.Fatalf("%d relays-changed signals pending, want 1", len(k.changed))
 	}
 }

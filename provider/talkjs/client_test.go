@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -867,5 +868,30 @@ func TestRateLimitWaitsCounted(t *testing.T) {
 	n, d := b.client.RateLimitWaits()
 	if n != 2 || d < 500*time.Millisecond || d > 2*time.Second {
 		t.Fatalf("waits = %d totalling %s, want 2 totalling about 1s", n, d)
+	}
+}
+
+// Validate takes a Config as given: a zero Timeout or MaxConns is refused
+// (New gives them their defaults), and every error names its field.
+func TestValidateAsGiven(t *testing.T) {
+	t.Parallel()
+	full := Config{AppID: "a", SecretKey: "s", BaseURL: DefaultBaseURL, Timeout: MinTimeout, MaxConns: 1}
+	if err := full.Validate(); err != nil {
+		t.Fatalf("full config: %v", err)
+	}
+	var fields []string
+	var joined interface{ Unwrap() []error }
+	if err := (Config{AppID: " ", SecretKey: "s", BaseURL: DefaultBaseURL}).Validate(); !errors.As(err, &joined) {
+		t.Fatalf("Validate = %v, want joined errors", err)
+	}
+	for _, err := range joined.Unwrap() {
+		var ce *ConfigError
+		if !errors.As(err, &ce) {
+			t.Fatalf("%v is not a *ConfigError", err)
+		}
+		fields = append(fields, ce.Field)
+	}
+	if want := []string{"AppID", "Timeout", "MaxConns"}; !slices.Equal(fields, want) {
+		t.Errorf("fields %v, want %v", fields, want)
 	}
 }
