@@ -124,8 +124,8 @@ type Config struct {
 	// OnCut, when set, is called (under the controller's lock: it must
 	// not call back) with "429" or "slow" for every cut.
 	OnCut func(cause string)
-	// Now is the clock; default time.Now.
-	Now func() time.Time
+	// Clock is the clock; default time.Now.
+	Clock func() time.Time
 }
 
 // Causes of a cut, as passed to Config.OnCut.
@@ -216,8 +216,8 @@ func New(cfg Config) (*Controller, error) {
 	cfg.SlowFactor = cmp.Or(cfg.SlowFactor, DefaultSlowFactor)
 	cfg.SlowMargin = cmp.Or(cfg.SlowMargin, DefaultSlowMargin)
 	cfg.Cooldown = cmp.Or(cfg.Cooldown, DefaultCooldown)
-	if cfg.Now == nil {
-		cfg.Now = time.Now
+	if cfg.Clock == nil {
+		cfg.Clock = time.Now
 	}
 	c := &Controller{cfg: cfg, slowStart: true}
 	c.rate = c.bound(cfg.Initial)
@@ -287,7 +287,7 @@ func (c *Controller) Join(rate float64) {
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	now := c.cfg.Now()
+	now := c.cfg.Clock()
 	c.rate = c.bound(rate)
 	c.wMax = c.rate
 	c.slowStart = false
@@ -301,7 +301,7 @@ func (c *Controller) Join(rate float64) {
 func (c *Controller) PausedFor() time.Duration {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	return max(c.pausedUntil.Sub(c.cfg.Now()), 0)
+	return max(c.pausedUntil.Sub(c.cfg.Clock()), 0)
 }
 
 // Answered records a call the API answered with anything but 429 (a
@@ -314,7 +314,7 @@ func (c *Controller) Answered(latency time.Duration) {
 	latency = max(latency, 0)
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	now := c.cfg.Now()
+	now := c.cfg.Clock()
 	c.meter.add(now)
 	if c.baseline == 0 {
 		c.baseline, c.recent, c.lastAnswer = max(latency, 1), latency, now
@@ -431,7 +431,7 @@ func (c *Controller) growLocked(now time.Time) {
 func (c *Controller) RateLimited(retryAfter time.Duration) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	now := c.cfg.Now()
+	now := c.cfg.Clock()
 	c.cutLocked(now, c.cfg.Backoff, CauseRateLimited, retryAfter)
 	if until := now.Add(retryAfter); retryAfter > 0 && until.After(c.pausedUntil) {
 		c.pausedUntil = until

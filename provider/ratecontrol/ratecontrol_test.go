@@ -16,7 +16,7 @@ func (c *clock) Advance(d time.Duration) { c.now = c.now.Add(d) }
 func newController(t *testing.T, cfg Config) (*Controller, *clock) {
 	t.Helper()
 	clk := &clock{now: time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)}
-	cfg.Now = clk.Now
+	cfg.Clock = clk.Now
 	c, err := New(cfg)
 	if err != nil {
 		t.Fatalf("New: %v", err)
