@@ -31,6 +31,13 @@ const (
 	dbRetryMin = 100 * time.Millisecond
 	dbRetryMax = 2 * time.Second
 
+	// callsPerIntentBound is the calls an intent is counted at when
+	// claims are sized to the rate limit (rateRoom): an intent with two
+	// new users in a claim that shares no batch call, and no sync record
+	// to skip its conversation PUT. Most intents cost fewer (batched
+	// users, skipped PUTs): the bound leaves room, never too little.
+	callsPerIntentBound = 4
+
 	// parkBatch bounds how many blocked intents one claim parks (see
 	// claimBatch), so that the first claim to meet a long queue behind a
 	// failing intent stays short; the next claims park the rest.
@@ -135,20 +142,44 @@ const (
 	claimStop                   // the claimer is stopping
 )
 
-// freeSlots is how many intents a claim may take now. With deliveries in
-// flight, claim once a quarter of the slots (or a batch) is free rather
-// than for every freed slot: a claim is a transaction, and claiming one
-// row at a time behind a rate limit costs producers' commits more than
-// the slots gain; and the users of a claim batch share batch calls
-// (userbatch.go), so behind a rate limit, where slots free up a few at a
-// time, a larger claim spends fewer calls per intent. An idle relay
-// claims at once.
+// freeSlots is how many intents a claim may take now: the slots free,
+// and no more than the provider's rate limit can serve within the lease
+// (rateRoom). With deliveries in flight, claim once a quarter of that
+// room (or a batch) is free rather than for every freed slot: a claim is
+// a transaction, and claiming one row at a time behind a rate limit costs
+// producers' commits more than the slots gain; and the users of a claim
+// batch share batch calls (userbatch.go), so behind a rate limit, where
+// slots free up a few at a time, a larger claim spends fewer calls per
+// intent. An idle relay claims at once.
 func (r *Relay) freeSlots() int {
-	free := cap(r.slots) - len(r.slots)
-	if len(r.slots) > 0 && free < min(r.cfg.BatchSize, max(1, cap(r.slots)/4)) {
+	room := cap(r.slots)
+	if n := r.rateRoom(); n > 0 {
+		room = min(room, n)
+	}
+	inFlight := len(r.slots)
+	free := room - inFlight
+	if free <= 0 || inFlight > 0 && free < min(r.cfg.BatchSize, max(1, room/4)) {
 		return 0
 	}
 	return free
+}
+
+// rateRoom is how many intents the provider's rate limit can deliver
+// within half a lease, at callsPerIntentBound calls each; 0 when the
+// provider has no limit. Claiming more than that would only hold them
+// until the client's limiter refuses their calls for want of time before
+// the lease ends (a rate_limited attempt, given back and claimed again):
+// churn that writes attempt rows and spends nothing on the API.
+func (r *Relay) rateRoom() int {
+	rr, ok := r.provider.(rateReader)
+	if !ok {
+		return 0
+	}
+	limit := rr.RateLimit()
+	if limit <= 0 {
+		return 0
+	}
+	return max(1, int(limit*r.cfg.Lease.Seconds()/2/callsPerIntentBound))
 }
 
 // claimStep is one round of the claim loop: a claim when slots and the

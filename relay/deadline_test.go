@@ -163,25 +163,60 @@ func TestTimeoutLongerThanLeaseRefused(t *testing.T) {
 	}
 }
 
-// A call the relay's own rate limiter cannot serve in time goes back to
-// pending alone: its attempt is given back, nothing is dead, every intent
-// is delivered, and no relay-wide pause follows (no call waits for it).
-func TestClientLimiterRefusalReleasesOneIntent(t *testing.T) {
-	t.Parallel()
-	b := setup(t, faketalkjs.Faults{})
+// unsizedClient is a talkjs.Client that does not report its rate limit,
+// so the relay cannot size its claims to it and claims as many intents as
+// it has slots: more than the limit serves within the lease.
+type unsizedClient struct {
+	provider.Provider
+	c *talkjs.Client
+}
+
+func (u unsizedClient) SetRateLimit(limit float64, burst int) { u.c.SetRateLimit(limit, burst) }
+func (u unsizedClient) Timeout() time.Duration                { return u.c.Timeout() }
+
+// limitedConfig is a relay at 3 calls/s under a 4s lease: eight intents'
+// first calls queue for up to 2.7s, so a relay that claims all eight has
+// the limiter refuse the slots that would leave under 1s (half of the 2s
+// call timeout, which leaves room for a slow fake on a loaded machine).
+func limitedConfig() relay.Config {
 	cfg := testConfig("limited")
-	// A 2s call timeout leaves room for a slow fake on a loaded machine;
-	// at 3 calls/s the eight intents' first calls queue for up to 2.7s, so
-	// the limiter must refuse the slots that would leave under 1s.
 	cfg.Lease = 4 * time.Second
 	cfg.RateLimit, cfg.RateBurst = 3, 1
 	cfg.Retry.Base = 100 * time.Millisecond
-	r := b.newRelay(t, cfg)
+	return cfg
+}
+
+// eightLimited inserts the eight single-user intents the limited tests
+// deliver.
+func eightLimited(t *testing.T, b *bundle) ([]outbox.Intent, []int64) {
+	t.Helper()
 	var intents []outbox.Intent
 	for i := range 8 {
 		intents = append(intents, singleUserIntent(fmt.Sprintf("limited-%d", i), i))
 	}
-	ids := b.insertSQL(t, intents)
+	return intents, b.insertSQL(t, intents)
+}
+
+// limiterRefusals counts the attempts the client's own limiter refused.
+func limiterRefusals(t *testing.T, b *bundle) int {
+	t.Helper()
+	var refused int
+	if err := b.pool.QueryRow(t.Context(), `SELECT count(*) FROM outbox.attempts
+	                                 WHERE outcome = 'rate_limited' AND status IS NULL AND error LIKE '%client-side rate limit%'`).Scan(&refused); err != nil {
+		t.Fatal(err)
+	}
+	return refused
+}
+
+// The relay claims no more intents than its rate limit serves within half
+// a lease: behind a limit of 3 calls/s and a 4s lease, the eight intents
+// are delivered without the client's limiter refusing one call (a relay
+// that claims all eight at once has it refuse several: the next test).
+func TestClaimsSizedToTheRateLimit(t *testing.T) {
+	t.Parallel()
+	b := setup(t, faketalkjs.Faults{})
+	r := b.newRelay(t, limitedConfig())
+	intents, ids := eightLimited(t, b)
 	if err := r.Start(t.Context()); err != nil {
 		t.Fatal(err)
 	}
@@ -190,12 +225,46 @@ func TestClientLimiterRefusalReleasesOneIntent(t *testing.T) {
 		t.Fatalf("states = %v, want %d done", c, len(intents))
 	}
 	b.checkDelivered(t, intents)
-	ctx := t.Context()
-	var refused, counted int
-	if err := b.pool.QueryRow(ctx, `SELECT count(*) FROM outbox.attempts
-	                                 WHERE outcome = 'rate_limited' AND status IS NULL AND error LIKE '%client-side rate limit%'`).Scan(&refused); err != nil {
+	if refused := limiterRefusals(t, b); refused != 0 {
+		t.Errorf("the client's limiter refused %d calls: the relay claimed more than the limit serves within the lease", refused)
+	}
+	var counted int
+	if err := b.pool.QueryRow(t.Context(), `SELECT count(*) FROM outbox.intents WHERE id = ANY($1) AND attempts <> 1`, ids).Scan(&counted); err != nil {
 		t.Fatal(err)
 	}
+	if counted != 0 {
+		t.Errorf("%d intents took more than one attempt", counted)
+	}
+}
+
+// A call the relay's own rate limiter cannot serve in time goes back to
+// pending alone: its attempt is given back, nothing is dead, every intent
+// is delivered, and no relay-wide pause follows (no call waits for it).
+// The provider hides its rate limit, so the relay claims all eight
+// intents at once.
+func TestClientLimiterRefusalReleasesOneIntent(t *testing.T) {
+	t.Parallel()
+	b := setup(t, faketalkjs.Faults{})
+	cfg := limitedConfig()
+	cfg.Logger = slogTo(b)
+	c := b.clientWithTimeout(t, relay.MaxCallTimeout(cfg.Lease))
+	r, err := relay.New(b.pool, unsizedClient{Provider: c, c: c}, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(r.Stop)
+	intents, ids := eightLimited(t, b)
+	if err := r.Start(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	states := b.waitSettled(t, 60*time.Second)
+	if states["done"] != len(intents) {
+		t.Fatalf("states = %v, want %d done", states, len(intents))
+	}
+	b.checkDelivered(t, intents)
+	ctx := t.Context()
+	var counted int
+	refused := limiterRefusals(t, b)
 	if refused == 0 {
 		t.Fatal("the client's limiter refused no call: the test did not exercise it")
 	}

@@ -42,6 +42,12 @@ type rateLimiter interface {
 	SetRateLimit(limit float64, burst int)
 }
 
+// rateReader is implemented by providers that report their current rate
+// limit (provider/talkjs.Client): claims are sized to it (rateRoom).
+type rateReader interface {
+	RateLimit() float64
+}
+
 // adaptiveRate is this relay's adaptive limit: a controller fed every
 // answer the provider reports, whose rate the provider's limiter follows.
 // The ceiling is the relay's share of RateLimit; the relays share what

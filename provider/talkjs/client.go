@@ -388,6 +388,16 @@ func (c *Client) SetRateLimit(limit float64, burst int) {
 	c.limiter.SetLimit(rate.Limit(limit))
 }
 
+// RateLimit returns the client's current rate limit in requests per
+// second, 0 when it has none.
+func (c *Client) RateLimit() float64 {
+	l := c.limiter.Limit()
+	if l == rate.Inf || l <= 0 {
+		return 0
+	}
+	return float64(l)
+}
+
 // Close closes the client's idle connections. The client stays usable; a
 // later request opens a new connection. A caller-supplied HTTPClient is
 // left alone.
