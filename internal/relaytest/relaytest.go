@@ -88,24 +88,36 @@ func Counts(tb testing.TB, pool *pgxpool.Pool) map[string]int {
 	return out
 }
 
-// pollInterval is how often Poll and WaitFor check their condition.
-const pollInterval = 10 * time.Millisecond
+// pollInterval is how often Poll and WaitFor check their condition, at
+// most: a check that takes longer (a count over a large table) waits
+// pollIdle times as long before the next, so that waiting costs the
+// machine at most a fifth of a core whatever the condition.
+const (
+	pollInterval = 10 * time.Millisecond
+	pollIdle     = 4
+)
 
-// Poll checks cond every pollInterval until it returns true or timeout has
-// passed, and returns how long that took and whether cond held. It is the
-// tests' one condition wait: WaitFor is Poll failing the test.
+// Poll checks cond every pollInterval (or more rarely, see pollIdle) until
+// it returns true or timeout has passed, and returns how long that took
+// and whether cond held. It is the tests' one condition wait: WaitFor is
+// Poll failing the test.
 func Poll(timeout time.Duration, cond func() bool) (time.Duration, bool) {
 	start := time.Now()
 	deadline := start.Add(timeout)
-	tick := time.NewTicker(pollInterval)
-	defer tick.Stop()
-	for !cond() {
-		if time.Now().After(deadline) {
-			return time.Since(start), false
+	timer := time.NewTimer(0)
+	defer timer.Stop()
+	for {
+		<-timer.C
+		checked := time.Now()
+		if cond() {
+			return time.Since(start), true
 		}
-		<-tick.C
+		now := time.Now()
+		if now.After(deadline) {
+			return now.Sub(start), false
+		}
+		timer.Reset(max(pollInterval, pollIdle*now.Sub(checked)))
 	}
-	return time.Since(start), true
 }
 
 // WaitFor waits until cond returns true (see Poll), failing tb if timeout
