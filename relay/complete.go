@@ -82,12 +82,48 @@ func (c *completer) send(res *result) {
 	results <- res
 }
 
-// loop writes results as they come, batching whatever is ready into one
-// transaction. It returns when results is closed and drained.
+// loop writes results as they come, batching whatever is ready (and, in a
+// burst, what follows within completionLinger) into one transaction. It
+// returns when results is closed and drained.
 func (c *completer) loop(results chan *result) {
 	for res := range results {
-		c.writeResults(results, moreResults(results, []*result{res}))
+		c.writeResults(results, lingerResults(results, moreResults(results, []*result{res})))
 	}
+}
+
+// A burst of results (a claimed batch ending together) is written as one
+// statement: once the completer holds at least completionBurst results
+// and fewer than completionBatch, it waits up to completionLinger for more.
+// Each completion is planned afresh (planFresh), about 2 ms of the
+// server's CPU whatever its size, so fewer, larger writes cost Postgres
+// less per intent (docs/benchmarks.md: about 8% less backend CPU in the
+// 0 ms drain). A lone result is written at once: no added latency when idle.
+const (
+	completionBurst  = 2
+	completionBatch  = 100
+	completionLinger = 5 * time.Millisecond
+)
+
+// lingerResults adds to batch the results that arrive within
+// completionLinger, when batch is a burst short of completionBatch.
+func lingerResults(results chan *result, batch []*result) []*result {
+	if len(batch) < completionBurst || len(batch) >= completionBatch {
+		return batch
+	}
+	t := time.NewTimer(completionLinger)
+	defer t.Stop()
+	for len(batch) < completionBatch {
+		select {
+		case res, ok := <-results:
+			if !ok {
+				return batch
+			}
+			batch = append(batch, res)
+		case <-t.C:
+			return batch
+		}
+	}
+	return batch
 }
 
 // moreResults adds the results ready now to batch, up to a full batch.

@@ -69,3 +69,41 @@ func TestUnitAfterFailedWrite(t *testing.T) {
 		}
 	}
 }
+
+func TestUnitLingerResults(t *testing.T) {
+	t.Parallel()
+	results := func(n int) []*result {
+		rs := make([]*result, n)
+		for i := range rs {
+			rs[i] = &result{}
+		}
+		return rs
+	}
+	for _, tc := range []struct {
+		name    string
+		batch   int  // results in hand
+		waiting int  // results in the queue
+		closed  bool // the queue is closed
+		want    int
+	}{
+		{"a lone result is written at once", 1, 5, false, 1},
+		{"a burst takes what follows, up to a full batch", 2, 150, false, completionBatch},
+		{"a burst ends when the queue closes", 2, 3, true, 5},
+		{"a burst ends after the linger", 2, 0, false, 2},
+		{"a full batch is written at once", completionBatch, 5, false, completionBatch},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			q := make(chan *result, tc.waiting)
+			for _, r := range results(tc.waiting) {
+				q <- r
+			}
+			if tc.closed {
+				close(q)
+			}
+			if got := len(lingerResults(q, results(tc.batch))); got != tc.want {
+				t.Errorf("lingerResults wrote %d results, want %d", got, tc.want)
+			}
+		})
+	}
+}
