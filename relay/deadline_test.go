@@ -186,15 +186,27 @@ func limitedConfig() relay.Config {
 	return cfg
 }
 
-// eightLimited inserts the eight single-user intents the limited tests
-// deliver.
-func eightLimited(t *testing.T, b *bundle) ([]outbox.Intent, []int64) {
+// deliverEightLimited has r deliver eight single-user intents, checks
+// that they all arrived, and returns how many took more than one counted
+// attempt.
+func deliverEightLimited(t *testing.T, b *bundle, r *relay.Relay) (notFirst int) {
 	t.Helper()
 	var intents []outbox.Intent
 	for i := range 8 {
 		intents = append(intents, singleUserIntent(fmt.Sprintf("limited-%d", i), i))
 	}
-	return intents, b.insertSQL(t, intents)
+	ids := b.insertSQL(t, intents)
+	if err := r.Start(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	if c := b.waitSettled(t, 60*time.Second); c["done"] != len(intents) {
+		t.Fatalf("states = %v, want %d done", c, len(intents))
+	}
+	b.checkDelivered(t, intents)
+	if err := b.pool.QueryRow(t.Context(), `SELECT count(*) FROM outbox.intents WHERE id = ANY($1) AND attempts <> 1`, ids).Scan(&notFirst); err != nil {
+		t.Fatal(err)
+	}
+	return notFirst
 }
 
 // limiterRefusals counts the attempts the client's own limiter refused.
@@ -216,24 +228,12 @@ func TestClaimsSizedToTheRateLimit(t *testing.T) {
 	t.Parallel()
 	b := setup(t, faketalkjs.Faults{})
 	r := b.newRelay(t, limitedConfig())
-	intents, ids := eightLimited(t, b)
-	if err := r.Start(t.Context()); err != nil {
-		t.Fatal(err)
-	}
-	c := b.waitSettled(t, 60*time.Second)
-	if c["done"] != len(intents) {
-		t.Fatalf("states = %v, want %d done", c, len(intents))
-	}
-	b.checkDelivered(t, intents)
+	notFirst := deliverEightLimited(t, b, r)
 	if refused := limiterRefusals(t, b); refused != 0 {
 		t.Errorf("the client's limiter refused %d calls: the relay claimed more than the limit serves within the lease", refused)
 	}
-	var counted int
-	if err := b.pool.QueryRow(t.Context(), `SELECT count(*) FROM outbox.intents WHERE id = ANY($1) AND attempts <> 1`, ids).Scan(&counted); err != nil {
-		t.Fatal(err)
-	}
-	if counted != 0 {
-		t.Errorf("%d intents took more than one attempt", counted)
+	if notFirst != 0 {
+		t.Errorf("%d intents took more than one attempt", notFirst)
 	}
 }
 
@@ -253,28 +253,15 @@ func TestClientLimiterRefusalReleasesOneIntent(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(r.Stop)
-	intents, ids := eightLimited(t, b)
-	if err := r.Start(t.Context()); err != nil {
-		t.Fatal(err)
-	}
-	states := b.waitSettled(t, 60*time.Second)
-	if states["done"] != len(intents) {
-		t.Fatalf("states = %v, want %d done", states, len(intents))
-	}
-	b.checkDelivered(t, intents)
-	ctx := t.Context()
-	var counted int
+	notFirst := deliverEightLimited(t, b, r)
 	refused := limiterRefusals(t, b)
 	if refused == 0 {
 		t.Fatal("the client's limiter refused no call: the test did not exercise it")
 	}
 	// Each intent's attempts count only its real attempts: one, as no
 	// call failed.
-	if err := b.pool.QueryRow(ctx, `SELECT count(*) FROM outbox.intents WHERE id = ANY($1) AND attempts <> 1`, ids).Scan(&counted); err != nil {
-		t.Fatal(err)
-	}
-	if counted != 0 {
-		t.Errorf("%d intents count a refused call as an attempt", counted)
+	if notFirst != 0 {
+		t.Errorf("%d intents count a refused call as an attempt", notFirst)
 	}
 	if strings.Contains(b.logs.String(), "circuit open") || strings.Contains(b.logs.String(), "refused the credentials") {
 		t.Errorf("a client-side refusal paused the relay:\n%s", b.logs.String())
