@@ -46,6 +46,9 @@ type Call struct {
 	DurationS float64   `db:"duration_s" json:"duration_s"`
 	Relay     string    `db:"relay" json:"relay"`
 	StartedAt time.Time `db:"started_at" json:"started_at"`
+	// CallID is shared by the rows of one batch call (one per intent and
+	// user it served); nil for a call made for this intent alone.
+	CallID *string `db:"call_id" json:"call_id"`
 }
 
 // Selection picks intents for an operator's command. IDs and Key name
@@ -140,7 +143,7 @@ SELECT id, key, conversation_id, state, attempts, last_error, payload, created_a
 
 	inspectCalls = `
 SELECT attempt, step, target, status, outcome, error, (duration_ms / 1000)::double precision AS duration_s,
-       relay, started_at
+       relay, started_at, call_id::text AS call_id
   FROM outbox.attempts
  WHERE intent_id = @id
  ORDER BY id`

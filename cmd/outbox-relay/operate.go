@@ -250,14 +250,20 @@ func printIntent(w io.Writer, in relay.Intent, calls []relay.Call) {
 		return
 	}
 	tw = tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "STARTED\tATTEMPT\tSTEP\tTARGET\tSTATUS\tOUTCOME\tSECONDS\tRELAY\tERROR")
+	fmt.Fprintln(tw, "STARTED\tATTEMPT\tSTEP\tTARGET\tSTATUS\tOUTCOME\tSECONDS\tRELAY\tBATCH CALL\tERROR")
 	for _, c := range calls {
 		status := "-"
 		if c.Status != nil {
 			status = strconv.Itoa(*c.Status)
 		}
-		fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%s\t%s\t%.3f\t%s\t%s\n", c.StartedAt.Format(time.RFC3339Nano),
-			c.Attempt, c.Step, c.Target, status, c.Outcome, c.DurationS, c.Relay, oneLine(deref(c.Error), 80))
+		// The rows of one batch call share its id (see --json for it in
+		// full); "-" for a call made for this intent alone.
+		call := "-"
+		if c.CallID != nil {
+			call = (*c.CallID)[:min(8, len(*c.CallID))]
+		}
+		fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%s\t%s\t%.3f\t%s\t%s\t%s\n", c.StartedAt.Format(time.RFC3339Nano),
+			c.Attempt, c.Step, c.Target, status, c.Outcome, c.DurationS, c.Relay, call, oneLine(deref(c.Error), 80))
 	}
 	_ = tw.Flush()
 }

@@ -52,11 +52,11 @@ func newOperateFixture(t *testing.T) operateFixture {
 		        lease_expires_at = now() + interval '1 hour' WHERE id = 6`,
 		`UPDATE outbox.intents SET state = 'dead', attempts = 3, updated_at = now() - interval '40 days',
 		        last_error = 'attempt 3: conversation: permanent: status 404' WHERE id = 7`,
-		`INSERT INTO outbox.attempts (intent_id, attempt, step, target, status, outcome, error, duration_ms, relay, started_at) VALUES
-		 (1, 1, 'conversation', 'c1', 200, 'ok', NULL, 12.5, 'r1', now() - interval '2 seconds'),
-		 (1, 1, 'messages', 'c1', 200, 'ok', NULL, 20, 'r1', now() - interval '1 second'),
-		 (2, 1, 'user', 'u1', 400, 'permanent', 'bad email', 9, 'r1', now() - interval '30 minutes'),
-		 (7, 3, 'conversation', 'c7', 404, 'permanent', 'not found', 9, 'r1', now() - interval '40 days')`,
+		`INSERT INTO outbox.attempts (intent_id, attempt, step, target, status, outcome, error, duration_ms, relay, started_at, call_id) VALUES
+		 (1, 1, 'conversation', 'c1', 200, 'ok', NULL, 12.5, 'r1', now() - interval '2 seconds', NULL),
+		 (1, 1, 'messages', 'c1', 200, 'ok', NULL, 20, 'r1', now() - interval '1 second', NULL),
+		 (2, 1, 'user', 'u1', 400, 'permanent', 'bad email', 9, 'r1', now() - interval '30 minutes', '5f0c3a1e-0000-4000-8000-000000000001'),
+		 (7, 3, 'conversation', 'c7', 404, 'permanent', 'not found', 9, 'r1', now() - interval '40 days', NULL)`,
 		`INSERT INTO outbox.relays (id, version) VALUES ('r1', 'v1.2.3')`,
 	} {
 		if _, err := pool.Exec(t.Context(), stmt); err != nil {
@@ -162,6 +162,7 @@ func TestInspect(t *testing.T) {
 			Step      string  `json:"step"`
 			Status    int     `json:"status"`
 			DurationS float64 `json:"duration_s"`
+			CallID    *string `json:"call_id"`
 		} `json:"calls"`
 	}
 	for _, args := range [][]string{{"inspect", "1", "--json"}, {"inspect", "--key", "k-done", "--json"}} {
@@ -173,12 +174,13 @@ func TestInspect(t *testing.T) {
 			t.Errorf("%q: %+v", args, doc)
 		}
 		if len(doc.Calls) != 2 || doc.Calls[0].Step != "conversation" || doc.Calls[1].Step != "messages" ||
-			doc.Calls[0].DurationS != 0.0125 {
+			doc.Calls[0].DurationS != 0.0125 || doc.Calls[0].CallID != nil {
 			t.Errorf("%q: calls = %+v, want conversation then messages, in seconds", args, doc.Calls)
 		}
 	}
 	out := f.cli(t, 0, "inspect", "2")
-	for _, want := range []string{"k-dead-400", "dead", "bad email", "STEP", "permanent"} {
+	// Intent 2's user call was a batch call: its id, shortened.
+	for _, want := range []string{"k-dead-400", "dead", "bad email", "STEP", "permanent", "BATCH CALL", "5f0c3a1e"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("inspect 2 lacks %q:\n%s", want, out)
 		}
