@@ -46,13 +46,8 @@ func TestOnAnswerReportsEveryRequestSent(t *testing.T) {
 	var log answerLog
 	b.client.OnAnswer(log.record)
 	ctx := t.Context()
-	if err := b.client.PutUser(ctx, alice); err != nil {
-		t.Fatal(err)
-	}
+	spendTheBucket(t, b)
 	var pe *provider.Error
-	if err := b.client.PutUser(ctx, alice); !errors.As(err, &pe) || pe.Status != http.StatusTooManyRequests {
-		t.Fatalf("second PUT: %v, want a 429", err)
-	}
 	// Not sent: an invalid id.
 	if err := b.client.PutUser(ctx, provider.User{ID: "."}); err == nil {
 		t.Fatal("PUT of user \".\" was sent")
@@ -96,13 +91,8 @@ func TestHoldRetryAfter(t *testing.T) {
 			b.client.HoldRetryAfter(time.Minute)
 		}
 		ctx := t.Context()
-		if err := b.client.PutUser(ctx, alice); err != nil {
-			t.Fatal(err)
-		}
+		spendTheBucket(t, b)
 		var pe *provider.Error
-		if err := b.client.PutUser(ctx, alice); !errors.As(err, &pe) || pe.Status != http.StatusTooManyRequests {
-			t.Fatalf("second PUT: %v, want a 429", err)
-		}
 		dctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 		err := b.client.PutUser(dctx, alice)
 		cancel()
@@ -115,5 +105,18 @@ func TestHoldRetryAfter(t *testing.T) {
 		case !hold && (!errors.As(err, &pe) || pe.Status != http.StatusTooManyRequests):
 			t.Fatalf("not held: third PUT %v, want the API's 429", err)
 		}
+	}
+}
+
+// spendTheBucket sends two PUTs to a fake whose bucket holds one token:
+// the first is answered 200, the second 429 with a Retry-After.
+func spendTheBucket(t *testing.T, b *bundle) {
+	t.Helper()
+	if err := b.client.PutUser(t.Context(), alice); err != nil {
+		t.Fatal(err)
+	}
+	var pe *provider.Error
+	if err := b.client.PutUser(t.Context(), alice); !errors.As(err, &pe) || pe.Status != http.StatusTooManyRequests {
+		t.Fatalf("second PUT: %v, want a 429", err)
 	}
 }
