@@ -628,9 +628,9 @@ func TestRelayRole(t *testing.T) {
 
 // A producer whose search_path puts a schema of its own before pg_catalog,
 // holding look-alikes of what the outbox's functions use (octet_length,
-// jsonb_typeof, the jsonb = and <> operators, nextval, the advisory lock,
-// pg_notify, the outbox's own function names, a wakeup table, also in
-// pg_temp), still gets the outbox's behaviour: the payload rules, an id
+// jsonb_typeof, jsonb_path_match, the jsonb = and <> operators, nextval,
+// the advisory lock, pg_notify, the outbox's own function names, a wakeup
+// table, also in pg_temp), still gets the outbox's behaviour: the payload rules, an id
 // from the outbox's sequence, the conversation's order lock, the wake-up.
 func TestFunctionsIgnoreCallerSearchPath(t *testing.T) {
 	t.Parallel()
@@ -657,6 +657,8 @@ func TestFunctionsIgnoreCallerSearchPath(t *testing.T) {
 		`CREATE FUNCTION shadow.pg_advisory_xact_lock(integer, integer) RETURNS void LANGUAGE sql AS 'SELECT NULL::void'`,
 		`CREATE FUNCTION shadow.pg_notify(text, text) RETURNS void LANGUAGE sql AS 'SELECT NULL::void'`,
 		`CREATE FUNCTION shadow.validate_payload(jsonb) RETURNS boolean LANGUAGE sql AS 'SELECT true'`,
+		`CREATE FUNCTION shadow.payload_ok(jsonb) RETURNS boolean LANGUAGE sql AS 'SELECT true'`,
+		`CREATE FUNCTION shadow.jsonb_path_match(jsonb, jsonpath, jsonb, boolean) RETURNS boolean LANGUAGE sql AS 'SELECT true'`,
 		`CREATE FUNCTION shadow.custom_violation(val jsonb, OUT below text, OUT rule text) LANGUAGE sql AS 'SELECT NULL::text, NULL::text'`,
 		`CREATE TABLE shadow.wakeup (singleton boolean, waiting boolean)`,
 		`INSERT INTO shadow.wakeup VALUES (true, false)`,
