@@ -49,13 +49,13 @@ RETURN CASE WHEN pg_catalog.jsonb_typeof(p) = 'object'
  && !exists($.conversation.participants.type() ? (@ != "array" && @ != "null"))
  && !exists($.conversation.participants.size() ? (@ == 0 || @ > 8))
  && !exists($.conversation.participants[*].type() ? (@ != "string" && $.conversation.participants.type() == "array"))
- && !exists($.conversation.participants[*] ? ($.conversation.participants.type() == "array"
-      && (!(@.type() == "string") || @ == "" || @ like_regex "[\u0001-\u001f\u007f]")))
+ && !exists($.conversation.participants[*] ? (@.type() == "string"
+      && (@ == "" || @ like_regex "[\u0001-\u001f\u007f]")))
  && !exists($.users.type() ? (@ != "array" && @ != "null"))
  && !exists($.users.size() ? (@ > 8))
  && !exists($.users[*].type() ? (@ != "object" && $.users.type() == "array"))
- && !exists($.users[*] ? ($.users.type() == "array" && (!(@.type() == "object")
-      || exists(@.keyvalue() ? (@.key != "id" && @.key != "name" && @.key != "email" && @.key != "photoUrl"
+ && !exists($.users[*] ? (@.type() == "object" && (
+         exists(@.keyvalue() ? (@.key != "id" && @.key != "name" && @.key != "email" && @.key != "photoUrl"
                                 && @.key != "welcomeMessage" && @.key != "role" && @.key != "custom"))
       || !(@.id.type() == "string") || @.id == "" || @.id like_regex "[\u0001-\u001f\u007f]"
       || !(@.name.type() == "string") || @.name == ""
@@ -69,8 +69,8 @@ RETURN CASE WHEN pg_catalog.jsonb_typeof(p) = 'object'
  && !exists($.messages.type() ? (@ != "array" && @ != "null"))
  && !exists($.messages.size() ? (@ > 100))
  && !exists($.messages[*].type() ? (@ != "object" && $.messages.type() == "array"))
- && !exists($.messages[*] ? ($.messages.type() == "array" && (!(@.type() == "object")
-      || exists(@.keyvalue() ? (@.key != "type" && @.key != "sender" && @.key != "text" && @.key != "custom"))
+ && !exists($.messages[*] ? (@.type() == "object" && (
+         exists(@.keyvalue() ? (@.key != "type" && @.key != "sender" && @.key != "text" && @.key != "custom"))
       || !(@.text.type() == "string") || @.text == ""
       || exists(@.custom.type() ? (@ != "object" && @ != "null"))
       || exists(@.custom.*.type() ? (@ != "string"))
@@ -81,17 +81,20 @@ RETURN CASE WHEN pg_catalog.jsonb_typeof(p) = 'object'
           || ($.conversation.participants.type() == "array" && !(@.sender == $.conversation.participants[*]))
           || (!($.conversation.participants.type() == "array") && !($.users.type() == "array" && $.users.size() > 0))
           || (!($.conversation.participants.type() == "array") && !(@.sender == $.users[*].id)))))))
- && !($.users[0].id == $.users[1 to last].id || $.users[1].id == $.users[2 to last].id
-      || $.users[2].id == $.users[3 to last].id || $.users[3].id == $.users[4 to last].id
-      || $.users[4].id == $.users[5 to last].id || $.users[5].id == $.users[6 to last].id
-      || $.users[6].id == $.users[7 to last].id)
+ && !($.users[0].id == $.users[1 to last].id
+      || ($.users.size() > 2 && ($.users[1].id == $.users[2 to last].id
+      || ($.users.size() > 3 && ($.users[2].id == $.users[3 to last].id
+      || ($.users.size() > 4 && ($.users[3].id == $.users[4 to last].id
+      || ($.users.size() > 5 && ($.users[4].id == $.users[5 to last].id
+      || ($.users.size() > 6 && ($.users[5].id == $.users[6 to last].id
+      || ($.users.size() > 7 && $.users[6].id == $.users[7 to last].id))))))))))))
  && !($.conversation.participants[0] == $.conversation.participants[1 to last]
-      || $.conversation.participants[1] == $.conversation.participants[2 to last]
-      || $.conversation.participants[2] == $.conversation.participants[3 to last]
-      || $.conversation.participants[3] == $.conversation.participants[4 to last]
-      || $.conversation.participants[4] == $.conversation.participants[5 to last]
-      || $.conversation.participants[5] == $.conversation.participants[6 to last]
-      || $.conversation.participants[6] == $.conversation.participants[7 to last])',
+      || ($.conversation.participants.size() > 2 && ($.conversation.participants[1] == $.conversation.participants[2 to last]
+      || ($.conversation.participants.size() > 3 && ($.conversation.participants[2] == $.conversation.participants[3 to last]
+      || ($.conversation.participants.size() > 4 && ($.conversation.participants[3] == $.conversation.participants[4 to last]
+      || ($.conversation.participants.size() > 5 && ($.conversation.participants[4] == $.conversation.participants[5 to last]
+      || ($.conversation.participants.size() > 6 && ($.conversation.participants[5] == $.conversation.participants[6 to last]
+      || ($.conversation.participants.size() > 7 && $.conversation.participants[6] == $.conversation.participants[7 to last]))))))))))))',
             '{}', true)
     END IS TRUE;
 -- +goose StatementEnd
