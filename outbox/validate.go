@@ -10,7 +10,10 @@ import (
 )
 
 // Limits enforced by Validate and, identically, by the database function
-// outbox.validate_payload (migrations/00002_validate_payload.sql).
+// outbox.validate_payload (migrations/00002_validate_payload.sql). The
+// insert trigger asks outbox.payload_ok first (migrations/00014), which
+// accepts only payloads these rules accept: a rule made stricter changes
+// it too.
 const (
 	// MaxPayloadBytes is the largest payload, measured as Postgres prints
 	// it (octet_length(payload::text)).
