@@ -3,6 +3,7 @@ package outbox_test
 import (
 	"encoding/json"
 	"fmt"
+	"maps"
 	"math/rand/v2"
 	"slices"
 	"strings"
@@ -237,12 +238,7 @@ func mutateAt(rng *rand.Rand, v any, strs []string, n int) any {
 		seen++
 		switch y := x.(type) {
 		case map[string]any:
-			keys := make([]string, 0, len(y))
-			for k := range y {
-				keys = append(keys, k)
-			}
-			slices.Sort(keys)
-			for _, k := range keys {
+			for _, k := range slices.Sorted(maps.Keys(y)) {
 				y[k] = visit(y[k])
 			}
 		case []any:
@@ -259,11 +255,7 @@ func mutateAt(rng *rand.Rand, v any, strs []string, n int) any {
 func change(rng *rand.Rand, x any, strs []string) any {
 	switch y := x.(type) {
 	case map[string]any:
-		keys := make([]string, 0, len(y))
-		for k := range y {
-			keys = append(keys, k)
-		}
-		slices.Sort(keys)
+		keys := slices.Sorted(maps.Keys(y))
 		switch rng.IntN(3) {
 		case 0:
 			if len(keys) > 0 {
