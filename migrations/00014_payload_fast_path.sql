@@ -101,6 +101,30 @@ RETURN CASE WHEN pg_catalog.jsonb_typeof(p) = 'object'
 -- Called by the insert trigger, as the inserting role (granted to the
 -- producer, like validate_payload; inlining needs EXECUTE too).
 REVOKE EXECUTE ON FUNCTION outbox.payload_ok(jsonb) FROM PUBLIC;
+-- Producers granted before this version may call payload_ok at once: the
+-- trigger calls it as the inserting role, and their inserts (in the
+-- application's own transactions) must not fail between this migration
+-- and the next `outbox-relay grant`. Every role that may call
+-- validate_payload may call payload_ok.
+-- +goose StatementBegin
+DO $$
+DECLARE
+    grantee regrole;
+BEGIN
+    FOR grantee IN
+        SELECT DISTINCT a.grantee::regrole
+          FROM pg_catalog.pg_proc p,
+               pg_catalog.aclexplode(p.proacl) AS a
+         WHERE p.oid = 'outbox.validate_payload(jsonb)'::regprocedure
+           AND a.privilege_type = 'EXECUTE'
+           AND a.grantee <> 0            -- PUBLIC: revoked (00006)
+           AND a.grantee <> p.proowner
+    LOOP
+        EXECUTE pg_catalog.format('GRANT EXECUTE ON FUNCTION outbox.payload_ok(jsonb) TO %s', grantee);
+    END LOOP;
+END
+$$;
+-- +goose StatementEnd
 COMMENT ON FUNCTION outbox.payload_ok(jsonb) IS
     'True only for a valid intent payload of a common shape; false for every invalid one. The insert trigger calls validate_payload when it is false.';
 
