@@ -69,6 +69,10 @@ func (e *env) footprint(ctx context.Context, spec systemSpec, relayBin string, n
 			"TALKJS_BASE_URL="+e.fakeURL,
 			"OUTBOX_CONCURRENCY=100",
 			"OUTBOX_BATCH_SIZE=100",
+			// No rate limit, as the baselines have none: the adaptive
+			// limit (the binary's default) would start from 20 requests/s
+			// and claim to what that serves, measuring its ramp instead.
+			"OUTBOX_RATE_ADAPTIVE=false",
 			"OUTBOX_RATE_LIMIT=0",
 			// The binary applies its own migrations, in case its source is
 			// newer than the migrations this program was compiled with.
