@@ -14,6 +14,10 @@
 // again the longer it goes above it without a signal. So it spends most
 // of its time just under the API's rate, with rare refusals.
 //
+// 429s that come whatever the rate (an API refusing a share of calls at
+// random) are learnt as such, and cut only when they come faster than
+// their share (see bgMemory).
+//
 // A Controller only computes: it sends nothing and waits for nothing. Its
 // owner feeds it what each call met (Answered, RateLimited), reads Rate
 // and PausedFor, and applies them to its own limiter. The clock is
@@ -81,6 +85,37 @@ const (
 const (
 	usedHeadroom = 2.0
 	usedFull     = 0.8
+)
+
+// 429s that do not follow the rate: an API may refuse a share of calls
+// whatever the rate (a proxy's own limit, a node shedding load), and each
+// such 429 cutting the rate would hold it ever lower. A rate's 429s stop
+// once the calls go under it; those do not. So the controller learns
+// their share from the calls it makes at a rate the API has let through
+// (see settledLocked): the share of 429s over the last bgMemory such
+// calls, once there are bgLearnt of them with bgMinRefused 429s. A 429
+// then cuts only when the 429s among the last bgRecent calls are more
+// than that share explains: more than λ + bgSigmas·√λ, λ being bgRecent ×
+// the share (429s that come at the share pass it in 1 to 3 of 10,000
+// checks for a share of 1 to 10%). An API whose 429s all follow the rate
+// shows a share of 0, and every 429 cuts, as it would without this; one
+// that also refuses at random shows its share, and the rate still cuts
+// once the 429s come faster than that.
+const (
+	bgMemory = 1000
+	bgLearnt = 150
+	// bgMinRefused: fewer 429s among them are no share: a limit shared
+	// with other callers draws a few 429s at rates it let through (when
+	// another caller goes over it), and tolerating them would delay every
+	// cut.
+	bgMinRefused = 5
+	bgRecent     = 200
+	bgSigmas     = 4.0
+	// bgMaxShare bounds the share: an API refusing more than that at
+	// random is one to slow down for anyway.
+	bgMaxShare = 0.1
+	// bgSpan: two 429s further apart say nothing of a rate between them.
+	bgSpan = time.Minute
 )
 
 // Config configures a Controller. Every field has a default.
@@ -196,6 +231,26 @@ type Controller struct {
 	pausedUntil time.Time
 
 	meter meter
+	// lastCalls are the outcomes (429 or not) of the last calls, settled
+	// those of the last calls made at a rate the API let through (see
+	// bgMemory). answers counts the answers, all told; refusals are the
+	// 429s over the meter's window, oldest first, and last the latest
+	// that set letThrough: the rate of answers between two 429s at least
+	// minHistory apart (0 for none over bgSpan). unsettledAt is when the
+	// rate was last over letThrough, or when a cut stops keeping calls
+	// from counting (see settledLocked).
+	lastCalls, settled outcomes
+	answers            int64
+	refusals           []refusal
+	last               refusal
+	letThrough         float64
+	unsettledAt        time.Time
+}
+
+// refusal is a 429, when it came and the count of answers then.
+type refusal struct {
+	at      time.Time
+	answers int64
 }
 
 // New validates cfg, fills in its defaults and returns a Controller.
@@ -219,7 +274,8 @@ func New(cfg Config) (*Controller, error) {
 	if cfg.Clock == nil {
 		cfg.Clock = time.Now
 	}
-	c := &Controller{cfg: cfg, slowStart: true}
+	c := &Controller{cfg: cfg, slowStart: true,
+		lastCalls: newOutcomes(bgRecent), settled: newOutcomes(bgMemory)}
 	c.rate = c.bound(cfg.Initial)
 	return c, nil
 }
@@ -239,6 +295,22 @@ func (c *Controller) Found() bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return !c.slowStart
+}
+
+// Background returns the share of calls answered 429 whatever the rate,
+// as learnt (see bgMemory): 0 until learnt. 429s cut the rate only when
+// they come faster than that.
+func (c *Controller) Background() float64 {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.backgroundLocked()
+}
+
+func (c *Controller) backgroundLocked() float64 {
+	if c.settled.n < bgLearnt || c.settled.count < bgMinRefused {
+		return 0
+	}
+	return min(c.settled.share(), bgMaxShare)
 }
 
 // Ceiling returns the current ceiling, 0 for none.
@@ -316,6 +388,11 @@ func (c *Controller) Answered(latency time.Duration) {
 	defer c.mu.Unlock()
 	now := c.cfg.Clock()
 	c.meter.add(now)
+	c.answers++
+	c.lastCalls.add(false)
+	if c.settledLocked(now) {
+		c.settled.add(false)
+	}
 	if c.baseline == 0 {
 		c.baseline, c.recent, c.lastAnswer = max(latency, 1), latency, now
 	}
@@ -427,12 +504,20 @@ func (c *Controller) growLocked(now time.Time) {
 // RateLimited records a 429. retryAfter is the answer's Retry-After (0
 // when absent): no call should go before it passes (PausedFor). The rate
 // is cut, once per Cooldown however many 429s the calls sent at the old
-// rate meet.
+// rate meet, unless the 429s are no more than the share that does not
+// follow the rate explains (see bgMemory).
 func (c *Controller) RateLimited(retryAfter time.Duration) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	now := c.cfg.Clock()
-	c.cutLocked(now, c.cfg.Backoff, CauseRateLimited, retryAfter)
+	c.lastCalls.add(true)
+	if c.settledLocked(now) {
+		c.settled.add(true)
+	}
+	if c.beyondBackgroundLocked() {
+		c.cutLocked(now, c.cfg.Backoff, CauseRateLimited, retryAfter)
+	}
+	c.refusedLocked(now)
 	if until := now.Add(retryAfter); retryAfter > 0 && until.After(c.pausedUntil) {
 		c.pausedUntil = until
 	}
@@ -447,7 +532,12 @@ func (c *Controller) cutLocked(now time.Time, factor float64, cause string, retr
 		return
 	}
 	base := c.rate
-	if m, ok := c.meter.rateOver(now, c.slots(), minMeasured, c.rate); ok && now.Sub(c.meter.first) >= minHistory {
+	m, ok := c.meter.rateOver(now, c.slots(), minMeasured, c.rate)
+	ok = ok && now.Sub(c.meter.first) >= minHistory
+	if r, between := c.sinceRefusalLocked(now); between && cause == CauseRateLimited {
+		m, ok = r, true
+	}
+	if ok {
 		// At most halved by one cut: when several callers share the
 		// API, one may see few of its calls through for a moment.
 		base = min(base, max(m, 0.5*c.rate/factor))
@@ -456,6 +546,9 @@ func (c *Controller) cutLocked(now time.Time, factor float64, cause string, retr
 	c.rate = c.bound(min(c.rate, factor*base))
 	c.slowStart = false
 	c.lastCut, c.epoch, c.lastGrow = now, now, now
+	// Unsettled until a cooldown after its Retry-After, when the calls
+	// it held have gone and been answered.
+	c.unsettledAt = now.Add(retryAfter + c.cfg.Cooldown)
 	c.hold = 0
 	if cause == CauseRateLimited {
 		c.hold = c.cfg.Hold
@@ -470,6 +563,77 @@ func (c *Controller) cutLocked(now time.Time, factor float64, cause string, retr
 	if c.cfg.OnCut != nil {
 		c.cfg.OnCut(cause)
 	}
+}
+
+// refusedLocked records a 429 just met (and counted): in refusals, and
+// in letThrough.
+func (c *Controller) refusedLocked(now time.Time) {
+	r := refusal{at: now, answers: c.answers}
+	c.trimRefusalsLocked(now)
+	c.refusals = append(c.refusals, r)
+	switch span := now.Sub(c.last.at); {
+	case c.last.at.IsZero() || span > bgSpan:
+		c.letThrough, c.last = 0, r
+	case span >= minHistory && r.answers-c.last.answers >= minMeasured:
+		c.letThrough, c.last = float64(r.answers-c.last.answers)/span.Seconds(), r
+	}
+}
+
+// trimRefusalsLocked drops the 429s older than the meter's window.
+func (c *Controller) trimRefusalsLocked(now time.Time) {
+	i := 0
+	for i < len(c.refusals) && now.Sub(c.refusals[i].at) > meterSlots*meterSlot {
+		i++
+	}
+	c.refusals = append(c.refusals[:0], c.refusals[i:]...)
+}
+
+// sinceRefusalLocked returns the rate of answers since the oldest 429
+// over the meter's window, when that is at least minHistory ago with
+// minMeasured answers since. An API that refuses over its rate (a token
+// bucket, emptied at both 429s) lets exactly its rate through between
+// two 429s, whatever the caller did meanwhile (paused for a Retry-After
+// and then caught up, or went on over it), where the rate of answers over
+// the window before the first 429 also counts the burst the bucket held.
+func (c *Controller) sinceRefusalLocked(now time.Time) (float64, bool) {
+	c.trimRefusalsLocked(now)
+	if len(c.refusals) == 0 {
+		return 0, false
+	}
+	o := c.refusals[0]
+	span, n := now.Sub(o.at), c.answers-o.answers
+	if span < minHistory || n < minMeasured {
+		return 0, false
+	}
+	return float64(n) / span.Seconds(), true
+}
+
+// settledLocked reports whether the call answered now went at a rate the
+// API let through: the rate is at most letThrough, and has been since
+// before the call was sent (twice the recent latency ago), and the last
+// cut's Retry-After ended at least a Cooldown before that (the calls the
+// pause held go at its end at once, and every caller that met the same
+// limit releases its own together: their 429s are the limit's). An API
+// that refuses over its rate lets at most its rate through between two
+// 429s, so the 429s met under it do not follow the rate. Answers and
+// 429s are judged alike, by the time they come, so that neither is
+// counted more than the other.
+func (c *Controller) settledLocked(now time.Time) bool {
+	if c.rate > c.letThrough {
+		if now.After(c.unsettledAt) {
+			c.unsettledAt = now
+		}
+		return false
+	}
+	return now.Sub(c.unsettledAt) > 2*c.recent
+}
+
+// beyondBackgroundLocked reports whether the 429s among the last calls
+// are more than the share that does not follow the rate explains (see
+// bgMemory).
+func (c *Controller) beyondBackgroundLocked() bool {
+	lambda := float64(c.lastCalls.n) * c.backgroundLocked()
+	return float64(c.lastCalls.count) > lambda+bgSigmas*math.Sqrt(lambda)
 }
 
 // slots is how many slots of the meter measure the rate of answers: in
@@ -495,6 +659,40 @@ func (c *Controller) bound(r float64) float64 {
 		r = min(r, c.cfg.Ceiling)
 	}
 	return r
+}
+
+// outcomes are the outcomes (429 or not) of the last len(refused) calls.
+type outcomes struct {
+	refused []bool // a ring
+	n, next int
+	count   int // of 429s
+}
+
+func newOutcomes(size int) outcomes {
+	return outcomes{refused: make([]bool, size)}
+}
+
+func (o *outcomes) add(refused bool) {
+	if o.n == len(o.refused) {
+		if o.refused[o.next] {
+			o.count--
+		}
+	} else {
+		o.n++
+	}
+	o.refused[o.next] = refused
+	if refused {
+		o.count++
+	}
+	o.next = (o.next + 1) % len(o.refused)
+}
+
+// share returns the share of 429s, 0 when empty.
+func (o *outcomes) share() float64 {
+	if o.n == 0 {
+		return 0
+	}
+	return float64(o.count) / float64(o.n)
 }
 
 // meter counts answers in time slots over a sliding window.

@@ -351,3 +351,82 @@ func TestNewValidates(t *testing.T) {
 		t.Fatalf("Initial over the ceiling: %v, rate %g; want 50", err, c.Rate())
 	}
 }
+
+// callEveryFiftiethRefused makes calls at c's rate for d, refusing every
+// 50th with a 429 (2% of calls, whatever the rate), and returns how many.
+func callEveryFiftiethRefused(c *Controller, clk *clock, d time.Duration) int {
+	calls := 0
+	for end := clk.now.Add(d); clk.now.Before(end); {
+		clk.Advance(time.Duration(float64(time.Second) / c.Rate()))
+		if calls++; calls%50 == 0 {
+			c.RateLimited(0)
+		} else {
+			c.Answered(10 * time.Millisecond)
+		}
+	}
+	return calls
+}
+
+// 429s that come at a steady share of calls whatever the rate do not hold
+// the rate down: once their share is learnt, they no longer cut it, and
+// it climbs on as if they were answers.
+func TestRandom429sDoNotHoldTheRateDown(t *testing.T) {
+	t.Parallel()
+	cuts := 0
+	c, clk := newController(t, Config{Initial: 10, OnCut: func(string) { cuts++ }})
+	calls := callEveryFiftiethRefused(c, clk, 3*time.Minute)
+	t.Logf("%d calls, %d cuts, rate %.1f, share learnt %.3f", calls, cuts, c.Rate(), c.Background())
+	if r := c.Rate(); r < 200 {
+		t.Errorf("rate %.1f after three minutes of 2%% random 429s, want at least 200", r)
+	}
+	if share := c.Background(); math.Abs(share-0.02) > 0.005 {
+		t.Errorf("learnt share %.3f, want 0.02", share)
+	}
+}
+
+// With a share of random 429s learnt, 429s coming faster than it still
+// cut: a run of them among the last calls is more than the share
+// explains.
+func TestA429BeyondTheLearntShareCuts(t *testing.T) {
+	t.Parallel()
+	cuts := 0
+	c, clk := newController(t, Config{Initial: 10, Ceiling: 100, OnCut: func(string) { cuts++ }})
+	callEveryFiftiethRefused(c, clk, 3*time.Minute)
+	learnt, before := cuts, c.Rate()
+	if share := c.Background(); math.Abs(share-0.02) > 0.005 {
+		t.Fatalf("learnt share %.3f, want 0.02", share)
+	}
+	for range 15 { // 15 of the last 200 calls: a share of 2% explains about 4 + 4·2
+		clk.Advance(10 * time.Millisecond)
+		c.RateLimited(0)
+	}
+	if cuts == learnt || c.Rate() >= before {
+		t.Errorf("a run of 15 429s did not cut: %d cuts before, %d after, rate %.1f → %.1f", learnt, cuts, before, c.Rate())
+	}
+}
+
+// A cut on a second 429 measures the rate the API let through between the
+// two (a token bucket, empty at both), not the rate over the meter's
+// window, which still counts calls made before the first 429 at a rate
+// the API had only let through from its burst.
+func TestCutMeasuresTheRateBetweenTwo429s(t *testing.T) {
+	t.Parallel()
+	c, clk := newController(t, Config{Initial: 200, Ceiling: 200})
+	for range 750 { // 150 answers a second for 5 s
+		clk.Advance(time.Second / 150)
+		c.Answered(10 * time.Millisecond)
+	}
+	c.RateLimited(0) // the first cut: 0.9 × the window's 150
+	if r := c.Rate(); r < 134 || r > 136 {
+		t.Fatalf("first cut to %.1f, want 0.9 × 150", r)
+	}
+	for range 200 { // then 100 answers a second for 2 s: what the API lets through
+		clk.Advance(10 * time.Millisecond)
+		c.Answered(10 * time.Millisecond)
+	}
+	c.RateLimited(0)
+	// Over the window: (3 s × 150 + 2 s × 100) / 5 s = 130, a cut to 117.
+	if r := c.Rate(); r < 89 || r > 91 {
+		t.Errorf("second cut to %.1f, want 0.9 × the 100/s let through between the 429s", r)
+	}
+}
