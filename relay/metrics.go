@@ -40,6 +40,7 @@ type metrics struct {
 	rate           prometheus.Gauge       // the adaptive rate limit (rate.go)
 	rateCeiling    prometheus.Gauge
 	rateCuts       *prometheus.CounterVec // by cause
+	rateBackground prometheus.Gauge       // share of 429s the adaptive limit learnt as not its rate's
 }
 
 // newMetrics creates the collectors, registered with reg unless it is nil.
@@ -141,6 +142,8 @@ func (m *metrics) stateDefs() []metricDef {
 			help: "Requests per second this relay allows itself: the rate its adaptive limit found, or its share of a fixed OUTBOX_RATE_LIMIT (0 when it has no limit)."},
 		{dst: &m.rateCeiling, name: "rate_limit_ceiling",
 			help: "This relay's share of OUTBOX_RATE_LIMIT, the most its adaptive limit may reach (0: no ceiling)."},
+		{dst: &m.rateBackground, name: "rate_limit_background_429_ratio",
+			help: "Share of this relay's calls TalkJS answers 429 whatever the rate, as its adaptive limit learnt it: such 429s cut the limit only when they come faster (0 until learnt, or when every 429 follows the rate)."},
 		{dst: &m.rateCuts, name: "rate_limit_cuts_total", labels: []string{"cause"},
 			help: "Cuts of the adaptive rate limit, by cause: 429 (TalkJS refused a call) or slow (answers slowing down)."},
 		{dst: &m.liveRelays, name: "live_relays",

@@ -188,6 +188,7 @@ func (a *adaptiveRate) beat(appLimit float64, live int, others float64) float64 
 		a.limit(appLimit, live)
 	}
 	a.apply()
+	a.m.rateBackground.Set(a.ctl.Background())
 	if !a.ctl.Found() {
 		return 0
 	}
