@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -42,6 +43,9 @@ type rateResult struct {
 	limited  int64         // of which answered 429
 	routes   map[string]int64
 	cuts     map[string]float64 // ours: cuts of the adaptive limits, by cause, all relays
+	// background: ours: the share of 429s each relay's adaptive limit
+	// learnt as not following the rate.
+	background []float64
 }
 
 func (r rateResult) rate() float64 { return float64(r.n) / r.elapsed.Seconds() }
@@ -155,14 +159,14 @@ func (e *env) rateLimited(ctx context.Context, log *slog.Logger, spec systemSpec
 		}
 		log.Warn("rate-limited run cut off", "system", spec.label, "after", maxDur, "delivered", done, "of", n)
 		return rateResult{n: int(done), of: n, elapsed: elapsed, load: loaded, requests: st.Requests,
-			limited: st.Statuses[http.StatusTooManyRequests], routes: st.Routes, cuts: rateCuts(s)}, nil
+			limited: st.Statuses[http.StatusTooManyRequests], routes: st.Routes, cuts: rateCuts(s), background: rateBackground(s)}, nil
 	}
 	if err := s.waitDrained(runCtx); err != nil {
 		return rateResult{}, err
 	}
 	elapsed := time.Since(start)
 	st := e.fake.Stats()
-	cuts := rateCuts(s)
+	cuts, background := rateCuts(s), rateBackground(s)
 	for _, r := range s.relays() {
 		r.stop()
 	}
@@ -170,7 +174,7 @@ func (e *env) rateLimited(ctx context.Context, log *slog.Logger, spec systemSpec
 		return rateResult{}, err
 	}
 	return rateResult{n: n, of: n, elapsed: elapsed, load: loaded, requests: st.Requests,
-		limited: st.Statuses[http.StatusTooManyRequests], routes: st.Routes, cuts: cuts}, nil
+		limited: st.Statuses[http.StatusTooManyRequests], routes: st.Routes, cuts: cuts, background: background}, nil
 }
 
 // rateCuts sums the cuts of the adaptive limits of a session's relays of
@@ -192,12 +196,29 @@ func rateCuts(s *session) map[string]float64 {
 	return cuts
 }
 
+// rateBackground returns the share of 429s each of ours relays' adaptive
+// limit learnt as not following the rate; nil for the other systems.
+func rateBackground(s *session) []float64 {
+	var shares []float64
+	for _, r := range s.relays() {
+		if o, isOurs := r.(*oursRunner); isOurs {
+			shares = append(shares, o.gauge("outbox_relay_rate_limit_background_429_ratio"))
+		}
+	}
+	return shares
+}
+
 // cutsNote describes the cuts of a result, "" when none were counted.
 func cutsNote(r rateResult) string {
 	if r.cuts == nil {
 		return ""
 	}
-	return fmt.Sprintf("adaptive limit cuts on 429: %.0f, on slow answers: %.0f", r.cuts["429"], r.cuts["slow"])
+	bg := make([]string, len(r.background))
+	for i, v := range r.background {
+		bg[i] = fmt.Sprintf("%.2f%%", 100*v)
+	}
+	return fmt.Sprintf("adaptive limit cuts on 429: %.0f, on slow answers: %.0f; share of 429s learnt as not the rate's, by relay: %s",
+		r.cuts["429"], r.cuts["slow"], strings.Join(bg, ", "))
 }
 
 // rateSpecs are the systems of a rate-limited scenario, by -systems key.
@@ -244,7 +265,7 @@ func runRate(ctx context.Context, log *slog.Logger, e *env, sz sizes, rep *repor
 			"intents_per_s", fmt.Sprintf("%.1f", r.rate()), "elapsed", r.elapsed.Round(time.Millisecond),
 			"load", r.load.Round(time.Millisecond), "requests", r.requests, "429s", r.limited,
 			"share_429", fmt.Sprintf("%.2f%%", r.share429()), "calls_per_intent", fmt.Sprintf("%.2f", r.callsPerIntent()),
-			"routes", fmt.Sprint(r.routes), "cuts", fmt.Sprint(r.cuts))
+			"routes", fmt.Sprint(r.routes), "cuts", fmt.Sprint(r.cuts), "background_429", fmt.Sprint(r.background))
 		res[k] = r
 	}
 	get := func(k string, f func(rateResult) float64) float64 {

@@ -130,6 +130,23 @@ func (o *oursRunner) rateCuts() map[string]float64 {
 	return cuts
 }
 
+// gauge returns the value of the relay's gauge name, 0 when absent.
+func (o *oursRunner) gauge(name string) float64 {
+	if o.reg == nil {
+		return 0
+	}
+	mfs, err := o.reg.Gather()
+	if err != nil {
+		return 0
+	}
+	for _, mf := range mfs {
+		if mf.GetName() == name && len(mf.GetMetric()) > 0 {
+			return mf.GetMetric()[0].GetGauge().GetValue()
+		}
+	}
+	return 0
+}
+
 // loadChunk is the intents per EnqueueBatch: each takes one advisory lock
 // per conversation until its transaction ends, and the lock table holds a
 // few thousand.
