@@ -97,7 +97,7 @@ const (
 // then cuts only when the 429s among the last bgRecent calls are more
 // than that share explains: more than λ + bgSigmas·√λ, λ being bgRecent ×
 // the share (429s that come at the share pass it in 1 to 3 of 10,000
-// checks for a share of 1 to 10%). An API whose 429s all follow the rate
+// checks for a share of 2 to 10%, 6 to 11 for 0.5 to 2%). An API whose 429s all follow the rate
 // shows a share of 0, and every 429 cuts, as it would without this; one
 // that also refuses at random shows its share, and the rate still cuts
 // once the 429s come faster than that.
