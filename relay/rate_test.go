@@ -147,6 +147,55 @@ func TestAdaptiveRateFindsHiddenRate(t *testing.T) {
 	}
 }
 
+// 429s that come whatever the rate (2% of calls at random, each with a
+// Retry-After of a second, as the chaos soak injects) do not hold the
+// adaptive limit down: the relays learn their share (the metric shows it)
+// and their rates climb to three times the 20 requests/s they start from
+// between them. When every 429 cut, they stayed at 20 to 30 requests/s
+// between them (the chaos soak moved 9 intents/s); now it takes them
+// one to two minutes to learn the share and climb (the wait allows five).
+func TestAdaptiveRateLearnsRandom429s(t *testing.T) {
+	if testing.Short() {
+		t.Skip("runs for one to two minutes")
+	}
+	t.Parallel()
+	b := setup(t, faketalkjs.Faults{TooManyRequests: 0.02})
+	var regs []*prometheus.Registry
+	for i := range 3 {
+		cfg := adaptiveConfig(fmt.Sprintf("random429-%d", i))
+		regs = append(regs, cfg.Registerer.(*prometheus.Registry))
+		b.startAdaptive(t, cfg)
+	}
+	var intents []outbox.Intent
+	for i := range 8000 { // more work than the test lasts
+		intents = append(intents, orderIntent(fmt.Sprintf("random429-%d", i), i))
+	}
+	b.insertSQL(t, intents)
+	sum := func(name string) (total float64, learnt int) {
+		for _, reg := range regs {
+			v := relaytest.MetricValue(t, reg, name)
+			total += v
+			if v > 0 {
+				learnt++
+			}
+		}
+		return total, learnt
+	}
+	waitFor(t, 5*time.Minute, "the relays' rates to sum to 60 requests/s, a share of 429s learnt", func() bool {
+		rate, _ := sum("outbox_relay_rate_limit")
+		_, learnt := sum("outbox_relay_rate_limit_background_429_ratio")
+		return rate >= 3*relay.DefaultRateStart && learnt > 0
+	})
+	rate, _ := sum("outbox_relay_rate_limit")
+	shares, learnt := sum("outbox_relay_rate_limit_background_429_ratio")
+	st := b.fake.Stats()
+	t.Logf("rates sum to %.1f/s; %d relays learnt shares averaging %.3f; %d requests, %d injected 429s",
+		rate, learnt, shares/float64(learnt), st.Requests, st.Faults[faketalkjs.FaultTooManyRequests])
+	if avg := shares / float64(learnt); avg > 0.05 {
+		t.Errorf("learnt shares average %.3f, want about 0.02 (at most 0.05)", avg)
+	}
+}
+
 // The relays share what they found through outbox.relays: a relay joining
 // starts from its share of the rates the others publish, and they scale
 // theirs down to keep the app's total; a relay stopping gives its share
