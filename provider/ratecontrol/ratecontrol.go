@@ -571,11 +571,10 @@ func (c *Controller) refusedLocked(now time.Time) {
 	r := refusal{at: now, answers: c.answers}
 	c.trimRefusalsLocked(now)
 	c.refusals = append(c.refusals, r)
-	switch span := now.Sub(c.last.at); {
-	case c.last.at.IsZero() || span > bgSpan:
+	if c.last.at.IsZero() || now.Sub(c.last.at) > bgSpan {
 		c.letThrough, c.last = 0, r
-	case span >= minHistory && r.answers-c.last.answers >= minMeasured:
-		c.letThrough, c.last = float64(r.answers-c.last.answers)/span.Seconds(), r
+	} else if rate, ok := c.rateSinceLocked(c.last, now); ok {
+		c.letThrough, c.last = rate, r
 	}
 }
 
@@ -589,8 +588,7 @@ func (c *Controller) trimRefusalsLocked(now time.Time) {
 }
 
 // sinceRefusalLocked returns the rate of answers since the oldest 429
-// over the meter's window, when that is at least minHistory ago with
-// minMeasured answers since. An API that refuses over its rate (a token
+// over the meter's window (see rateSinceLocked). An API that refuses over its rate (a token
 // bucket, emptied at both 429s) lets exactly its rate through between
 // two 429s, whatever the caller did meanwhile (paused for a Retry-After
 // and then caught up, or went on over it), where the rate of answers over
@@ -600,8 +598,13 @@ func (c *Controller) sinceRefusalLocked(now time.Time) (float64, bool) {
 	if len(c.refusals) == 0 {
 		return 0, false
 	}
-	o := c.refusals[0]
-	span, n := now.Sub(o.at), c.answers-o.answers
+	return c.rateSinceLocked(c.refusals[0], now)
+}
+
+// rateSinceLocked returns the rate of answers since the 429 r, when that
+// is at least minHistory ago with minMeasured answers since.
+func (c *Controller) rateSinceLocked(r refusal, now time.Time) (float64, bool) {
+	span, n := now.Sub(r.at), c.answers-r.answers
 	if span < minHistory || n < minMeasured {
 		return 0, false
 	}
